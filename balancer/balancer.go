@@ -1,0 +1,290 @@
+// Package balancer is vipd's L4 TCP proxy: frontends (listeners) that accept
+// client connections and relay them to a backend of a pool chosen by a load
+// balancing algorithm.
+//
+// The relay keeps both sockets bare *net.TCPConn so io.Copy uses splice(2);
+// counters are atomics and the backend pick is lock-free or briefly locked,
+// so no per-connection work is funnelled through a shared goroutine.
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// BackendConfig is one backend server of a pool.
+type BackendConfig struct {
+	Address string // host:port
+	Weight  int    // >= 1
+}
+
+// PoolConfig describes a pool of backends and how connections are spread
+// over them.
+type PoolConfig struct {
+	Name           string
+	Algorithm      string // round_robin | least_conn | random2 | source_hash
+	ConnectTimeout time.Duration
+	ProxyProtocol  string        // none | v1 | v2
+	SlowStart      time.Duration // 0 = off
+	Backends       []BackendConfig
+	StartHealthy   bool // initial health of every backend
+}
+
+// FrontendConfig describes one listener and the pool it feeds.
+type FrontendConfig struct {
+	Name           string
+	Listen         string
+	Pool           string
+	MaxConnections int           // 0 = unlimited
+	IdleTimeout    time.Duration // 0 = never
+}
+
+// ConnectReporter receives the proxy's own connect outcomes (passive health).
+type ConnectReporter interface {
+	ConnectFailed(pool, backend string)
+	ConnectSucceeded(pool, backend string)
+}
+
+// Options configure a Balancer.
+type Options struct {
+	Frontends  []FrontendConfig
+	Pools      []PoolConfig
+	Logger     *zap.Logger           // nil = no logs
+	Registerer prometheus.Registerer // nil = metrics are not registered
+	Reporter   ConnectReporter       // nil = outcomes are not reported
+}
+
+// PoolStatus is a pool's state as shown by the admin API.
+type PoolStatus struct {
+	Name     string          `json:"name"`
+	Backends []BackendStatus `json:"backends"`
+}
+
+// BackendStatus is a backend's state as shown by the admin API.
+type BackendStatus struct {
+	Address           string `json:"address"`
+	Healthy           bool   `json:"healthy"`
+	Drained           bool   `json:"drained"`
+	Weight            int    `json:"weight"`
+	ActiveConnections int64  `json:"active_connections"`
+	TotalConnections  uint64 `json:"total_connections"`
+}
+
+// Balancer owns the frontends, the pools and every connection goroutine.
+type Balancer struct {
+	log       *zap.Logger
+	reporter  ConnectReporter
+	frontends []*frontend
+	pools     []*pool
+	poolByNm  map[string]*pool
+	metrics   *metrics
+
+	// stopAccept is closed when Shutdown begins: accept loops and their
+	// backoff sleeps end.
+	stopAccept chan struct{}
+	// hardCtx is cancelled when the shutdown grace runs out: live
+	// connections and pending dials are closed.
+	hardCtx    context.Context
+	hardCancel context.CancelFunc
+
+	acceptWG sync.WaitGroup // accept loops
+	connWG   sync.WaitGroup // connection goroutines
+
+	mu       sync.Mutex
+	started  bool // guarded by mu
+	stopping bool // guarded by mu
+}
+
+// New validates opts and builds a Balancer. Nothing is bound until Start.
+func New(opts Options) (*Balancer, error) {
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	b := &Balancer{
+		log:        log.Named("balancer"),
+		reporter:   opts.Reporter,
+		poolByNm:   make(map[string]*pool, len(opts.Pools)),
+		stopAccept: make(chan struct{}),
+	}
+	b.hardCtx, b.hardCancel = context.WithCancel(context.Background())
+	b.metrics = newMetrics()
+	for _, pc := range opts.Pools {
+		if _, dup := b.poolByNm[pc.Name]; dup {
+			return nil, fmt.Errorf("pool %q: defined twice", pc.Name)
+		}
+		p, err := newPool(pc, b.metrics)
+		if err != nil {
+			return nil, err
+		}
+		b.pools = append(b.pools, p)
+		b.poolByNm[pc.Name] = p
+	}
+	seen := make(map[string]bool, len(opts.Frontends))
+	for _, fc := range opts.Frontends {
+		if seen[fc.Name] {
+			return nil, fmt.Errorf("frontend %q: defined twice", fc.Name)
+		}
+		seen[fc.Name] = true
+		p, ok := b.poolByNm[fc.Pool]
+		if !ok {
+			return nil, fmt.Errorf("frontend %q: unknown pool %q", fc.Name, fc.Pool)
+		}
+		if fc.MaxConnections < 0 || fc.IdleTimeout < 0 {
+			return nil, fmt.Errorf("frontend %q: max_connections %d and idle_timeout %s must not be negative",
+				fc.Name, fc.MaxConnections, fc.IdleTimeout)
+		}
+		b.frontends = append(b.frontends, newFrontend(b, fc, p))
+	}
+	b.metrics.frontends, b.metrics.pools = b.frontends, b.pools
+	if opts.Registerer != nil {
+		if err := b.metrics.register(opts.Registerer); err != nil {
+			return nil, fmt.Errorf("register balancer metrics: %w", err)
+		}
+	}
+	return b, nil
+}
+
+// Start binds every listener (IP_FREEBIND, SO_REUSEADDR, MPTCP off) and starts
+// serving. If one listener cannot be bound, those already bound are closed.
+func (b *Balancer) Start() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.started {
+		return errors.New("balancer: already started")
+	}
+	if b.stopping {
+		return errors.New("balancer: shut down")
+	}
+	for i, f := range b.frontends {
+		if err := f.listen(); err != nil {
+			for _, bound := range b.frontends[:i] {
+				_ = bound.ln.Close()
+			}
+			return err
+		}
+	}
+	b.started = true
+	for _, f := range b.frontends {
+		b.acceptWG.Go(f.serve)
+		b.log.Info("frontend listening", zap.String("frontend", f.cfg.Name),
+			zap.Stringer("addr", f.ln.Addr()), zap.String("pool", f.pool.name))
+	}
+	return nil
+}
+
+// Addr returns the bound address of a frontend, or nil when the frontend is
+// unknown or not started.
+func (b *Balancer) Addr(frontend string) net.Addr {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, f := range b.frontends {
+		if f.cfg.Name == frontend && f.ln != nil {
+			return f.ln.Addr()
+		}
+	}
+	return nil
+}
+
+// Shutdown stops accepting, lets live connections finish until ctx is done,
+// then closes those left. It waits for every goroutine the Balancer started
+// and is safe to call more than once. It returns ctx's error when
+// connections had to be cut.
+func (b *Balancer) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	if !b.stopping {
+		b.stopping = true
+		close(b.stopAccept)
+		for _, f := range b.frontends {
+			if f.ln != nil {
+				_ = f.ln.Close()
+			}
+		}
+	}
+	b.mu.Unlock()
+	b.acceptWG.Wait()
+
+	drained := make(chan struct{})
+	go func() { // ends once connWG is done, which the hard cancel below guarantees
+		b.connWG.Wait()
+		close(drained)
+	}()
+	var err error
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		err = fmt.Errorf("balancer shutdown: closing live connections: %w", ctx.Err())
+		b.log.Warn("shutdown grace over, closing live connections")
+	}
+	b.hardCancel()
+	<-drained
+	return err
+}
+
+// SetHealthy marks a backend healthy or not. An unhealthy backend gets no new
+// connections; live ones continue. A backend turning healthy ramps up over
+// the pool's slow start.
+func (b *Balancer) SetHealthy(pool, backend string, healthy bool) error {
+	be, err := b.backend(pool, backend)
+	if err != nil {
+		return err
+	}
+	if be.setHealthy(healthy, time.Now()) {
+		b.log.Info("backend health changed", zap.String("pool", pool),
+			zap.String("backend", backend), zap.Bool("healthy", healthy))
+	}
+	return nil
+}
+
+// SetDrained marks a backend drained or not. A drained backend gets no new
+// connections; live ones continue until they end.
+func (b *Balancer) SetDrained(pool, backend string, drained bool) error {
+	be, err := b.backend(pool, backend)
+	if err != nil {
+		return err
+	}
+	if be.drained.Swap(drained) != drained {
+		b.log.Info("backend drain changed", zap.String("pool", pool),
+			zap.String("backend", backend), zap.Bool("drained", drained))
+	}
+	return nil
+}
+
+// Status reports every pool and backend in configuration order.
+func (b *Balancer) Status() []PoolStatus {
+	out := make([]PoolStatus, 0, len(b.pools))
+	for _, p := range b.pools {
+		ps := PoolStatus{Name: p.name, Backends: make([]BackendStatus, 0, len(p.backends))}
+		for _, be := range p.backends {
+			ps.Backends = append(ps.Backends, BackendStatus{
+				Address:           be.addr,
+				Healthy:           be.healthy.Load(),
+				Drained:           be.drained.Load(),
+				Weight:            be.weight,
+				ActiveConnections: be.active.Load(),
+				TotalConnections:  be.total.Load(),
+			})
+		}
+		out = append(out, ps)
+	}
+	return out
+}
+
+func (b *Balancer) backend(pool, addr string) (*backend, error) {
+	p, ok := b.poolByNm[pool]
+	if !ok {
+		return nil, fmt.Errorf("unknown pool %q", pool)
+	}
+	be, ok := p.byAddr[addr]
+	if !ok {
+		return nil, fmt.Errorf("pool %q: unknown backend %q", pool, addr)
+	}
+	return be, nil
+}

@@ -1,0 +1,163 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+	"go.uber.org/zap"
+)
+
+// errIdle ends a relay whose connection saw no data for idle_timeout.
+var errIdle = errors.New("idle timeout")
+
+// handle serves one accepted client: connect to a backend, send the PROXY
+// header if asked, relay until both directions end.
+func (f *frontend) handle(client *net.TCPConn) {
+	defer f.active.Add(-1)
+	be, server := f.connect(client)
+	if server == nil {
+		f.refusedNoBackend.Add(1)
+		reset(client)
+		return
+	}
+	defer be.active.Add(-1)
+	// Past the grace period, Shutdown cancels hardCtx: cut both sockets.
+	stop := context.AfterFunc(f.b.hardCtx, func() {
+		_ = client.Close()
+		_ = server.Close()
+	})
+	defer stop()
+
+	if f.pool.proxyVersion != 0 {
+		h := proxyproto.HeaderProxyFromAddrs(f.pool.proxyVersion, client.RemoteAddr(), client.LocalAddr())
+		if _, err := h.WriteTo(server); err != nil {
+			f.log.Warn("write PROXY header failed", zap.String("backend", be.addr), zap.Error(err))
+			_ = server.Close()
+			reset(client)
+			return
+		}
+	}
+	start := time.Now()
+	up, down, err := relay(client, server, f.cfg.IdleTimeout)
+	be.bytesUp.Add(uint64(up))
+	be.bytesDown.Add(uint64(down))
+	if ce := f.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
+		ce.Write(zap.Stringer("client", client.RemoteAddr()), zap.String("backend", be.addr),
+			zap.Int64("bytes_up", up), zap.Int64("bytes_down", down),
+			zap.Duration("duration", time.Since(start)), zap.Error(err))
+	}
+}
+
+// connect dials backends picked by the pool's algorithm until one answers,
+// trying each at most once. The client has sent nothing to anyone yet, so a
+// retry is invisible to it. It returns a nil conn when none answered.
+func (f *frontend) connect(client *net.TCPConn) (*backend, *net.TCPConn) {
+	p := f.pool
+	key := clientKey(client.RemoteAddr())
+	d := net.Dialer{Timeout: p.connectTimeout, KeepAliveConfig: keepAlive}
+	d.SetMultipathTCP(false)
+	var t tried
+	for {
+		i := p.pick(key, t)
+		if i < 0 {
+			return nil, nil
+		}
+		be := p.backends[i]
+		be.active.Add(1)
+		start := time.Now()
+		c, err := d.DialContext(f.b.hardCtx, "tcp", be.addr)
+		if err == nil {
+			be.connectTime.Observe(time.Since(start).Seconds())
+			be.total.Add(1)
+			if r := f.b.reporter; r != nil {
+				r.ConnectSucceeded(p.name, be.addr)
+			}
+			return be, c.(*net.TCPConn)
+		}
+		be.active.Add(-1)
+		be.connectErrors.Add(1)
+		if r := f.b.reporter; r != nil {
+			r.ConnectFailed(p.name, be.addr)
+		}
+		f.log.Warn("backend connect failed", zap.String("pool", p.name), zap.String("backend", be.addr), zap.Error(err))
+		if f.b.hardCtx.Err() != nil {
+			return nil, nil
+		}
+		if t == nil {
+			t = make(tried, len(p.backends))
+		}
+		t[i] = true
+	}
+}
+
+// relay copies both ways between client and server until both directions
+// end. A direction that reaches EOF half-closes its destination
+// (CloseWrite) so the peer sees the end while the other direction goes on; a
+// direction that fails closes both sockets, which ends the other one too.
+// up counts client→server bytes, down server→client.
+func relay(client, server *net.TCPConn, idle time.Duration) (up, down int64, err error) {
+	var abortOnce sync.Once
+	abort := func() {
+		abortOnce.Do(func() {
+			_ = client.Close()
+			_ = server.Close()
+		})
+	}
+	half := func(dst, src *net.TCPConn) (int64, error) {
+		n, err := copyIdle(dst, src, client, idle)
+		if err == nil {
+			err = dst.CloseWrite()
+		}
+		if err != nil {
+			abort()
+		}
+		return n, err
+	}
+	var upErr error
+	var wg sync.WaitGroup
+	wg.Go(func() { up, upErr = half(server, client) })
+	down, err = half(client, server)
+	wg.Wait()
+	abort()
+	return up, down, errors.Join(upErr, err)
+}
+
+// copyIdle copies src to dst with pipe. With an idle timeout it arms a read
+// deadline on src: io.Copy over splice has no per-read hook, so instead, when
+// the deadline fires, the kernel's TCP_INFO of the client socket says how
+// long ago data last moved either way. If that is idle or more the
+// connection is idle; otherwise the deadline is re-armed for the rest of the
+// idle time and the copy goes on. An active connection costs one deadline
+// and one getsockopt per idle period; an idle one is closed within a few
+// milliseconds of idle.
+func copyIdle(dst, src, client *net.TCPConn, idle time.Duration) (int64, error) {
+	if idle <= 0 {
+		return pipe(dst, src)
+	}
+	var total int64
+	wait := idle
+	for {
+		if err := src.SetReadDeadline(time.Now().Add(wait)); err != nil {
+			return total, fmt.Errorf("arm idle deadline: %w", err)
+		}
+		n, err := pipe(dst, src)
+		total += n
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return total, err
+		}
+		quiet, qerr := quietFor(client)
+		if qerr != nil {
+			return total, qerr
+		}
+		if quiet >= idle {
+			return total, errIdle
+		}
+		wait = idle - quiet
+	}
+}

@@ -1,0 +1,94 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// keepAlive is the TCP keepalive of client and backend sockets: probes after
+// 30 s of silence, every 10 s, give up after 3.
+var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3}
+
+// Accept-error backoff bounds: temporary errors such as EMFILE are retried
+// after a pause that doubles from acceptBackoffMin up to acceptBackoffMax.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// frontend is one listener feeding one pool.
+type frontend struct {
+	b    *Balancer
+	cfg  FrontendConfig
+	pool *pool
+	log  *zap.Logger
+	ln   *net.TCPListener // set by listen, under b.mu
+
+	active           atomic.Int64
+	accepted         atomic.Uint64
+	refusedMax       atomic.Uint64
+	refusedNoBackend atomic.Uint64
+	acceptErrors     atomic.Uint64
+}
+
+func newFrontend(b *Balancer, fc FrontendConfig, p *pool) *frontend {
+	return &frontend{b: b, cfg: fc, pool: p, log: b.log.With(zap.String("frontend", fc.Name))}
+}
+
+// listen binds the frontend's address.
+func (f *frontend) listen() error {
+	lc := net.ListenConfig{Control: listenControl, KeepAliveConfig: keepAlive}
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), "tcp", f.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("frontend %q: %w", f.cfg.Name, err)
+	}
+	f.ln = ln.(*net.TCPListener)
+	return nil
+}
+
+// serve accepts until the listener is closed. Accept errors never end it:
+// it pauses with exponential backoff, so a full file table is not a busy loop.
+func (f *frontend) serve() {
+	var backoff time.Duration
+	for {
+		c, err := f.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			f.acceptErrors.Add(1)
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			f.log.Warn("accept failed, backing off", zap.Error(err), zap.Duration("backoff", backoff))
+			t := time.NewTimer(backoff)
+			select {
+			case <-f.b.stopAccept:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		backoff = 0
+		f.accepted.Add(1)
+		if n := f.active.Add(1); f.cfg.MaxConnections > 0 && n > int64(f.cfg.MaxConnections) {
+			f.active.Add(-1)
+			f.refusedMax.Add(1)
+			reset(c)
+			continue
+		}
+		f.b.connWG.Go(func() { f.handle(c) })
+	}
+}
+
+// reset closes c with an RST (linger 0) so a refused client learns at once.
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	_ = c.Close()
+}

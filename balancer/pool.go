@@ -1,0 +1,292 @@
+package balancer
+
+import (
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// weightScale is the effective weight of a backend of weight 1 at full
+// strength; the scale leaves room for the slow start ramp in integers.
+const weightScale = 1000
+
+// slowStartFloor is the fraction of its weight a backend gets the moment it
+// turns healthy (1/slowStartFloor).
+const slowStartFloor = 10
+
+// backend is one server of a pool. Its state is atomics, so the hot path
+// reads it without locks.
+type backend struct {
+	addr      string
+	weight    int
+	slowStart time.Duration
+	seed      uint64 // source_hash identity, from the address
+
+	healthy      atomic.Bool
+	drained      atomic.Bool
+	healthySince atomic.Int64 // unix nanos of the last unhealthy→healthy turn; 0 = full weight
+
+	active        atomic.Int64
+	total         atomic.Uint64
+	bytesUp       atomic.Uint64 // client → backend
+	bytesDown     atomic.Uint64 // backend → client
+	connectErrors atomic.Uint64
+	connectTime   prometheus.Observer
+}
+
+// setHealthy records a health change and reports whether it was one.
+func (be *backend) setHealthy(healthy bool, now time.Time) bool {
+	if be.healthy.Swap(healthy) == healthy {
+		return false
+	}
+	if healthy && be.slowStart > 0 {
+		be.healthySince.Store(now.UnixNano())
+	}
+	return true
+}
+
+// available reports whether the backend may take new connections.
+func (be *backend) available() bool {
+	return be.healthy.Load() && !be.drained.Load()
+}
+
+// effWeight is the backend's weight in weightScale units, reduced while it
+// ramps up after turning healthy: from weight/10 to weight over slowStart.
+func (be *backend) effWeight(now int64) int64 {
+	full := int64(be.weight) * weightScale
+	since := be.healthySince.Load()
+	if since == 0 {
+		return full
+	}
+	elapsed := now - since
+	if elapsed >= int64(be.slowStart) {
+		be.healthySince.CompareAndSwap(since, 0)
+		return full
+	}
+	if elapsed < 0 {
+		elapsed = 0
+	}
+	floor := full / slowStartFloor
+	return max(1, floor+(full-floor)*elapsed/int64(be.slowStart))
+}
+
+// tried marks backends a connection already failed to reach, so each is
+// tried at most once. nil means none was tried.
+type tried []bool
+
+func (t tried) has(i int) bool { return t != nil && t[i] }
+
+// pool is a set of backends and the algorithm that picks among them.
+type pool struct {
+	name           string
+	connectTimeout time.Duration
+	proxyVersion   byte // 0 = none, 1 or 2
+	backends       []*backend
+	byAddr         map[string]*backend
+	algo           algorithm
+}
+
+func newPool(pc PoolConfig, m *metrics) (*pool, error) {
+	p := &pool{
+		name:           pc.Name,
+		connectTimeout: pc.ConnectTimeout,
+		byAddr:         make(map[string]*backend, len(pc.Backends)),
+	}
+	switch pc.ProxyProtocol {
+	case "", "none":
+	case "v1":
+		p.proxyVersion = 1
+	case "v2":
+		p.proxyVersion = 2
+	default:
+		return nil, fmt.Errorf("pool %q: proxy_protocol %q: want none, v1 or v2", pc.Name, pc.ProxyProtocol)
+	}
+	if pc.SlowStart < 0 || pc.ConnectTimeout < 0 {
+		return nil, fmt.Errorf("pool %q: slow_start %s and connect_timeout %s must not be negative",
+			pc.Name, pc.SlowStart, pc.ConnectTimeout)
+	}
+	for _, bc := range pc.Backends {
+		if bc.Weight < 1 {
+			return nil, fmt.Errorf("pool %q: backend %q: weight %d: want >= 1", pc.Name, bc.Address, bc.Weight)
+		}
+		if _, _, err := net.SplitHostPort(bc.Address); err != nil {
+			return nil, fmt.Errorf("pool %q: backend %q: %w", pc.Name, bc.Address, err)
+		}
+		if _, dup := p.byAddr[bc.Address]; dup {
+			return nil, fmt.Errorf("pool %q: backend %q: listed twice", pc.Name, bc.Address)
+		}
+		h := fnv.New64a()
+		h.Write([]byte(bc.Address))
+		be := &backend{
+			addr:        bc.Address,
+			weight:      bc.Weight,
+			slowStart:   pc.SlowStart,
+			seed:        h.Sum64(),
+			connectTime: m.connectTime.WithLabelValues(pc.Name, bc.Address),
+		}
+		be.healthy.Store(pc.StartHealthy)
+		p.backends = append(p.backends, be)
+		p.byAddr[bc.Address] = be
+	}
+	algo, err := newAlgorithm(pc.Algorithm, len(p.backends))
+	if err != nil {
+		return nil, fmt.Errorf("pool %q: %w", pc.Name, err)
+	}
+	p.algo = algo
+	return p, nil
+}
+
+// pick chooses an available backend not yet tried, or -1 when none is left.
+// key is the client's source hash (used by source_hash only).
+func (p *pool) pick(key uint64, t tried) int {
+	return p.algo.pick(p.backends, time.Now().UnixNano(), key, t)
+}
+
+// algorithm picks the index of a backend among bs: available, not in t.
+// It returns -1 when there is none.
+type algorithm interface {
+	pick(bs []*backend, now int64, key uint64, t tried) int
+}
+
+func newAlgorithm(name string, n int) (algorithm, error) {
+	switch strings.ToLower(name) {
+	case "", "round_robin":
+		return &roundRobin{current: make([]int64, n)}, nil
+	case "least_conn":
+		return &leastConn{}, nil
+	case "random2":
+		return random2{}, nil
+	case "source_hash":
+		return sourceHash{}, nil
+	}
+	return nil, fmt.Errorf("algorithm %q: want round_robin, least_conn, random2 or source_hash", name)
+}
+
+// roundRobin is nginx's smooth weighted round robin: every pick adds each
+// candidate's weight to its current value, takes the largest and subtracts
+// the total from it. Weights 5,1,1 give a a b a c a a.
+type roundRobin struct {
+	mu      sync.Mutex
+	current []int64 // guarded by mu; one per backend
+}
+
+func (r *roundRobin) pick(bs []*backend, now int64, _ uint64, t tried) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	best, total := -1, int64(0)
+	for i, be := range bs {
+		if t.has(i) || !be.available() {
+			continue
+		}
+		w := be.effWeight(now)
+		r.current[i] += w
+		total += w
+		if best < 0 || r.current[i] > r.current[best] {
+			best = i
+		}
+	}
+	if best >= 0 {
+		r.current[best] -= total
+	}
+	return best
+}
+
+// leastConn picks the backend with the fewest active connections per unit
+// of weight, (active+1)/weight, so idle heavy backends fill first. Ties go
+// to the next backend after a rotating start so equal backends share.
+type leastConn struct {
+	next atomic.Uint64
+}
+
+func (l *leastConn) pick(bs []*backend, now int64, _ uint64, t tried) int {
+	n := len(bs)
+	if n == 0 {
+		return -1
+	}
+	start := int(l.next.Add(1) % uint64(n))
+	best, bestLoad, bestW := -1, int64(0), int64(0)
+	for j := range n {
+		i := (start + j) % n
+		be := bs[i]
+		if t.has(i) || !be.available() {
+			continue
+		}
+		load, w := be.active.Load()+1, be.effWeight(now)
+		if best < 0 || load*bestW < bestLoad*w {
+			best, bestLoad, bestW = i, load, w
+		}
+	}
+	return best
+}
+
+// random2 is the power of two choices: two backends drawn at random in
+// proportion to their weight, and the one with fewer active connections per
+// unit of weight wins.
+type random2 struct{}
+
+func (random2) pick(bs []*backend, now int64, _ uint64, t tried) int {
+	var total int64
+	for i, be := range bs {
+		if !t.has(i) && be.available() {
+			total += be.effWeight(now)
+		}
+	}
+	if total == 0 {
+		return -1
+	}
+	a := weightedDraw(bs, now, t, rand.Int64N(total))
+	b := weightedDraw(bs, now, t, rand.Int64N(total))
+	if a < 0 || b < 0 { // a backend changed state between the passes
+		return max(a, b)
+	}
+	la, wa := bs[a].active.Load()+1, bs[a].effWeight(now)
+	lb, wb := bs[b].active.Load()+1, bs[b].effWeight(now)
+	if lb*wa < la*wb {
+		return b
+	}
+	return a
+}
+
+// weightedDraw returns the candidate whose weight interval holds r.
+func weightedDraw(bs []*backend, now int64, t tried, r int64) int {
+	last := -1
+	for i, be := range bs {
+		if t.has(i) || !be.available() {
+			continue
+		}
+		last = i
+		r -= be.effWeight(now)
+		if r < 0 {
+			return i
+		}
+	}
+	return last
+}
+
+// sourceHash is weighted rendezvous (highest random weight) hashing on the
+// client address: each backend scores -weight/ln(u) with u a hash of client
+// and backend, and the top score wins. Adding or removing a backend moves
+// only the clients that gain or lose it, about 1/N of them. The hash is
+// deterministic, so every node of the cluster maps a client the same way.
+type sourceHash struct{}
+
+func (sourceHash) pick(bs []*backend, now int64, key uint64, t tried) int {
+	best, bestScore := -1, 0.0
+	for i, be := range bs {
+		if t.has(i) || !be.available() {
+			continue
+		}
+		s := hrwScore(key, be.seed, be.effWeight(now))
+		if best < 0 || s > bestScore {
+			best, bestScore = i, s
+		}
+	}
+	return best
+}
