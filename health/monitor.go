@@ -1,0 +1,441 @@
+package health
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Monitor checks every backend of its pools and tracks their health.
+type Monitor struct {
+	log          *zap.Logger
+	onTransition func(Transition)
+	clock        clock
+	// afterCheck, when set (tests only), runs after each active check has
+	// been recorded, on the worker's goroutine.
+	afterCheck func(b *backend, reason string)
+
+	pools   []*pool
+	checked map[backendKey]*backend // backends with an active check; read-only after NewMonitor
+	running atomic.Bool
+
+	summaryMu   sync.Mutex
+	lastSummary Summary // guarded by summaryMu: the last value sent on summaryCh
+	summaryCh   chan Summary
+}
+
+type pool struct {
+	name     string
+	kind     Kind
+	backends []*backend
+}
+
+type backendKey struct{ pool, backend string }
+
+// backend is one backend's check and state.
+type backend struct {
+	pool, addr             string
+	interval, fastInterval time.Duration
+	prober                 prober // nil for KindNone
+	metrics                backendMetrics
+
+	healthy atomic.Bool // mirrors sm.healthy for lock-free Summary reads
+	// notifyMu is taken before mu is released on a transition and held while
+	// the transition is announced, so OnTransition sees one backend's
+	// changes in the order they happened without being called under mu.
+	notifyMu sync.Mutex
+
+	mu         sync.Mutex
+	sm         machine   // guarded by mu
+	lastReason string    // guarded by mu
+	lastError  string    // guarded by mu
+	lastCheck  time.Time // guarded by mu
+	checks     uint64    // guarded by mu: active checks completed
+}
+
+// errPassive is the error logged for a transition caused by ConnectFailed.
+var errPassive = errors.New("proxy failed to connect")
+
+// NewMonitor validates the checks, applies defaults, loads CA and client
+// certificate files (errors name the file) and registers the metrics.
+// Nothing runs until Run.
+func NewMonitor(opts Options) (*Monitor, error) {
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	dial := opts.Dial
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	met, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	m := &Monitor{
+		log:          log.Named("health"),
+		onTransition: opts.OnTransition,
+		clock:        realClock{},
+		checked:      make(map[backendKey]*backend),
+		summaryCh:    make(chan Summary, 1),
+	}
+	seen := make(map[string]bool, len(opts.Pools))
+	for _, pc := range opts.Pools {
+		if seen[pc.Pool] {
+			return nil, fmt.Errorf("health: pool %q listed twice", pc.Pool)
+		}
+		seen[pc.Pool] = true
+		p, err := m.newPool(pc, dial, met)
+		if err != nil {
+			return nil, fmt.Errorf("health: pool %q: %w", pc.Pool, err)
+		}
+		m.pools = append(m.pools, p)
+	}
+	m.lastSummary = m.Summary()
+	m.summaryCh <- m.lastSummary
+	return m, nil
+}
+
+// newPool builds a pool's backends and indexes those with an active check.
+func (m *Monitor) newPool(pc PoolChecks, dial dialFunc, met *metrics) (*pool, error) {
+	c, err := pc.Check.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	var tlsBase *tls.Config
+	if c.Kind == KindHTTPS {
+		if tlsBase, err = loadTLS(c); err != nil {
+			return nil, err
+		}
+	}
+	p := &pool{name: pc.Pool, kind: c.Kind}
+	for _, addr := range pc.Backends {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("backend %q: %w", addr, err)
+		}
+		key := backendKey{pc.Pool, addr}
+		if _, dup := m.checked[key]; dup || p.has(addr) {
+			return nil, fmt.Errorf("backend %q listed twice", addr)
+		}
+		b := &backend{
+			pool: pc.Pool, addr: addr,
+			interval: c.Interval, fastInterval: c.FastInterval,
+			metrics: met.forBackend(pc.Pool, addr),
+			sm:      machine{rise: c.Rise, fall: c.Fall, healthy: c.InitialHealthy()},
+		}
+		b.healthy.Store(b.sm.healthy)
+		if b.sm.healthy {
+			b.metrics.up.Set(1)
+		} else {
+			b.metrics.up.Set(0)
+		}
+		if b.prober, err = newProber(c, addr, dial, tlsBase); err != nil {
+			return nil, fmt.Errorf("backend %q: %w", addr, err)
+		}
+		if b.prober != nil {
+			m.checked[key] = b
+		}
+		p.backends = append(p.backends, b)
+	}
+	return p, nil
+}
+
+func (p *pool) has(addr string) bool {
+	for _, b := range p.backends {
+		if b.addr == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// newProber returns the check for one backend, nil for KindNone.
+func newProber(c Check, addr string, dial dialFunc, tlsBase *tls.Config) (prober, error) {
+	switch c.Kind {
+	case KindNone:
+		return nil, nil
+	case KindTCP:
+		return &tcpProber{addr: addr, dial: dial, timeout: c.Timeout}, nil
+	}
+	host := c.Host
+	if host == "" {
+		host = addr
+	}
+	req, err := buildRequest(c.Path, host)
+	if err != nil {
+		return nil, err
+	}
+	p := &httpProber{addr: addr, dial: dial, timeout: c.Timeout, request: req,
+		expect: c.ExpectStatus, body: c.ExpectBody, maxBody: DefaultMaxBody}
+	if tlsBase != nil {
+		p.tls = tlsBase.Clone()
+		p.tls.ServerName = serverNameFor(c, addr)
+	}
+	return p, nil
+}
+
+// withDefaults validates c and fills its zero fields (see Check).
+func (c Check) withDefaults() (Check, error) {
+	switch c.Kind {
+	case KindTCP, KindHTTP, KindHTTPS, KindNone:
+	default:
+		return c, fmt.Errorf("check kind %q: want tcp, http, https or none", c.Kind)
+	}
+	if c.Interval < 0 || c.FastInterval < 0 || c.Timeout < 0 || c.Rise < 0 || c.Fall < 0 {
+		return c, fmt.Errorf("interval %s, fast_interval %s, timeout %s, rise %d, fall %d: none may be negative",
+			c.Interval, c.FastInterval, c.Timeout, c.Rise, c.Fall)
+	}
+	if c.Interval == 0 {
+		c.Interval = DefaultInterval
+	}
+	if c.FastInterval == 0 {
+		c.FastInterval = c.Interval
+	}
+	if c.Timeout == 0 {
+		c.Timeout = c.Interval
+	}
+	if c.Rise == 0 {
+		c.Rise = DefaultRise
+	}
+	if c.Fall == 0 {
+		c.Fall = DefaultFall
+	}
+	if c.Path == "" {
+		c.Path = "/"
+	}
+	if len(c.ExpectStatus) == 0 {
+		c.ExpectStatus = DefaultExpectStatus
+	}
+	for _, r := range c.ExpectStatus {
+		if r.Min < 100 || r.Max > 599 || r.Min > r.Max {
+			return c, fmt.Errorf("expect_status %d-%d: want 100 <= min <= max <= 599", r.Min, r.Max)
+		}
+	}
+	return c, nil
+}
+
+// Run starts one worker per actively checked backend and returns when ctx
+// is done and every worker has stopped (an in-flight check is aborted).
+// A Monitor runs once; a second call returns at once.
+func (m *Monitor) Run(ctx context.Context) {
+	if !m.running.CompareAndSwap(false, true) {
+		m.log.Error("Run called more than once; ignored")
+		return
+	}
+	var wg sync.WaitGroup
+	for _, b := range m.checked {
+		wg.Go(func() { m.work(ctx, b) })
+	}
+	m.log.Info("health checks started", zap.Int("backends", len(m.checked)), zap.Int("pools", len(m.pools)))
+	<-ctx.Done()
+	wg.Wait()
+	m.log.Info("health checks stopped")
+}
+
+// work checks one backend until ctx is done. The first check comes after a
+// random offset within one interval, the next ones after the interval (the
+// fast interval while a change is pending) with ±10% jitter, so backends
+// configured together do not fire together. Checks of one backend never
+// overlap: the next wait starts when a check ends.
+func (m *Monitor) work(ctx context.Context, b *backend) {
+	delay := rand.N(b.interval)
+	for {
+		t := m.clock.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+		start := time.Now()
+		reason, err := b.prober.probe(ctx)
+		if ctx.Err() != nil {
+			return // stopped mid-check: the outcome says nothing about the backend
+		}
+		b.metrics.duration.Observe(time.Since(start).Seconds())
+		if err != nil {
+			m.log.Debug("health check failed", zap.String("pool", b.pool), zap.String("backend", b.addr),
+				zap.String("reason", reason), zap.Error(err))
+		}
+		m.observe(b, reason, err, true)
+		if m.afterCheck != nil {
+			m.afterCheck(b, reason)
+		}
+		delay = jitter(b.nextInterval())
+	}
+}
+
+// nextInterval is the fast interval while a change is pending, else the interval.
+func (b *backend) nextInterval() time.Duration {
+	b.mu.Lock()
+	changing := b.sm.changing()
+	b.mu.Unlock()
+	if changing {
+		return b.fastInterval
+	}
+	return b.interval
+}
+
+// jitter spreads d uniformly over [0.9d, 1.1d].
+func jitter(d time.Duration) time.Duration {
+	spread := d / 5
+	return d - d/10 + rand.N(spread+1)
+}
+
+// observe applies one outcome (ReasonOK or a failure reason) to b and
+// announces a resulting transition. active is false for ConnectFailed.
+func (m *Monitor) observe(b *backend, reason string, err error, active bool) {
+	if reason != ReasonOK {
+		b.metrics.failures[reason].Inc()
+	}
+	b.mu.Lock()
+	var changed bool
+	if reason == ReasonOK {
+		changed = b.sm.success()
+	} else {
+		changed = b.sm.failure()
+	}
+	b.lastReason = reason
+	b.lastError = ""
+	if err != nil {
+		b.lastError = err.Error()
+	}
+	if active {
+		b.checks++
+		b.lastCheck = time.Now()
+	}
+	healthy := b.sm.healthy
+	if !changed {
+		b.mu.Unlock()
+		return
+	}
+	b.healthy.Store(healthy)
+	b.notifyMu.Lock()
+	b.mu.Unlock()
+	defer b.notifyMu.Unlock()
+
+	if healthy {
+		b.metrics.up.Set(1)
+		b.metrics.toUp.Inc()
+	} else {
+		b.metrics.up.Set(0)
+		b.metrics.toDown.Inc()
+	}
+	m.log.Info("backend health changed", zap.String("pool", b.pool), zap.String("backend", b.addr),
+		zap.Bool("healthy", healthy), zap.String("reason", reason), zap.Error(err))
+	if m.onTransition != nil {
+		m.onTransition(Transition{Pool: b.pool, Backend: b.addr, Healthy: healthy, Reason: reason})
+	}
+	m.publishSummary()
+}
+
+// ConnectFailed records that the proxy could not connect to a backend: it
+// counts as one failed check, so a dead backend leaves rotation after Fall
+// failed connects even between active checks. Unknown names and backends
+// of KindNone pools (which no active check could bring back) are ignored.
+// It is called per proxied connection and does not allocate.
+func (m *Monitor) ConnectFailed(pool, backend string) {
+	if b := m.checked[backendKey{pool, backend}]; b != nil {
+		m.observe(b, ReasonPassive, errPassive, false)
+	}
+}
+
+// ConnectSucceeded records that the proxy connected to a backend. It ends a
+// failure streak on a healthy backend but never makes an unhealthy one
+// healthy: a completed TCP handshake says nothing about the application
+// (a wedged server still accepts), so only active checks count toward Rise.
+// Unknown names are ignored. It does not allocate.
+func (m *Monitor) ConnectSucceeded(pool, backend string) {
+	if b := m.checked[backendKey{pool, backend}]; b != nil {
+		b.mu.Lock()
+		b.sm.connectSucceeded()
+		b.mu.Unlock()
+	}
+}
+
+// Summary counts the pools and those with at least one healthy backend.
+func (m *Monitor) Summary() Summary {
+	s := Summary{Pools: len(m.pools)}
+	for _, p := range m.pools {
+		for _, b := range p.backends {
+			if b.healthy.Load() {
+				s.HealthyPools++
+				break
+			}
+		}
+	}
+	return s
+}
+
+// SummaryChanges delivers the Summary whenever it changes, latest value
+// only: the channel (buffered 1) holds the newest unread Summary, starting
+// with the one at NewMonitor. It is never closed.
+func (m *Monitor) SummaryChanges() <-chan Summary { return m.summaryCh }
+
+// publishSummary replaces the unread value on summaryCh with the current
+// Summary if it differs from the last one sent. It never blocks: the lock
+// makes this the only sender, so after the drain there is room.
+func (m *Monitor) publishSummary() {
+	m.summaryMu.Lock()
+	defer m.summaryMu.Unlock()
+	s := m.Summary()
+	if s == m.lastSummary {
+		return
+	}
+	m.lastSummary = s
+	select {
+	case <-m.summaryCh:
+	default:
+	}
+	select {
+	case m.summaryCh <- s:
+	default:
+	}
+}
+
+// PoolHealth is one pool in Status.
+type PoolHealth struct {
+	Name     string          `json:"name"`
+	Kind     Kind            `json:"kind"`
+	Backends []BackendHealth `json:"backends"`
+}
+
+// BackendHealth is one backend in Status.
+type BackendHealth struct {
+	Address              string    `json:"address"`
+	Healthy              bool      `json:"healthy"`
+	LastReason           string    `json:"last_reason,omitempty"` // of the last check or ConnectFailed
+	LastError            string    `json:"last_error,omitempty"`
+	LastCheck            time.Time `json:"last_check,omitzero"` // of the last active check
+	ConsecutiveSuccesses int       `json:"consecutive_successes"`
+	ConsecutiveFailures  int       `json:"consecutive_failures"`
+	Checks               uint64    `json:"checks"` // active checks completed
+}
+
+// Status is a snapshot of every pool and backend, for the admin /status.
+func (m *Monitor) Status() []PoolHealth {
+	out := make([]PoolHealth, 0, len(m.pools))
+	for _, p := range m.pools {
+		ph := PoolHealth{Name: p.name, Kind: p.kind, Backends: make([]BackendHealth, 0, len(p.backends))}
+		for _, b := range p.backends {
+			b.mu.Lock()
+			ph.Backends = append(ph.Backends, BackendHealth{
+				Address: b.addr, Healthy: b.sm.healthy,
+				LastReason: b.lastReason, LastError: b.lastError, LastCheck: b.lastCheck,
+				ConsecutiveSuccesses: b.sm.successes, ConsecutiveFailures: b.sm.failures,
+				Checks: b.checks,
+			})
+			b.mu.Unlock()
+		}
+		out = append(out, ph)
+	}
+	return out
+}
