@@ -1,0 +1,205 @@
+// Package config is vipd's configuration file: its schema, its defaults and
+// its validation. A Config returned by Load or Parse is complete and valid;
+// the rest of the daemon never parses strings from it again.
+package config
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is one vipd node's whole configuration.
+type Config struct {
+	Node      Node       `yaml:"node"`
+	Cluster   Cluster    `yaml:"cluster"`
+	VIPs      []VIP      `yaml:"vips"`
+	Frontends []Frontend `yaml:"frontends"`
+	Pools     []Pool     `yaml:"pools"`
+	Admin     Admin      `yaml:"admin"`
+	Log       Log        `yaml:"log"`
+}
+
+// Node names this node and says how it stops.
+type Node struct {
+	Name string `yaml:"name"`
+	// ShutdownGrace is how long live connections may run after SIGTERM
+	// before they are closed.
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+}
+
+// Roles of a node in the cluster.
+const (
+	RoleVoter   = "voter"
+	RoleWitness = "witness"
+)
+
+// Cluster is the Raft and gossip side.
+type Cluster struct {
+	RaftBind        string   `yaml:"raft_bind"`
+	GossipBind      string   `yaml:"gossip_bind"`
+	Join            []string `yaml:"join"`
+	BootstrapExpect int      `yaml:"bootstrap_expect"`
+	DataDir         string   `yaml:"data_dir"`
+	SecretFile      string   `yaml:"secret_file"`
+	Role            string   `yaml:"role"`
+	Timing          Timing   `yaml:"timing"`
+	// FitnessGrace is how long the leader may have no healthy pool (or a
+	// down VIP link) before it hands leadership to a fit peer.
+	FitnessGrace time.Duration `yaml:"fitness_grace"`
+
+	// SecretKey is the decoded content of SecretFile (nil without one).
+	SecretKey []byte `yaml:"-"`
+}
+
+// Timing is either a named profile ("lan", "wan") or explicit Raft timings.
+// After Load, Profile is empty exactly when the three durations are set.
+type Timing struct {
+	Profile   string        `yaml:"-"`
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	Election  time.Duration `yaml:"election"`
+	Lease     time.Duration `yaml:"lease"`
+}
+
+// Timing profiles.
+const (
+	TimingLAN = "lan"
+	TimingWAN = "wan"
+)
+
+func (t *Timing) decodeNode(d *decoder, n *yaml.Node, path string) {
+	if n.Kind == yaml.ScalarNode {
+		t.Profile = n.Value
+		return
+	}
+	t.Profile = ""
+	d.decodeStruct(n, reflectValue(t), path)
+}
+
+// VIP is one virtual address and the interface that carries it.
+type VIP struct {
+	Address   string `yaml:"address"`
+	Interface string `yaml:"interface"`
+	// Lifetime is the kernel valid_lft of the address: a crashed or frozen
+	// holder loses the VIP when it runs out.
+	Lifetime time.Duration `yaml:"lifetime"`
+	// Refresh is how often the holder renews the lifetime and re-announces.
+	Refresh          time.Duration `yaml:"refresh"`
+	AnnounceCount    int           `yaml:"announce_count"`
+	AnnounceInterval time.Duration `yaml:"announce_interval"`
+}
+
+// Frontend is one listener and the pool it sends connections to.
+type Frontend struct {
+	Name           string        `yaml:"name"`
+	Listen         string        `yaml:"listen"`
+	Pool           string        `yaml:"pool"`
+	MaxConnections int           `yaml:"max_connections"`
+	IdleTimeout    time.Duration `yaml:"idle_timeout"`
+}
+
+// Balancing algorithms.
+const (
+	AlgorithmRoundRobin = "round_robin"
+	AlgorithmLeastConn  = "least_conn"
+	AlgorithmRandom2    = "random2"
+	AlgorithmSourceHash = "source_hash"
+)
+
+// Pool is a set of backends with an algorithm and a health check.
+type Pool struct {
+	Name           string        `yaml:"name"`
+	Algorithm      string        `yaml:"algorithm"`
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	ProxyProtocol  string        `yaml:"proxy_protocol"`
+	// SlowStart ramps a recovered backend's weight up over this long.
+	SlowStart time.Duration `yaml:"slow_start"`
+	Backends  []Backend     `yaml:"backends"`
+	Health    Health        `yaml:"health"`
+}
+
+// Backend is one server of a pool.
+type Backend struct {
+	Address string `yaml:"address"`
+	Weight  int    `yaml:"weight"`
+}
+
+// Health check kinds.
+const (
+	CheckTCP   = "tcp"
+	CheckHTTP  = "http"
+	CheckHTTPS = "https"
+	CheckNone  = "none"
+)
+
+// Initial health states.
+const (
+	InitialHealthy   = "healthy"
+	InitialUnhealthy = "unhealthy"
+)
+
+// Health is a pool's active check.
+type Health struct {
+	Type          string        `yaml:"type"`
+	Path          string        `yaml:"path"`
+	Host          string        `yaml:"host"`
+	ExpectStatus  []StatusRange `yaml:"expect_status"`
+	ExpectBody    string        `yaml:"expect_body"`
+	TLSSkipVerify bool          `yaml:"tls_skip_verify"`
+	ServerName    string        `yaml:"server_name"`
+	CAFile        string        `yaml:"ca_file"`
+	CertFile      string        `yaml:"cert_file"`
+	KeyFile       string        `yaml:"key_file"`
+	Interval      time.Duration `yaml:"interval"`
+	// FastInterval is the check interval while a backend's state is changing.
+	FastInterval time.Duration `yaml:"fast_interval"`
+	Timeout      time.Duration `yaml:"timeout"`
+	Rise         int           `yaml:"rise"`
+	Fall         int           `yaml:"fall"`
+	Initial      string        `yaml:"initial"`
+}
+
+// StatusRange is an inclusive range of HTTP status codes; in YAML a number
+// (200) or a range ("200-299").
+type StatusRange struct{ Min, Max int }
+
+func (r *StatusRange) decodeNode(d *decoder, n *yaml.Node, path string) {
+	if !d.expectScalar(n, path) {
+		return
+	}
+	lo, hi, isRange := strings.Cut(n.Value, "-")
+	min, err1 := strconv.Atoi(strings.TrimSpace(lo))
+	max, err2 := min, error(nil)
+	if isRange {
+		max, err2 = strconv.Atoi(strings.TrimSpace(hi))
+	}
+	switch {
+	case err1 != nil || err2 != nil:
+		d.fail(path, n, `not a status code or range (use 200 or "200-299")`)
+	case min < 100 || max > 599 || min > max:
+		d.fail(path, n, "status codes run from 100 to 599, low to high")
+	default:
+		*r = StatusRange{Min: min, Max: max}
+	}
+}
+
+func (r StatusRange) String() string {
+	if r.Min == r.Max {
+		return strconv.Itoa(r.Min)
+	}
+	return fmt.Sprintf("%d-%d", r.Min, r.Max)
+}
+
+// Admin is the admin HTTP server (metrics, health, status, vipctl's API).
+type Admin struct {
+	Listen string `yaml:"listen"`
+}
+
+// Log settings.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
