@@ -121,11 +121,16 @@ func statusOK(ranges []StatusRange, code int) bool {
 
 // classify maps a network error to a reason without looking at its text.
 func classify(ctx context.Context, err error) string {
+	var oe *net.OpError
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return ReasonRefused
 	case isTimeout(ctx, err):
 		return ReasonTimeout
+	case errors.As(err, &oe) && oe.Op == "remote error":
+		// crypto/tls reports an alert from the peer this way; with TLS 1.3 a
+		// rejected client certificate only shows on the first read.
+		return ReasonTLS
 	default:
 		return ReasonNetwork
 	}
