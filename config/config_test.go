@@ -213,3 +213,10 @@ func TestLoadNamesTheFile(t *testing.T) {
 		t.Fatal("Load of a missing file succeeded")
 	}
 }
+
+func TestDefaultIsValidSingleNode(t *testing.T) {
+	cfg := Default()
+	if cfg.Cluster.BootstrapExpect != 1 || len(cfg.VIPs) != 0 || len(cfg.Frontends) != 1 || len(cfg.Pools[0].Backends) != 2 {
+		t.Errorf("default is not the single-node load balancer: %+v", cfg)
+	}
+}

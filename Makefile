@@ -1,0 +1,41 @@
+# vipd — build, test, run, benchmark.
+GO      ?= go
+BIN     := bin
+GOFLAGS ?=
+PKGS    := ./...
+
+.PHONY: build test run demo bench bench-failover lint clean
+
+build:
+	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend
+
+# Unit tests and, as root, the namespace and end-to-end tests (they use bin/).
+test: build
+	$(GO) test -race -count=1 -timeout 25m $(PKGS)
+
+# A single node on loopback with two demo backends behind it:
+# curl http://127.0.0.1:8080/ answers from backend-a and backend-b in turn.
+run: build
+	@trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/demo-backend -listen 127.0.0.1:9001 -name backend-a & \
+	$(BIN)/demo-backend -listen 127.0.0.1:9002 -name backend-b & \
+	mkdir -p .vipd-data; \
+	echo "vipd: frontend http://127.0.0.1:8080/  admin http://127.0.0.1:9900/status  (Ctrl-C stops)"; \
+	$(BIN)/vipd
+
+# The failover bed in network namespaces (needs root).
+demo: build
+	$(GO) run ./e2e/cmd/demo
+
+bench: build
+	bench/run.sh
+
+bench-failover: build
+	$(GO) run ./e2e/cmd/benchfailover
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf $(BIN) .vipd-data
