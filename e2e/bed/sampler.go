@@ -1,0 +1,344 @@
+package bed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+)
+
+// Sample is one reading of every watched namespace.
+type Sample struct {
+	At      time.Time
+	Holders []string // hosts whose namespace has the VIP, in watch order
+	Err     error    // a namespace could not be read
+}
+
+// Sampler reads which namespaces hold an address every Interval and keeps the
+// whole timeline. A host can be exempted from a point in time on (a daemon
+// killed with SIGKILL, a dead node): its address no longer counts as a live
+// holder, and the sampler measures how long it stayed.
+type Sampler struct {
+	vip      netip.Addr
+	interval time.Duration
+	names    []string
+	handles  []*netlink.Handle // own handles: the bed's are not shared between goroutines
+
+	mu      sync.Mutex
+	samples []Sample          // guarded by mu
+	exempt  map[string][]span // per host, guarded by mu
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+type span struct{ from, to time.Time } // to zero: still open
+
+// NewSampler watches hosts for vip, reading every interval (10 ms in the tests).
+func NewSampler(vip netip.Addr, interval time.Duration, hosts ...*Host) (*Sampler, error) {
+	s := &Sampler{vip: vip, interval: interval, exempt: map[string][]span{}}
+	for _, h := range hosts {
+		nh, err := netlink.NewHandleAt(h.handle)
+		if err != nil {
+			s.closeHandles()
+			return nil, fmt.Errorf("sampler handle in %s: %w", h.NS, err)
+		}
+		s.names = append(s.names, h.Name)
+		s.handles = append(s.handles, nh)
+	}
+	return s, nil
+}
+
+// Start begins sampling in a goroutine that Stop ends.
+func (s *Sampler) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.done = make(chan struct{})
+	go s.run(ctx)
+}
+
+// Stop ends sampling, waits for the sampling goroutine and closes the
+// handles. Safe to call twice.
+func (s *Sampler) Stop() {
+	if s.cancel == nil {
+		return
+	}
+	s.cancel()
+	<-s.done
+	s.cancel = nil
+	s.closeHandles()
+}
+
+func (s *Sampler) closeHandles() {
+	for _, h := range s.handles {
+		h.Close()
+	}
+	s.handles = nil
+}
+
+func (s *Sampler) run(ctx context.Context) {
+	defer close(s.done)
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		s.sample()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Sampler) sample() {
+	var holders []string
+	var errs []error
+	for i, h := range s.handles {
+		held, err := hasAddr(h, s.vip)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.names[i], err))
+		}
+		if held {
+			holders = append(holders, s.names[i])
+		}
+	}
+	smp := Sample{At: time.Now(), Holders: holders, Err: errors.Join(errs...)}
+	s.mu.Lock()
+	s.samples = append(s.samples, smp)
+	s.mu.Unlock()
+}
+
+// hasAddr reports whether any interface of the handle's namespace has addr.
+func hasAddr(h *netlink.Handle, addr netip.Addr) (bool, error) {
+	family := netlink.FAMILY_V4
+	if addr.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := h.AddrList(nil, family)
+	if err != nil {
+		return false, err
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Exempt stops counting host as a live holder from at on (its daemon was
+// killed or the node died). Unexempt ends the exemption (the node is back).
+func (s *Sampler) Exempt(host string, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.exempt[host] = append(s.exempt[host], span{from: at})
+}
+
+// Unexempt counts host as live again from at on.
+func (s *Sampler) Unexempt(host string, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	iv := s.exempt[host]
+	if n := len(iv); n > 0 && iv[n-1].to.IsZero() {
+		iv[n-1].to = at
+	}
+}
+
+func (s *Sampler) exemptLocked(host string, at time.Time) bool {
+	for _, iv := range s.exempt[host] {
+		if !at.Before(iv.from) && (iv.to.IsZero() || at.Before(iv.to)) {
+			return true
+		}
+	}
+	return false
+}
+
+// liveLocked returns the holders of smp that are not exempt at its time.
+func (s *Sampler) liveLocked(smp Sample) []string {
+	var live []string
+	for _, h := range smp.Holders {
+		if !s.exemptLocked(h, smp.At) {
+			live = append(live, h)
+		}
+	}
+	return live
+}
+
+// Last returns the latest sample (zero before the first).
+func (s *Sampler) Last() Sample {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.samples) == 0 {
+		return Sample{}
+	}
+	return s.samples[len(s.samples)-1]
+}
+
+// Samples returns a copy of the timeline.
+func (s *Sampler) Samples() []Sample {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.samples)
+}
+
+// Violation is a run of samples in which more than one live host held the VIP.
+type Violation struct {
+	From, To time.Time
+	Holders  []string
+}
+
+func (v Violation) String() string {
+	return fmt.Sprintf("%s held by %s for %s", v.From.Format("15:04:05.000"), strings.Join(v.Holders, "+"), v.To.Sub(v.From))
+}
+
+// Violations returns every run of samples with two or more live holders.
+func (s *Sampler) Violations() []Violation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Violation
+	for _, smp := range s.samples {
+		live := s.liveLocked(smp)
+		if len(live) < 2 {
+			continue
+		}
+		if n := len(out); n > 0 && slices.Equal(out[n-1].Holders, live) && out[n-1].To.Add(3*s.interval).After(smp.At) {
+			out[n-1].To = smp.At
+			continue
+		}
+		out = append(out, Violation{From: smp.At, To: smp.At, Holders: live})
+	}
+	return out
+}
+
+// Errors returns the distinct read errors the sampler met.
+func (s *Sampler) Errors() []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []error
+	seen := map[string]bool{}
+	for _, smp := range s.samples {
+		if smp.Err != nil && !seen[smp.Err.Error()] {
+			seen[smp.Err.Error()] = true
+			out = append(out, smp.Err)
+		}
+	}
+	return out
+}
+
+// Leftover returns how long host kept the VIP after since: from since to the
+// first later sample without it. gone is false when every sample since then
+// still showed it (the duration is then a lower bound, up to the last sample).
+func (s *Sampler) Leftover(host string, since time.Time) (d time.Duration, gone bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var last time.Time
+	for _, smp := range s.samples {
+		if smp.At.Before(since) {
+			continue
+		}
+		last = smp.At
+		if !slices.Contains(smp.Holders, host) {
+			return smp.At.Sub(since), true
+		}
+	}
+	if last.IsZero() {
+		return 0, false
+	}
+	return last.Sub(since), false
+}
+
+// Change is a point of the timeline where the set of live holders changed.
+type Change struct {
+	At      time.Time
+	Holders []string // live holders from At on
+}
+
+// Changes returns the moments the live holder set changed in [from, to]
+// (zero to: up to now).
+func (s *Sampler) Changes(from, to time.Time) []Change {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Change
+	var prev []string
+	first := true
+	for _, smp := range s.samples {
+		if smp.At.Before(from) || (!to.IsZero() && smp.At.After(to)) {
+			continue
+		}
+		live := s.liveLocked(smp)
+		if first || !slices.Equal(prev, live) {
+			out = append(out, Change{At: smp.At, Holders: live})
+		}
+		prev, first = live, false
+	}
+	return out
+}
+
+// FirstHeld returns the first sample time at or after since when host held
+// the VIP; ok false if it never did.
+func (s *Sampler) FirstHeld(host string, since time.Time) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, smp := range s.samples {
+		if !smp.At.Before(since) && slices.Contains(smp.Holders, host) {
+			return smp.At, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// LastHeld returns the last sample time at or after since at which host held
+// the VIP, and whether there was one.
+func (s *Sampler) LastHeld(host string, since time.Time) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var last time.Time
+	for _, smp := range s.samples {
+		if !smp.At.Before(since) && slices.Contains(smp.Holders, host) {
+			last = smp.At
+		}
+	}
+	return last, !last.IsZero()
+}
+
+// WaitSingle waits until exactly one live host has held the VIP for stable
+// (consecutive samples) and returns it. other, when non-empty, must differ
+// from the holder (waiting for a failover away from it).
+func (s *Sampler) WaitSingle(ctx context.Context, stable time.Duration, other string) (string, error) {
+	var cur string
+	var since time.Time
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		var live []string
+		var at time.Time
+		if n := len(s.samples); n > 0 {
+			live = s.liveLocked(s.samples[n-1])
+			at = s.samples[n-1].At
+		}
+		s.mu.Unlock()
+		switch {
+		case len(live) == 1 && live[0] != other:
+			if live[0] != cur {
+				cur, since = live[0], at
+			}
+			if at.Sub(since) >= stable {
+				return cur, nil
+			}
+		default:
+			cur = ""
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("wait for a single VIP holder (not %q): last live holders %v: %w", other, live, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
