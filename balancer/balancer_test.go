@@ -1,0 +1,251 @@
+package balancer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// ioWait bounds every blocking test read so a broken proxy fails the test
+// instead of hanging it; it is not a timing assertion.
+const ioWait = 10 * time.Second
+
+// startBackend serves handle on 127.0.0.1:0 until the test ends, then closes
+// the listener and every open conn and waits for the handlers.
+func startBackend(t *testing.T, handle func(c *net.TCPConn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(ioWait))
+				handle(c.(*net.TCPConn))
+			})
+		}
+	})
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// namedEcho greets with its name on a line, then echoes.
+func namedEcho(name string) func(c *net.TCPConn) {
+	return func(c *net.TCPConn) {
+		if _, err := io.WriteString(c, name+"\n"); err != nil {
+			return
+		}
+		_, _ = io.Copy(c, c)
+	}
+}
+
+// deadAddr returns a 127.0.0.1 port nothing listens on.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// startBalancer runs a Balancer with one frontend "fe" on 127.0.0.1:0 in
+// front of pool "p"; it is shut down when the test ends.
+func startBalancer(t *testing.T, pc PoolConfig, fc FrontendConfig, reporter ConnectReporter) (*Balancer, *prometheus.Registry) {
+	t.Helper()
+	pc.Name = "p"
+	fc.Name, fc.Listen, fc.Pool = "fe", "127.0.0.1:0", "p"
+	reg := prometheus.NewRegistry()
+	b, err := New(Options{Frontends: []FrontendConfig{fc}, Pools: []PoolConfig{pc},
+		Logger: zaptest.NewLogger(t), Registerer: reg, Reporter: reporter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), ioWait)
+		defer cancel()
+		if err := b.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	return b, reg
+}
+
+func poolOf(algo string, addrs ...string) PoolConfig {
+	pc := PoolConfig{Algorithm: algo, ConnectTimeout: time.Second, StartHealthy: true}
+	for _, a := range addrs {
+		pc.Backends = append(pc.Backends, BackendConfig{Address: a, Weight: 1})
+	}
+	return pc
+}
+
+func dial(t *testing.T, b *Balancer) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", b.Addr("fe").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(ioWait))
+	return c.(*net.TCPConn)
+}
+
+// greeting dials through the proxy and returns the conn, its reader and the
+// name of the backend that answered.
+func greeting(t *testing.T, b *Balancer) (*net.TCPConn, *bufio.Reader, string) {
+	t.Helper()
+	c := dial(t, b)
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("read greeting: %v", err)
+	}
+	return c, r, strings.TrimSpace(line)
+}
+
+// echo sends msg and checks it comes back.
+func echo(t *testing.T, c *net.TCPConn, r *bufio.Reader, msg string) {
+	t.Helper()
+	if _, err := io.WriteString(c, msg+"\n"); err != nil {
+		t.Fatalf("write %q: %v", msg, err)
+	}
+	got, err := r.ReadString('\n')
+	if err != nil || got != msg+"\n" {
+		t.Fatalf("echo %q: got %q, %v", msg, got, err)
+	}
+}
+
+// expectClosed checks the proxy closed c: a read ends with EOF or a reset.
+func expectClosed(t *testing.T, c net.Conn) {
+	t.Helper()
+	n, err := c.Read(make([]byte, 64))
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("conn still open: read %d bytes, err %v", n, err)
+	}
+}
+
+// expectRefused dials the frontend and checks the proxy closes the conn at
+// once. On loopback the RST can beat the handshake's end, so the dial
+// itself may fail with a reset.
+func expectRefused(t *testing.T, b *Balancer) {
+	t.Helper()
+	c, err := net.Dial("tcp", b.Addr("fe").String())
+	if err != nil {
+		t.Logf("dial refused: %v", err)
+		return
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(ioWait))
+	expectClosed(t, c)
+}
+
+// metricValue gathers reg and returns the value of the series name{labels}.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if hasLabels(m, labels) {
+				switch {
+				case m.Counter != nil:
+					return m.Counter.GetValue()
+				case m.Gauge != nil:
+					return m.Gauge.GetValue()
+				case m.Histogram != nil:
+					return float64(m.Histogram.GetSampleCount())
+				}
+			}
+		}
+	}
+	t.Fatalf("no series %s%v", name, labels)
+	return 0
+}
+
+func hasLabels(m *dto.Metric, want map[string]string) bool {
+	n := 0
+	for _, lp := range m.GetLabel() {
+		if v, ok := want[lp.GetName()]; ok {
+			if v != lp.GetValue() {
+				return false
+			}
+			n++
+		}
+	}
+	return n == len(want)
+}
+
+// recorder is a ConnectReporter that counts outcomes per backend.
+type recorder struct {
+	mu        sync.Mutex
+	failed    map[string]int
+	succeeded map[string]int
+}
+
+func newRecorder() *recorder {
+	return &recorder{failed: map[string]int{}, succeeded: map[string]int{}}
+}
+
+func (r *recorder) ConnectFailed(pool, backend string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.failed[pool+"/"+backend]++
+}
+
+func (r *recorder) ConnectSucceeded(pool, backend string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.succeeded[pool+"/"+backend]++
+}
+
+func (r *recorder) counts(backend string) (failed, succeeded int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failed["p/"+backend], r.succeeded["p/"+backend]
+}

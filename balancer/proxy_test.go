@@ -1,0 +1,432 @@
+package balancer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+)
+
+func TestRelaysRoundRobinAndCountsBytes(t *testing.T) {
+	a := startBackend(t, namedEcho("a"))
+	bAddr := startBackend(t, namedEcho("b"))
+	b, reg := startBalancer(t, poolOf("round_robin", a, bAddr), FrontendConfig{}, nil)
+	var names []string
+	for range 4 {
+		c, r, name := greeting(t, b)
+		echo(t, c, r, "ping")
+		_ = c.Close()
+		names = append(names, name)
+	}
+	if got := strings.Join(names, ""); got != "abab" {
+		t.Fatalf("backends %s, want abab", got)
+	}
+	// Byte counters move when a connection ends: wait for the last one.
+	waitFor(t, func() bool { return b.Status()[0].Backends[1].ActiveConnections == 0 })
+	lb := map[string]string{"pool": "p", "backend": bAddr}
+	up := metricValue(t, reg, "vipd_backend_bytes_total", map[string]string{"pool": "p", "backend": bAddr, "direction": "client_to_backend"})
+	down := metricValue(t, reg, "vipd_backend_bytes_total", map[string]string{"pool": "p", "backend": bAddr, "direction": "backend_to_client"})
+	if up != 2*5 || down != 2*(2+5) { // "ping\n" each way, plus "b\n"
+		t.Fatalf("bytes up %v down %v, want 10 and 14", up, down)
+	}
+	if n := metricValue(t, reg, "vipd_backend_connections_total", lb); n != 2 {
+		t.Fatalf("backend connections_total %v, want 2", n)
+	}
+	if n := metricValue(t, reg, "vipd_backend_connect_duration_seconds", lb); n != 2 {
+		t.Fatalf("connect latency samples %v, want 2", n)
+	}
+	if n := metricValue(t, reg, "vipd_frontend_connections_total", map[string]string{"frontend": "fe"}); n != 4 {
+		t.Fatalf("frontend connections_total %v, want 4", n)
+	}
+}
+
+// waitFor polls cond (bounded by ioWait) for state that settles after a
+// connection ends on the proxy side.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(ioWait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestHalfCloseFromClientBackendStillAnswers(t *testing.T) {
+	be := startBackend(t, func(c *net.TCPConn) {
+		got, err := io.ReadAll(c) // until the client's half-close arrives
+		if err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, "got:"+string(got))
+	})
+	b, _ := startBalancer(t, poolOf("round_robin", be), FrontendConfig{}, nil)
+	c := dial(t, b)
+	if _, err := io.WriteString(c, "request"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := io.ReadAll(c)
+	if err != nil || string(reply) != "got:request" {
+		t.Fatalf("reply %q, %v; want got:request", reply, err)
+	}
+}
+
+func TestHalfCloseFromBackendClientStillSends(t *testing.T) {
+	late := make(chan string, 1)
+	be := startBackend(t, func(c *net.TCPConn) {
+		if _, err := io.WriteString(c, "banner"); err != nil {
+			return
+		}
+		if err := c.CloseWrite(); err != nil {
+			return
+		}
+		got, _ := io.ReadAll(c)
+		late <- string(got)
+	})
+	b, _ := startBalancer(t, poolOf("round_robin", be), FrontendConfig{}, nil)
+	c := dial(t, b)
+	banner, err := io.ReadAll(c) // EOF: the backend's half-close came through
+	if err != nil || string(banner) != "banner" {
+		t.Fatalf("banner %q, %v", banner, err)
+	}
+	if _, err := io.WriteString(c, "after-eof"); err != nil {
+		t.Fatalf("write after the backend's half-close: %v", err)
+	}
+	_ = c.CloseWrite()
+	select {
+	case got := <-late:
+		if got != "after-eof" {
+			t.Fatalf("backend read %q after its half-close, want after-eof", got)
+		}
+	case <-time.After(ioWait):
+		t.Fatal("backend never got the client's data")
+	}
+}
+
+func TestRetriesNextBackendWhenConnectFails(t *testing.T) {
+	dead := deadAddr(t)
+	alive := startBackend(t, namedEcho("alive"))
+	rec := newRecorder()
+	b, reg := startBalancer(t, poolOf("round_robin", dead, alive), FrontendConfig{}, rec)
+	for i := range 6 {
+		c, r, name := greeting(t, b)
+		if name != "alive" {
+			t.Fatalf("connection %d reached %q", i, name)
+		}
+		echo(t, c, r, "x")
+		_ = c.Close()
+	}
+	failed, _ := rec.counts(dead)
+	_, ok := rec.counts(alive)
+	if failed != 3 || ok != 6 {
+		t.Fatalf("reported %d failures of the dead backend and %d successes of the live one, want 3 and 6", failed, ok)
+	}
+	if n := metricValue(t, reg, "vipd_backend_connect_errors_total", map[string]string{"pool": "p", "backend": dead}); n != 3 {
+		t.Fatalf("connect_errors_total %v, want 3", n)
+	}
+}
+
+func TestEveryBackendDeadTriesEachOnceThenCloses(t *testing.T) {
+	d1, d2 := deadAddr(t), deadAddr(t)
+	rec := newRecorder()
+	b, reg := startBalancer(t, poolOf("least_conn", d1, d2), FrontendConfig{}, rec)
+	expectRefused(t, b)
+	f1, _ := rec.counts(d1)
+	f2, _ := rec.counts(d2)
+	if f1 != 1 || f2 != 1 {
+		t.Fatalf("connect attempts %d and %d, want each backend tried once", f1, f2)
+	}
+	if n := metricValue(t, reg, "vipd_frontend_refused_connections_total", map[string]string{"frontend": "fe", "reason": "no_backend"}); n != 1 {
+		t.Fatalf("refused no_backend %v, want 1", n)
+	}
+}
+
+func TestNoBackendAvailableClosesAtOnce(t *testing.T) {
+	rec := newRecorder()
+	be := startBackend(t, namedEcho("a"))
+	pc := poolOf("round_robin", be)
+	pc.StartHealthy = false
+	b, reg := startBalancer(t, pc, FrontendConfig{}, rec)
+	start := time.Now()
+	expectRefused(t, b)
+	t.Logf("client closed %s after dialling with no healthy backend", time.Since(start))
+	if f, s := rec.counts(be); f+s != 0 {
+		t.Fatal("an unhealthy backend was dialled")
+	}
+	if n := metricValue(t, reg, "vipd_frontend_refused_connections_total", map[string]string{"frontend": "fe", "reason": "no_backend"}); n != 1 {
+		t.Fatalf("refused no_backend %v, want 1", n)
+	}
+}
+
+func TestMaxConnectionsRefusesExcess(t *testing.T) {
+	be := startBackend(t, namedEcho("a"))
+	b, reg := startBalancer(t, poolOf("round_robin", be), FrontendConfig{MaxConnections: 2}, nil)
+	c1, r1, _ := greeting(t, b)
+	c2, r2, _ := greeting(t, b)
+	expectRefused(t, b)
+	refused := map[string]string{"frontend": "fe", "reason": "max_connections"}
+	if n := metricValue(t, reg, "vipd_frontend_refused_connections_total", refused); n != 1 {
+		t.Fatalf("refused max_connections %v, want 1", n)
+	}
+	echo(t, c1, r1, "still")
+	echo(t, c2, r2, "here")
+	// A slot frees when a connection ends.
+	_ = c1.Close()
+	waitFor(t, func() bool {
+		return metricValue(t, reg, "vipd_frontend_active_connections", map[string]string{"frontend": "fe"}) == 1
+	})
+	c3, r3, _ := greeting(t, b)
+	echo(t, c3, r3, "third")
+}
+
+func TestShutdownLetsLiveConnectionFinish(t *testing.T) {
+	be := startBackend(t, namedEcho("a"))
+	b, _ := startBalancer(t, poolOf("round_robin", be), FrontendConfig{}, nil)
+	c, r, _ := greeting(t, b)
+	addr := b.Addr("fe").String()
+
+	done := make(chan error, 1)
+	go func() { done <- b.Shutdown(context.Background()) }()
+	waitFor(t, func() bool { // the listener is closed first
+		nc, err := net.Dial("tcp", addr)
+		if err == nil {
+			_ = nc.Close()
+		}
+		return err != nil
+	})
+	echo(t, c, r, "during shutdown")
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) while a connection was live", err)
+	default:
+	}
+	_ = c.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown after the last connection ended: %v", err)
+	}
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatalf("second Shutdown: %v", err)
+	}
+}
+
+func TestShutdownClosesConnectionsBeyondGrace(t *testing.T) {
+	be := startBackend(t, namedEcho("a"))
+	b, _ := startBalancer(t, poolOf("round_robin", be), FrontendConfig{}, nil)
+	c, r, _ := greeting(t, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err := b.Shutdown(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown with a live connection past its grace: %v, want deadline exceeded", err)
+	}
+	if _, err := r.ReadString('\n'); err == nil {
+		t.Fatal("connection still open after the grace")
+	}
+	_ = c
+}
+
+func TestIdleTimeoutClosesIdleConnectionOnly(t *testing.T) {
+	// The ticker backend talks on its own every 20ms: a conn whose only
+	// traffic goes backend → client is active too.
+	ticker := startBackend(t, func(c *net.TCPConn) {
+		for range 25 {
+			if _, err := io.WriteString(c, "t\n"); err != nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	echoAddr := startBackend(t, namedEcho("echo"))
+	const idle = 150 * time.Millisecond
+	fc := FrontendConfig{IdleTimeout: idle}
+	echoBal, _ := startBalancer(t, poolOf("round_robin", echoAddr), fc, nil)
+	tickBal, _ := startBalancer(t, poolOf("round_robin", ticker), fc, nil)
+
+	idleConn, _, _ := greeting(t, echoBal)
+	chatty, chattyR, _ := greeting(t, echoBal)
+	listener := dial(t, tickBal)
+	start := time.Now()
+	idleClosed := make(chan time.Duration, 1)
+	go func() {
+		_, _ = idleConn.Read(make([]byte, 1))
+		idleClosed <- time.Since(start)
+	}()
+	// Three idle periods: the chatty conn pings every 20ms, the listener
+	// only receives.
+	lr := bufio.NewReader(listener)
+	for time.Since(start) < 3*idle {
+		echo(t, chatty, chattyR, "ping")
+		if line, err := lr.ReadString('\n'); err != nil || line != "t\n" {
+			t.Fatalf("receive-only conn: %q, %v", line, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case d := <-idleClosed:
+		t.Logf("idle conn closed %s after its last data (idle_timeout %s)", d, idle)
+	case <-time.After(ioWait):
+		t.Fatal("idle connection never closed")
+	}
+	echo(t, chatty, chattyR, "still open")
+}
+
+func TestProxyProtocolHeaderCarriesClientAddress(t *testing.T) {
+	for _, version := range []string{"v1", "v2"} {
+		t.Run(version, func(t *testing.T) {
+			headers := make(chan *proxyproto.Header, 1)
+			be := startBackend(t, func(c *net.TCPConn) {
+				r := bufio.NewReader(c)
+				h, err := proxyproto.Read(r)
+				if err != nil {
+					t.Errorf("read PROXY header: %v", err)
+					return
+				}
+				headers <- h
+				payload, _ := r.ReadString('\n')
+				_, _ = io.WriteString(c, "payload:"+payload)
+			})
+			pc := poolOf("round_robin", be)
+			pc.ProxyProtocol = version
+			b, _ := startBalancer(t, pc, FrontendConfig{}, nil)
+			c := dial(t, b)
+			if _, err := io.WriteString(c, "hello\n"); err != nil {
+				t.Fatal(err)
+			}
+			h := <-headers
+			if want := map[string]byte{"v1": 1, "v2": 2}[version]; h.Version != want {
+				t.Fatalf("header version %d, want %d", h.Version, want)
+			}
+			src, dst, ok := h.TCPAddrs()
+			if !ok {
+				t.Fatalf("header carries no TCP addresses: %+v", h)
+			}
+			if src.String() != c.LocalAddr().String() || dst.String() != b.Addr("fe").String() {
+				t.Fatalf("header %s → %s, want client %s → frontend %s", src, dst, c.LocalAddr(), b.Addr("fe"))
+			}
+			reply, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil || reply != "payload:hello\n" {
+				t.Fatalf("reply %q, %v", reply, err)
+			}
+		})
+	}
+}
+
+func TestDrainedBackendGetsNoNewConnectionsLiveOneContinues(t *testing.T) {
+	a := startBackend(t, namedEcho("a"))
+	bAddr := startBackend(t, namedEcho("b"))
+	b, _ := startBalancer(t, poolOf("round_robin", a, bAddr), FrontendConfig{}, nil)
+	live, liveR, name := greeting(t, b)
+	if name != "a" {
+		t.Fatalf("first connection reached %s, want a", name)
+	}
+	if err := b.SetDrained("p", a, true); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		c, _, name := greeting(t, b)
+		if name != "b" {
+			t.Fatalf("new connection reached drained backend %s", name)
+		}
+		_ = c.Close()
+	}
+	echo(t, live, liveR, "live on drained backend")
+	st := b.Status()[0].Backends[0]
+	if !st.Drained || st.ActiveConnections != 1 || st.TotalConnections != 1 {
+		t.Fatalf("status of the drained backend %+v, want drained with 1 active, 1 total", st)
+	}
+	if err := b.SetDrained("p", a, false); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for range 2 {
+		c, _, name := greeting(t, b)
+		seen[name] = true
+		_ = c.Close()
+	}
+	if !seen["a"] {
+		t.Fatal("undrained backend gets no connections")
+	}
+}
+
+func TestSetHealthyFalseRemovesFromRotation(t *testing.T) {
+	a := startBackend(t, namedEcho("a"))
+	bAddr := startBackend(t, namedEcho("b"))
+	b, _ := startBalancer(t, poolOf("least_conn", a, bAddr), FrontendConfig{}, nil)
+	if err := b.SetHealthy("p", bAddr, false); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		c, _, name := greeting(t, b)
+		if name != "a" {
+			t.Fatalf("connection reached unhealthy backend %s", name)
+		}
+		_ = c.Close()
+	}
+	if st := b.Status()[0].Backends[1]; st.Healthy {
+		t.Fatalf("status %+v, want unhealthy", st)
+	}
+	if err := b.SetHealthy("p", "127.0.0.1:1", true); err == nil {
+		t.Fatal("SetHealthy accepted an unknown backend")
+	}
+	if err := b.SetDrained("nopool", a, true); err == nil {
+		t.Fatal("SetDrained accepted an unknown pool")
+	}
+}
+
+func TestListenerBindsAddressNotOnHost(t *testing.T) {
+	// 198.18.255.254 is on no interface of this host: IP_FREEBIND lets the
+	// frontend bind it before the VIP arrives. Nothing is sent to it.
+	const vip = "198.18.255.254:0"
+	if ln, err := net.Listen("tcp", vip); err == nil {
+		_ = ln.Close()
+		t.Skipf("%s is local here, the test proves nothing", vip)
+	}
+	b, err := New(Options{
+		Pools:     []PoolConfig{{Name: "p", Algorithm: "round_robin"}},
+		Frontends: []FrontendConfig{{Name: "vip", Listen: vip, Pool: "p"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatalf("bind a non-local address: %v", err)
+	}
+	t.Logf("bound %s", b.Addr("vip"))
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStartFailsCleanlyWhenAddressTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	b, err := New(Options{
+		Pools: []PoolConfig{{Name: "p"}},
+		Frontends: []FrontendConfig{{Name: "free", Listen: "127.0.0.1:0", Pool: "p"},
+			{Name: "taken", Listen: ln.Addr().String(), Pool: "p"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err == nil {
+		t.Fatal("Start bound an address already in use")
+	} else {
+		t.Logf("start: %v", err)
+	}
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
