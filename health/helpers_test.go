@@ -199,7 +199,7 @@ func (h *harness) metric(name string, labels map[string]string) float64 {
 // tcpServer accepts and closes connections, counting them.
 type tcpServer struct {
 	ln       net.Listener
-	accepted atomic.Int64
+	accepted chan struct{} // one value per accepted connection
 	done     chan struct{}
 }
 
@@ -209,7 +209,7 @@ func newTCPServer(t *testing.T) *tcpServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &tcpServer{ln: ln, done: make(chan struct{})}
+	s := &tcpServer{ln: ln, accepted: make(chan struct{}, 100), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		for {
@@ -217,7 +217,7 @@ func newTCPServer(t *testing.T) *tcpServer {
 			if err != nil {
 				return
 			}
-			s.accepted.Add(1)
+			s.accepted <- struct{}{}
 			c.Close()
 		}
 	}()
@@ -226,6 +226,19 @@ func newTCPServer(t *testing.T) *tcpServer {
 }
 
 func (s *tcpServer) addr() string { return s.ln.Addr().String() }
+
+// waitAccepted waits for n accepted connections: a TCP check completes
+// when the kernel finishes the handshake, before the server's Accept.
+func waitAccepted(t *testing.T, accepted <-chan struct{}, n int) {
+	t.Helper()
+	for i := range n {
+		select {
+		case <-accepted:
+		case <-time.After(failAfter):
+			t.Fatalf("accepted %d connections, want %d", i, n)
+		}
+	}
+}
 
 // stop closes the listener: later connects are refused.
 func (s *tcpServer) stop() { s.ln.Close(); <-s.done }
