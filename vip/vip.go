@@ -1,0 +1,250 @@
+// Package vip claims, holds and releases vipd's virtual IP addresses.
+//
+// A Manager adds each VIP to its interface as a /32 (IPv4) or /128 (IPv6,
+// without duplicate address detection) with a short kernel lifetime, announces
+// it with gratuitous ARP or unsolicited neighbour advertisements, and renews
+// the lifetime on every refresh tick. If the process dies or freezes, the
+// kernel drops the address by itself once the lifetime runs out (DESIGN.md,
+// VIP rule 3). Releasing deletes the address before anything else (rule 2).
+//
+// Only Linux is supported; on other systems every operation reports
+// ErrNotSupported.
+package vip
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Defaults applied by New to zero fields of a Config.
+//
+// The announcement burst is 4 × 400 ms: the last announcement goes out 1.2 s
+// after the first, later than Linux's default ARP locktime (1 s) during which a
+// neighbour ignores a second, different answer for the same address. Current
+// kernels let a gratuitous ARP override the locktime, older ones and other
+// stacks do not; the late announcement reaches them all. The refresh tick
+// re-announces once per Refresh afterwards.
+const (
+	DefaultLifetime         = 3 * time.Second
+	DefaultRefresh          = time.Second
+	DefaultAnnounceCount    = 4
+	DefaultAnnounceInterval = 400 * time.Millisecond
+)
+
+// maxIfNameLen is the longest Linux interface name (IFNAMSIZ - 1); IPv4
+// address labels have the same limit.
+const maxIfNameLen = 15
+
+// ErrNotSupported is returned on systems where vipd cannot manage addresses.
+var ErrNotSupported = errors.New("vip: managing virtual IPs is only supported on Linux")
+
+// ErrHoldActive is returned by Hold when another Hold of the same Manager is
+// still running: two VIP loops must never overlap.
+var ErrHoldActive = errors.New("vip: another Hold is already running")
+
+// Config is one virtual IP and how it is held.
+type Config struct {
+	Address   netip.Addr
+	Interface string
+	// Lifetime is the kernel valid_lft/preferred_lft of the address, rounded up
+	// to whole seconds (the kernel's unit). Default 3s.
+	Lifetime time.Duration
+	// Refresh is the period of lifetime renewal and re-announcement. Default
+	// 1s; at most half the lifetime so one renewal may fail without loss.
+	Refresh time.Duration
+	// AnnounceCount and AnnounceInterval shape the burst of gratuitous ARP /
+	// unsolicited NA sent on claim. Defaults 4 and 400ms.
+	AnnounceCount    int
+	AnnounceInterval time.Duration
+}
+
+// Options configures a Manager.
+type Options struct {
+	VIPs       []Config
+	Logger     *zap.Logger           // nil: no logs
+	Registerer prometheus.Registerer // nil: metrics are not registered
+	// OnLinkChange is called by Watch, from its goroutine, whenever LinkUp
+	// changes. It must not block for long.
+	OnLinkChange func(up bool)
+}
+
+// Status reports one VIP.
+type Status struct {
+	Address   string `json:"address"`
+	Interface string `json:"interface"`
+	Held      bool   `json:"held"`
+}
+
+// Manager holds a fixed set of VIPs. Its methods are safe for concurrent use;
+// only one Hold may run at a time.
+type Manager struct {
+	vips         []*vipState
+	log          *zap.Logger
+	metrics      *metrics
+	onLinkChange func(up bool)
+
+	holding atomic.Bool // a Hold is running
+
+	mu     sync.Mutex
+	linkUp map[string]bool // interface name -> up; written by Watch
+}
+
+// vipState is one configured VIP and whether this node holds it now.
+type vipState struct {
+	cfg  Config
+	held atomic.Bool
+}
+
+// New validates opts, applies defaults and registers the metrics. It touches
+// neither the network nor the kernel.
+func New(opts Options) (*Manager, error) {
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	m := &Manager{
+		log:          log.Named("vip"),
+		onLinkChange: opts.OnLinkChange,
+		linkUp:       make(map[string]bool),
+	}
+	seen := make(map[netip.Addr]bool)
+	for _, c := range opts.VIPs {
+		c, err := withDefaults(c)
+		if err != nil {
+			return nil, err
+		}
+		if seen[c.Address] {
+			return nil, fmt.Errorf("vip %s: configured twice", c.Address)
+		}
+		seen[c.Address] = true
+		m.vips = append(m.vips, &vipState{cfg: c})
+	}
+	met, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	m.metrics = met
+	return m, nil
+}
+
+// withDefaults fills zero fields of c and rejects values that cannot work.
+func withDefaults(c Config) (Config, error) {
+	if !c.Address.IsValid() {
+		return c, errors.New("vip: address is missing")
+	}
+	fail := func(format string, args ...any) (Config, error) {
+		return c, fmt.Errorf("vip %s on %q: %s", c.Address, c.Interface, fmt.Sprintf(format, args...))
+	}
+	c.Address = c.Address.Unmap()
+	switch {
+	case c.Address.Zone() != "":
+		return fail("address must not have a zone")
+	case c.Address.IsUnspecified(), c.Address.IsMulticast(), c.Address.IsLoopback(), c.Address.IsLinkLocalUnicast():
+		return fail("address must be a unicast, non-loopback, non-link-local address")
+	case c.Interface == "":
+		return fail("interface is missing")
+	case len(c.Interface) > maxIfNameLen:
+		return fail("interface name longer than %d bytes", maxIfNameLen)
+	}
+	if c.Lifetime == 0 {
+		c.Lifetime = DefaultLifetime
+	}
+	if c.Refresh == 0 {
+		c.Refresh = DefaultRefresh
+	}
+	if c.AnnounceCount == 0 {
+		c.AnnounceCount = DefaultAnnounceCount
+	}
+	if c.AnnounceInterval == 0 {
+		c.AnnounceInterval = DefaultAnnounceInterval
+	}
+	switch {
+	case c.Lifetime < 2*time.Second:
+		return fail("lifetime %s is shorter than 2s (the kernel counts whole seconds)", c.Lifetime)
+	case c.Refresh < 0 || c.Refresh > c.Lifetime/2:
+		return fail("refresh %s must be positive and at most half the lifetime %s", c.Refresh, c.Lifetime)
+	case c.AnnounceCount < 0:
+		return fail("announce count %d is negative", c.AnnounceCount)
+	case c.AnnounceInterval < 0:
+		return fail("announce interval %s is negative", c.AnnounceInterval)
+	}
+	return c, nil
+}
+
+// lifetimeSeconds is the kernel lifetime of c: Lifetime rounded up to seconds.
+func (c Config) lifetimeSeconds() int {
+	return int((c.Lifetime + time.Second - 1) / time.Second)
+}
+
+// label is the IPv4 address label "<ifname>:vip", or "" when it would not fit
+// the kernel's 15 bytes or the VIP is IPv6 (labels are IPv4 only).
+func (c Config) label() string {
+	l := c.Interface + ":vip"
+	if !c.Address.Is4() || len(l) > maxIfNameLen {
+		return ""
+	}
+	return l
+}
+
+// Status reports every configured VIP and whether this node holds it.
+func (m *Manager) Status() []Status {
+	out := make([]Status, len(m.vips))
+	for i, v := range m.vips {
+		out[i] = Status{Address: v.cfg.Address.String(), Interface: v.cfg.Interface, Held: v.held.Load()}
+	}
+	return out
+}
+
+// LinkUp reports whether every VIP interface is up, as last seen by Watch.
+// Before Watch has read an interface it counts as up.
+func (m *Manager) LinkUp() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.allUpLocked()
+}
+
+// allUpLocked is LinkUp's answer; m.mu must be held.
+func (m *Manager) allUpLocked() bool {
+	for _, v := range m.vips {
+		if up, ok := m.linkUp[v.cfg.Interface]; ok && !up {
+			return false
+		}
+	}
+	return true
+}
+
+// setLinkState records the state of every VIP interface (name -> up) and
+// calls OnLinkChange when LinkUp changes as a result.
+func (m *Manager) setLinkState(state map[string]bool) {
+	m.mu.Lock()
+	before := m.allUpLocked()
+	for name, up := range state {
+		m.linkUp[name] = up
+	}
+	after := m.allUpLocked()
+	m.mu.Unlock()
+	if before == after {
+		return
+	}
+	m.log.Info("vip link state changed", zap.Bool("up", after), zap.Any("interfaces", state))
+	if m.onLinkChange != nil {
+		m.onLinkChange(after)
+	}
+}
+
+// needsCap adds the capability an operation lacked to a permission error, so
+// an operator reads "operation not permitted (needs CAP_NET_ADMIN)".
+func needsCap(err error, capability string) error {
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+		return fmt.Errorf("%w (needs %s)", err, capability)
+	}
+	return err
+}

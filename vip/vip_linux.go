@@ -1,0 +1,431 @@
+package vip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// netlinkTimeout bounds every netlink request, so that not even the kernel
+// can stall a release for long.
+const netlinkTimeout = 2 * time.Second
+
+// newHandle opens the netlink handle one Hold or RemoveStale uses.
+func newHandle() (*netlink.Handle, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink socket: %w", err)
+	}
+	if err := h.SetSocketTimeout(netlinkTimeout); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("set netlink timeout: %w", err)
+	}
+	return h, nil
+}
+
+// prefix is the host prefix the VIP is held as: /32 or /128.
+func prefix(a netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+}
+
+// RemoveStale deletes every configured VIP found on its interface, whatever
+// its prefix length (DESIGN.md rule 4: a restarted node starts clean). A
+// missing interface holds nothing and is skipped.
+func (m *Manager) RemoveStale() error {
+	h, err := newHandle()
+	if err != nil {
+		return needsCap(err, "CAP_NET_ADMIN")
+	}
+	defer h.Close()
+	var errs []error
+	for _, v := range m.vips {
+		if err := removeStale(h, v.cfg); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func removeStale(h *netlink.Handle, c Config) error {
+	link, err := h.LinkByName(c.Interface)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil
+		}
+		return fmt.Errorf("remove stale VIP %s: find interface %s: %w", c.Address, c.Interface, err)
+	}
+	family := netlink.FAMILY_V4
+	if c.Address.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := h.AddrList(link, family)
+	if err != nil {
+		return fmt.Errorf("remove stale VIP %s: list addresses of %s: %w", c.Address, c.Interface, err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); !ok || ip.Unmap() != c.Address {
+			continue
+		}
+		if err := h.AddrDel(link, &a); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+			return fmt.Errorf("remove stale VIP %s from %s: %w", a.IPNet, c.Interface, needsCap(err, "CAP_NET_ADMIN"))
+		}
+	}
+	return nil
+}
+
+// held is one VIP during one Hold: its link, socket and announcement loop.
+type held struct {
+	st      *vipState
+	log     *zap.Logger
+	link    netlink.Link
+	addr    netlink.Addr
+	ann     announcer
+	claimed bool // the address was added by this Hold: release deletes it
+	linkUp  bool
+
+	kick      chan struct{} // wakes the announcement loop
+	wantBurst atomic.Bool   // the next wake-up sends a full burst
+	lastKick  time.Time     // last conflict-driven re-announcement; Hold's goroutine only
+}
+
+// trigger asks the announcement loop for one announcement, or a burst.
+// It never blocks.
+func (v *held) trigger(burst bool) {
+	if burst {
+		v.wantBurst.Store(true)
+	}
+	select {
+	case v.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Hold claims every VIP, announces it, renews and re-announces it each
+// Refresh, puts it back if it vanishes, until ctx is done. It then releases
+// every VIP — the address deletion comes first and nothing waits before it —
+// and returns only after that. It returns an error when a VIP cannot be
+// claimed (after releasing the others) or when another Hold is running.
+func (m *Manager) Hold(ctx context.Context) (err error) {
+	if !m.holding.CompareAndSwap(false, true) {
+		return ErrHoldActive
+	}
+	defer m.holding.Store(false)
+	start := time.Now()
+	if len(m.vips) == 0 || ctx.Err() != nil {
+		<-ctx.Done()
+		return nil
+	}
+	h, err := newHandle()
+	if err != nil {
+		return needsCap(err, "CAP_NET_ADMIN")
+	}
+	vips := make([]*held, len(m.vips))
+	for i, st := range m.vips {
+		vips[i] = &held{
+			st:   st,
+			log:  m.log.With(zap.Stringer("address", st.cfg.Address), zap.String("interface", st.cfg.Interface)),
+			kick: make(chan struct{}, 1),
+		}
+	}
+	// Subscriptions start before the claim so no deletion goes unseen.
+	subCtx, stopSubs := context.WithCancel(ctx)
+	addrs, links := addrStream(subCtx, m.log), linkStream(subCtx, m.log)
+	// Announcing stops the moment ctx ends, without waiting for anything.
+	annCtx, stopAnn := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		m.release(h, vips) // first: nothing may delay the deletion
+		stopAnn()
+		for _, v := range vips {
+			if v.ann != nil {
+				v.ann.close() // unblocks readConflicts
+			}
+		}
+		stopSubs()
+		wg.Wait()
+		addrs.wait()
+		links.wait()
+		h.Close()
+	}()
+
+	for _, v := range vips {
+		if err := m.claim(h, v); err != nil {
+			return err
+		}
+	}
+	for _, v := range vips {
+		ifi, err := net.InterfaceByIndex(v.link.Attrs().Index)
+		if err != nil {
+			return fmt.Errorf("claim %s on %s: %w", v.st.cfg.Address, v.st.cfg.Interface, err)
+		}
+		if v.ann, err = openAnnouncer(ifi, v.st.cfg.Address); err != nil {
+			return fmt.Errorf("claim %s on %s: %w", v.st.cfg.Address, v.st.cfg.Interface, err)
+		}
+	}
+	conflicts := make(chan conflict)
+	for _, v := range vips {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			m.announceLoop(annCtx, v, start)
+		}()
+		go func() {
+			defer wg.Done()
+			v.ann.readConflicts(func(mac net.HardwareAddr) {
+				select {
+				case conflicts <- conflict{v: v, mac: mac}:
+				case <-annCtx.Done():
+				}
+			})
+		}()
+	}
+
+	refresh := vips[0].st.cfg.Refresh
+	for _, v := range vips {
+		refresh = min(refresh, v.st.cfg.Refresh)
+	}
+	tick := time.NewTicker(refresh)
+	defer tick.Stop()
+	m.log.Info("vip hold started", zap.Int("vips", len(vips)))
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			for _, v := range vips {
+				m.renew(h, v)
+			}
+		case u := <-addrs.C:
+			for _, v := range vips {
+				if !u.NewAddr && u.LinkIndex == v.link.Attrs().Index && u.LinkAddress.IP.Equal(v.addr.IP) {
+					m.restore(h, v, "address vanished")
+				}
+			}
+		case u := <-links.C:
+			for _, v := range vips {
+				if u.Link != nil && u.Link.Attrs().Index == v.link.Attrs().Index {
+					up := isUp(u.Link.Attrs())
+					if up && !v.linkUp {
+						m.restore(h, v, "link came up")
+					}
+					v.linkUp = up
+				}
+			}
+		case c := <-conflicts:
+			m.conflict(c)
+		}
+	}
+}
+
+// conflict is another MAC claiming a held VIP.
+type conflict struct {
+	v   *held
+	mac net.HardwareAddr
+}
+
+// conflict logs and counts another host's claim and re-announces, at most
+// once per Refresh so two holders cannot drive each other into a storm.
+func (m *Manager) conflict(c conflict) {
+	cfg := c.v.st.cfg
+	m.metrics.conflicts.WithLabelValues(cfg.Address.String(), cfg.Interface).Inc()
+	c.v.log.Warn("vip conflict: another host claims the VIP", zap.Stringer("mac", c.mac))
+	if time.Since(c.v.lastKick) >= cfg.Refresh {
+		c.v.lastKick = time.Now()
+		c.v.trigger(false)
+	}
+}
+
+// claim adds the address for the first time in this Hold.
+func (m *Manager) claim(h *netlink.Handle, v *held) error {
+	cfg := v.st.cfg
+	link, err := h.LinkByName(cfg.Interface)
+	if err != nil {
+		return fmt.Errorf("claim %s: find interface %s: %w", cfg.Address, cfg.Interface, err)
+	}
+	v.link = link
+	v.linkUp = isUp(link.Attrs())
+	v.addr = netlink.Addr{
+		IPNet:       prefix(cfg.Address),
+		Label:       cfg.label(),
+		ValidLft:    cfg.lifetimeSeconds(),
+		PreferedLft: cfg.lifetimeSeconds(),
+	}
+	if cfg.Address.Is6() {
+		v.addr.Flags = unix.IFA_F_NODAD
+	}
+	if err := m.addAddr(h, v); err != nil {
+		return err
+	}
+	v.claimed = true
+	v.st.held.Store(true)
+	m.metrics.claims.WithLabelValues(cfg.Address.String(), cfg.Interface).Inc()
+	m.metrics.held.WithLabelValues(cfg.Address.String(), cfg.Interface).Set(1)
+	v.log.Info("vip claimed", zap.Int("lifetime_s", v.addr.ValidLft))
+	return nil
+}
+
+// addAddr adds or renews the address with its lifetime (idempotent).
+func (m *Manager) addAddr(h *netlink.Handle, v *held) error {
+	a := v.addr // AddrReplace fills in fields of what it is given
+	if err := h.AddrReplace(v.link, &a); err != nil {
+		return fmt.Errorf("add address %s to %s: %w", v.addr.IPNet, v.st.cfg.Interface, needsCap(err, "CAP_NET_ADMIN"))
+	}
+	return nil
+}
+
+// renew extends the lifetime and asks for one announcement.
+func (m *Manager) renew(h *netlink.Handle, v *held) {
+	if err := m.addAddr(h, v); err != nil {
+		v.st.held.Store(false)
+		v.log.Error("vip renew failed", zap.Error(err))
+		return
+	}
+	v.st.held.Store(true)
+	v.trigger(false)
+}
+
+// restore puts the address back at once and announces a full burst.
+func (m *Manager) restore(h *netlink.Handle, v *held, why string) {
+	if err := m.addAddr(h, v); err != nil {
+		v.st.held.Store(false)
+		v.log.Error("vip restore failed", zap.String("reason", why), zap.Error(err))
+		return
+	}
+	v.st.held.Store(true)
+	m.metrics.restores.WithLabelValues(v.st.cfg.Address.String(), v.st.cfg.Interface).Inc()
+	v.log.Warn("vip restored", zap.String("reason", why))
+	v.trigger(true)
+}
+
+// release deletes every address this Hold added. It runs before anything
+// else on the way out of Hold.
+func (m *Manager) release(h *netlink.Handle, vips []*held) {
+	for _, v := range vips {
+		if !v.claimed {
+			continue
+		}
+		cfg := v.st.cfg
+		a := v.addr
+		err := h.AddrDel(v.link, &a)
+		v.st.held.Store(false)
+		m.metrics.held.WithLabelValues(cfg.Address.String(), cfg.Interface).Set(0)
+		m.metrics.releases.WithLabelValues(cfg.Address.String(), cfg.Interface).Inc()
+		switch {
+		case err == nil, errors.Is(err, syscall.EADDRNOTAVAIL):
+			v.log.Info("vip released")
+		default:
+			v.log.Error("vip release failed; the kernel drops it when its lifetime ends",
+				zap.Error(needsCap(err, "CAP_NET_ADMIN")))
+		}
+	}
+}
+
+// announceLoop sends the claim burst, then one announcement per trigger (or
+// a burst when asked), until ctx is done. Sends carry deadlines; a failure is
+// logged when it starts and when it ends, not on every tick.
+func (m *Manager) announceLoop(ctx context.Context, v *held, start time.Time) {
+	cfg := v.st.cfg
+	announcements := m.metrics.announcements.WithLabelValues(cfg.Address.String(), cfg.Interface)
+	first, failing := true, false
+	send := func() {
+		if ctx.Err() != nil {
+			return // releasing: an announcement now would point neighbours back here
+		}
+		err := v.ann.announce()
+		switch {
+		case err != nil && !failing:
+			v.log.Warn("vip announcement failed", zap.Error(err))
+		case err == nil && failing:
+			v.log.Info("vip announcements work again")
+		}
+		failing = err != nil
+		if err != nil {
+			return
+		}
+		announcements.Inc()
+		if first {
+			first = false
+			d := time.Since(start)
+			m.metrics.claimToAnnounce.Observe(d.Seconds())
+			v.log.Info("vip announced", zap.Duration("claim_to_announce", d))
+		}
+	}
+	burst := func() {
+		t := time.NewTimer(0)
+		defer t.Stop()
+		for i := 0; i < cfg.AnnounceCount; i++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			send()
+			t.Reset(cfg.AnnounceInterval)
+		}
+	}
+	burst()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-v.kick:
+			if v.wantBurst.Swap(false) {
+				burst()
+			} else {
+				send()
+			}
+		}
+	}
+}
+
+// isUp reports whether a link can carry traffic: administratively up and
+// not reported down by its driver (veth and dummy links say "unknown").
+func isUp(a *netlink.LinkAttrs) bool {
+	return a.Flags&net.FlagUp != 0 && (a.OperState == netlink.OperUp || a.OperState == netlink.OperUnknown)
+}
+
+// Watch follows the VIP interfaces with a netlink link subscription, keeps
+// LinkUp accurate and calls OnLinkChange on every change, until ctx is done.
+// A missing interface counts as down.
+func (m *Manager) Watch(ctx context.Context) {
+	if len(m.vips) == 0 {
+		<-ctx.Done()
+		return
+	}
+	h, err := newHandle()
+	if err != nil {
+		m.log.Error("vip link watch cannot start", zap.Error(needsCap(err, "CAP_NET_ADMIN")))
+		<-ctx.Done()
+		return
+	}
+	defer h.Close()
+	links := linkStream(ctx, m.log)
+	defer links.wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-links.C:
+			// Any update (or a resubscription) re-reads every interface:
+			// fresher than the update itself and immune to lost messages.
+			state := make(map[string]bool, len(m.vips))
+			for _, v := range m.vips {
+				link, err := h.LinkByName(v.cfg.Interface)
+				state[v.cfg.Interface] = err == nil && isUp(link.Attrs())
+			}
+			m.setLinkState(state)
+		}
+	}
+}

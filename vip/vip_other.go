@@ -1,0 +1,24 @@
+//go:build !linux
+
+package vip
+
+import (
+	"context"
+
+	"go.uber.org/zap"
+)
+
+// RemoveStale is not supported on this system: it returns ErrNotSupported.
+func (m *Manager) RemoveStale() error { return ErrNotSupported }
+
+// Hold is not supported on this system: it returns ErrNotSupported at once.
+func (m *Manager) Hold(ctx context.Context) error { return ErrNotSupported }
+
+// Watch cannot follow links on this system: it logs ErrNotSupported once and
+// returns when ctx is done, like the Linux version.
+func (m *Manager) Watch(ctx context.Context) {
+	if len(m.vips) > 0 {
+		m.log.Error("vip link watch unavailable", zap.Error(ErrNotSupported))
+	}
+	<-ctx.Done()
+}
