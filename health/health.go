@@ -68,8 +68,10 @@ type Check struct {
 	ServerName, CAFile, CertFile, KeyFile string
 	// Interval is the period between checks, with ±10% jitter. FastInterval
 	// replaces it while a state change is pending (a failure on a healthy
-	// backend or a success on an unhealthy one). Timeout bounds one whole
-	// check: connect, TLS handshake and the full response.
+	// backend or a success on an unhealthy one); a ConnectFailed does not
+	// move the next check forward. Timeout bounds one whole check: connect,
+	// TLS handshake, request, status line and headers, and the body prefix
+	// when ExpectBody is set (otherwise the body is not read).
 	Interval, FastInterval, Timeout time.Duration
 	// Rise consecutive successes make an unhealthy backend healthy; Fall
 	// consecutive failures make a healthy backend unhealthy.

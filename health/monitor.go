@@ -48,6 +48,7 @@ type backend struct {
 	metrics                backendMetrics
 
 	healthy atomic.Bool // mirrors sm.healthy for lock-free Summary reads
+	failing atomic.Bool // mirrors sm.failures > 0: ConnectSucceeded's lock-free fast path
 	// notifyMu is taken before mu is released on a transition and held while
 	// the transition is announced, so OnTransition sees one backend's
 	// changes in the order they happened without being called under mu.
@@ -313,6 +314,7 @@ func (m *Monitor) observe(b *backend, reason string, err error, active bool) {
 		b.lastCheck = time.Now()
 	}
 	healthy := b.sm.healthy
+	b.failing.Store(b.sm.failures > 0)
 	if !changed {
 		b.mu.Unlock()
 		return
@@ -354,11 +356,14 @@ func (m *Monitor) ConnectFailed(pool, backend string) {
 // (a wedged server still accepts), so only active checks count toward Rise.
 // Unknown names are ignored. It does not allocate.
 func (m *Monitor) ConnectSucceeded(pool, backend string) {
-	if b := m.checked[backendKey{pool, backend}]; b != nil {
-		b.mu.Lock()
-		b.sm.connectSucceeded()
-		b.mu.Unlock()
+	b := m.checked[backendKey{pool, backend}]
+	if b == nil || !b.failing.Load() || !b.healthy.Load() {
+		return // the common case: nothing to reset, no lock taken
 	}
+	b.mu.Lock()
+	b.sm.connectSucceeded()
+	b.failing.Store(b.sm.failures > 0)
+	b.mu.Unlock()
 }
 
 // Summary counts the pools and those with at least one healthy backend.
