@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/vipd/vipd/balancer"
+	"github.com/vipd/vipd/config"
+	"github.com/vipd/vipd/election"
+	"github.com/vipd/vipd/health"
+	"github.com/vipd/vipd/vip"
+)
+
+// This file turns the validated config into each component's own options,
+// so that no component imports config or parses strings.
+
+func balancerOptions(cfg *config.Config) balancer.Options {
+	var opts balancer.Options
+	for _, fe := range cfg.Frontends {
+		opts.Frontends = append(opts.Frontends, balancer.FrontendConfig{
+			Name: fe.Name, Listen: fe.Listen, Pool: fe.Pool,
+			MaxConnections: fe.MaxConnections, IdleTimeout: fe.IdleTimeout,
+		})
+	}
+	for _, p := range cfg.Pools {
+		pc := balancer.PoolConfig{
+			Name: p.Name, Algorithm: p.Algorithm, ConnectTimeout: p.ConnectTimeout,
+			ProxyProtocol: p.ProxyProtocol, SlowStart: p.SlowStart,
+			StartHealthy: p.Health.Initial == config.InitialHealthy,
+		}
+		for _, b := range p.Backends {
+			pc.Backends = append(pc.Backends, balancer.BackendConfig{Address: b.Address, Weight: b.Weight})
+		}
+		opts.Pools = append(opts.Pools, pc)
+	}
+	return opts
+}
+
+func healthOptions(cfg *config.Config) health.Options {
+	var opts health.Options
+	for _, p := range cfg.Pools {
+		h := p.Health
+		check := health.Check{
+			Kind: health.Kind(h.Type), Path: h.Path, Host: h.Host, ExpectBody: h.ExpectBody,
+			TLSSkipVerify: h.TLSSkipVerify, ServerName: h.ServerName,
+			CAFile: h.CAFile, CertFile: h.CertFile, KeyFile: h.KeyFile,
+			Interval: h.Interval, FastInterval: h.FastInterval, Timeout: h.Timeout,
+			Rise: h.Rise, Fall: h.Fall, StartHealthy: h.Initial == config.InitialHealthy,
+		}
+		for _, r := range h.ExpectStatus {
+			check.ExpectStatus = append(check.ExpectStatus, health.StatusRange{Min: r.Min, Max: r.Max})
+		}
+		pc := health.PoolChecks{Pool: p.Name, Check: check}
+		for _, b := range p.Backends {
+			pc.Backends = append(pc.Backends, b.Address)
+		}
+		opts.Pools = append(opts.Pools, pc)
+	}
+	return opts
+}
+
+func electionOptions(cfg *config.Config) (election.Options, error) {
+	c := cfg.Cluster
+	timing := election.Timing{Heartbeat: c.Timing.Heartbeat, Election: c.Timing.Election, Lease: c.Timing.Lease}
+	if c.Timing.Profile != "" {
+		var err error
+		if timing, err = election.TimingProfile(c.Timing.Profile); err != nil {
+			return election.Options{}, fmt.Errorf("cluster.timing: %w", err)
+		}
+	}
+	return election.Options{
+		NodeName: cfg.Node.Name, RaftBind: c.RaftBind, GossipBind: c.GossipBind,
+		Join: c.Join, BootstrapExpect: c.BootstrapExpect, DataDir: c.DataDir,
+		SecretKey: c.SecretKey, Role: election.Role(c.Role), Timing: timing,
+		FitnessGrace: c.FitnessGrace, AdminAddr: cfg.Admin.Listen,
+	}, nil
+}
+
+func vipOptions(cfg *config.Config) vip.Options {
+	var opts vip.Options
+	for _, v := range cfg.VIPs {
+		opts.VIPs = append(opts.VIPs, vip.Config{
+			Address: netip.MustParseAddr(v.Address), Interface: v.Interface,
+			Lifetime: v.Lifetime, Refresh: v.Refresh,
+			AnnounceCount: v.AnnounceCount, AnnounceInterval: v.AnnounceInterval,
+		})
+	}
+	return opts
+}
