@@ -1,0 +1,168 @@
+// Command vipbench measures vipd side by side with HAProxy and a direct
+// connection on 127.0.0.1: bulk upload throughput, new connections per
+// second and request/response pairs per second with latency, and the memory
+// idle connections cost. It prints a table of medians over interleaved
+// rounds. See bench/README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vipd/vipd/bench"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	var (
+		duration    = flag.Duration("duration", 2500*time.Millisecond, "length of each timed run")
+		rounds      = flag.Int("rounds", 5, "rounds; each runs every metric through every target")
+		only        = flag.String("only", "", "comma-separated metrics to run: "+strings.Join(bench.AllMetrics, ",")+" (default all)")
+		targets     = flag.String("targets", "", "comma-separated targets: "+strings.Join(bench.AllTargets, ",")+" (default all)")
+		concurrency = flag.Int("concurrency", 16, "workers of the connection-rate run and connections of the pairs run")
+		idle        = flag.Int("idle", 10000, "idle connections held open for the memory figure")
+		haproxyBin  = flag.String("haproxy", "haproxy", "haproxy binary")
+		vipdBin     = flag.String("vipd", "bin/vipd", "vipd binary")
+		splice      = flag.Bool("haproxy-splice", false, "add 'option splice-auto' to HAProxy (Debian's default config has no splicing)")
+		keep        = flag.Bool("keep", false, "keep the scratch directory (configs, logs) and print its path")
+		out         = flag.String("out", "", "also write the report to this file")
+	)
+	flag.Parse()
+	if flag.NArg() > 0 || *rounds < 1 || *duration <= 0 || *concurrency < 1 || *idle < 1 {
+		fmt.Fprintln(os.Stderr, "vipbench: bad arguments: -rounds, -duration, -concurrency, -idle must be positive; no positional arguments")
+		flag.Usage()
+		return 2
+	}
+	metrics, err := bench.ParseList("only", *only, bench.AllMetrics)
+	if err == nil {
+		var ts []string
+		ts, err = bench.ParseList("targets", *targets, bench.AllTargets)
+		*targets = strings.Join(ts, ",")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vipbench:", err)
+		return 2
+	}
+	targetList := strings.Split(*targets, ",")
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if slices.Contains(targetList, "haproxy") {
+		p, err := exec.LookPath(*haproxyBin)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "vipbench: haproxy not found (%v): install it with `apt-get install haproxy`, or leave it out with -targets direct,vipd\n", err)
+			return 1
+		}
+		*haproxyBin = p
+	} else {
+		*haproxyBin = ""
+	}
+	if slices.Contains(targetList, "vipd") {
+		if st, err := os.Stat(*vipdBin); err != nil || st.IsDir() {
+			fmt.Fprintf(os.Stderr, "vipbench: vipd binary %q not found: run `make build` first, or leave it out with -targets direct,haproxy\n", *vipdBin)
+			return 1
+		}
+	} else {
+		*vipdBin = ""
+	}
+
+	// Each proxied connection costs a proxy two descriptors, and this
+	// process two as well (client and backend side). The children inherit
+	// the limit; without CAP_SYS_RESOURCE it cannot pass the hard limit.
+	limit, err := bench.RaiseNoFile(uint64(4**idle + 10000))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vipbench:", err)
+		return 1
+	}
+	maxConn := min(200000, int(limit)/2-500)
+	if fit := int(limit)/2 - 1500; *idle > fit && slices.Contains(metrics, bench.MetricIdle) {
+		fmt.Fprintf(os.Stderr, "vipbench: open-file limit %d allows only %d idle connections; using that (the figure is scaled to 10k)\n", limit, fit)
+		*idle = fit
+	}
+
+	dir, err := os.MkdirTemp("", "vipbench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vipbench: scratch dir:", err)
+		return 1
+	}
+	if *keep {
+		fmt.Fprintln(os.Stderr, "vipbench: scratch dir kept:", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+
+	info := bench.MachineInfo(ctx, *haproxyBin, *vipdBin)
+	fmt.Fprintln(os.Stderr, "machine:", info)
+	start := time.Now()
+	rep, runErr := bench.Run(ctx, bench.Options{
+		Duration: *duration, Rounds: *rounds, Metrics: metrics, Targets: targetList,
+		Concurrency: *concurrency, IdleConns: *idle,
+		HAProxyBin: *haproxyBin, VipdBin: *vipdBin, HAProxySplice: *splice, MaxConn: maxConn,
+		Dir: dir, Progress: os.Stderr,
+	})
+	if rep != nil {
+		w := io.Writer(os.Stdout)
+		var f *os.File
+		if *out != "" {
+			if f, err = os.Create(*out); err != nil {
+				fmt.Fprintln(os.Stderr, "vipbench: -out:", err)
+				return 1
+			}
+			w = io.MultiWriter(os.Stdout, f)
+		}
+		err = writeReport(w, rep, info, *rounds, *duration, *concurrency, *splice, time.Since(start))
+		if f != nil {
+			err = errors.Join(err, f.Close())
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "vipbench: write report:", err)
+			return 1
+		}
+	}
+	if runErr != nil {
+		fmt.Fprintln(os.Stderr, "vipbench:", runErr)
+		return 1
+	}
+	return 0
+}
+
+func writeReport(w io.Writer, rep *bench.Report, info string, rounds int, d time.Duration, conc int, splice bool, took time.Duration) error {
+	spliceNote := "off"
+	if splice {
+		spliceNote = "on"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "vipbench %s: medians of %d interleaved rounds, %s per run, concurrency %d, bulk = client uploads to a sink, haproxy splice %s; took %s\n",
+		time.Now().UTC().Format(time.RFC3339), rounds, d, conc, spliceNote, took.Round(time.Second))
+	fmt.Fprintf(&b, "machine: %s\n\n", info)
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return err
+	}
+	if err := bench.RenderTable(w, rep.Targets, rep.Rows); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(w, "\nper round (run order):\n"); err != nil {
+		return err
+	}
+	if err := bench.RenderRounds(w, rep.Targets, rep.Rows); err != nil {
+		return err
+	}
+	if len(rep.Warnings) > 0 {
+		if _, err := fmt.Fprintf(w, "\nwarnings:\n  %s\n", strings.Join(rep.Warnings, "\n  ")); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,419 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Metric names, as -only takes them.
+const (
+	MetricBulk1 = "bulk1"
+	MetricBulk8 = "bulk8"
+	MetricConns = "conns"
+	MetricPairs = "pairs"
+	MetricIdle  = "idle"
+)
+
+// AllMetrics lists every metric in run order.
+var AllMetrics = []string{MetricBulk1, MetricBulk8, MetricConns, MetricPairs, MetricIdle}
+
+// AllTargets lists every target in the order of the first round.
+var AllTargets = []string{"direct", "haproxy", "vipd"}
+
+// settle is the pause before each run, so the previous run's closing
+// connections and garbage do not land in the next one.
+const settle = 300 * time.Millisecond
+
+// Options says what to measure and with which binaries.
+type Options struct {
+	Duration      time.Duration // length of each run
+	Rounds        int
+	Metrics       []string // subset of AllMetrics, in any order
+	Targets       []string // subset of AllTargets, in any order
+	Concurrency   int      // workers of the connection-rate run, connections of the pairs run
+	IdleConns     int      // connections of the idle-memory run
+	HAProxyBin    string
+	VipdBin       string
+	HAProxySplice bool
+	MaxConn       int       // connection limit of both proxies (HAProxy maxconn, vipd max_connections)
+	Dir           string    // scratch directory for configurations, logs and vipd's data
+	Progress      io.Writer // one line per run; nil means none
+}
+
+// Report is what Run measured.
+type Report struct {
+	Targets  []string
+	Rows     []Row
+	Warnings []string // failed runs and runs with errors, in order
+}
+
+// metric is one workload and the rows it fills.
+type metric struct {
+	name string
+	rows []Row
+	cpu  bool // add a row with the proxy's CPU use during the run
+	// run measures target t once and returns one value per row.
+	run func(ctx context.Context, t *Target) ([]float64, []string, error)
+}
+
+// Run starts the backend and the targets, measures every metric through
+// every target, interleaved round by round, and stops everything it started
+// before returning, also when ctx is cancelled.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	backend, err := NewBackend("127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	defer backend.Close()
+
+	targets, err := startTargets(ctx, o, backend.Addr())
+	defer func() {
+		for _, t := range targets {
+			t.Stop()
+		}
+	}()
+	if err != nil {
+		return nil, err
+	}
+
+	metrics := buildMetrics(o, backend)
+	rep := &Report{Targets: make([]string, len(targets))}
+	for i, t := range targets {
+		rep.Targets[i] = t.Name
+	}
+	for _, m := range metrics {
+		rep.Rows = append(rep.Rows, m.rows...)
+	}
+	o.progress("warm-up: %s each", strings.Join(rep.Targets, ", "))
+	for _, t := range targets {
+		if err := warmUp(ctx, t); err != nil {
+			return nil, err
+		}
+	}
+
+	for round := range o.Rounds {
+		order := rotate(targets, round)
+		row := 0
+		for _, m := range metrics {
+			for _, t := range order {
+				if err := ctx.Err(); err != nil {
+					return rep, fmt.Errorf("interrupted: %w", err)
+				}
+				if err := alive(t); err != nil {
+					return rep, err
+				}
+				vals, warns, err := measure(ctx, m, t)
+				for _, w := range warns {
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("round %d %s %s: %s", round+1, m.name, t.Name, w))
+				}
+				if err != nil {
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("round %d %s %s: %v", round+1, m.name, t.Name, err))
+				}
+				for k := range m.rows {
+					rep.Rows[row+k].Add(t.Name, vals[k])
+				}
+				o.progress("round %d/%d %-6s %-8s %s", round+1, o.Rounds, m.name, t.Name, describe(m.rows, vals))
+			}
+			row += len(m.rows)
+		}
+	}
+	return rep, nil
+}
+
+func (o Options) progress(format string, args ...any) {
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, format+"\n", args...)
+	}
+}
+
+// startTargets starts the selected targets in AllTargets order. On error it
+// returns those already started, for the caller to stop.
+func startTargets(ctx context.Context, o Options, backend string) ([]*Target, error) {
+	var targets []*Target
+	for _, name := range AllTargets {
+		if !slices.Contains(o.Targets, name) {
+			continue
+		}
+		var t *Target
+		var err error
+		switch name {
+		case "direct":
+			t = &Target{Name: "direct", Addr: backend}
+		case "haproxy":
+			t, err = StartHAProxy(ctx, o.HAProxyBin, o.Dir, backend, o.HAProxySplice, o.MaxConn)
+		case "vipd":
+			t, err = StartVipd(ctx, o.VipdBin, o.Dir, backend, o.MaxConn)
+		}
+		if err != nil {
+			return targets, err
+		}
+		o.progress("started %s on %s", name, t.Addr)
+		targets = append(targets, t)
+	}
+	return targets, nil
+}
+
+// rotate returns targets shifted left by round, so that no target always
+// runs first (right after the previous metric) or last.
+func rotate(targets []*Target, round int) []*Target {
+	if len(targets) == 0 {
+		return nil
+	}
+	k := round % len(targets)
+	return append(slices.Clone(targets[k:]), targets[:k]...)
+}
+
+func alive(t *Target) error {
+	if t.Proc == nil {
+		return nil
+	}
+	select {
+	case <-t.Proc.Exited():
+		return fmt.Errorf("%s has exited; its log:\n%s", t.Name, t.Proc.LogTail(20))
+	default:
+		return nil
+	}
+}
+
+// warmUp runs every workload briefly through t, so that first-run effects
+// (page faults, heap growth, connection pools) stay out of the figures.
+func warmUp(ctx context.Context, t *Target) error {
+	const d = 300 * time.Millisecond
+	if _, err := Bulk(ctx, t.Addr, 2, d); err != nil {
+		return fmt.Errorf("warm-up %s: %w", t.Name, err)
+	}
+	if r := ConnRate(ctx, t.Addr, 4, d); r.Count == 0 {
+		return fmt.Errorf("warm-up %s: no connection completed: %v", t.Name, r.FirstErr)
+	}
+	if _, err := Pairs(ctx, t.Addr, 4, d); err != nil {
+		return fmt.Errorf("warm-up %s: %w", t.Name, err)
+	}
+	return nil
+}
+
+// measure runs m once through t after a pause and a GC of the benchmark's
+// own heap, and adds the proxy's CPU use as the last value when m asks.
+func measure(ctx context.Context, m metric, t *Target) ([]float64, []string, error) {
+	runtime.GC()
+	select {
+	case <-ctx.Done():
+	case <-time.After(settle):
+	}
+	nan := func() []float64 {
+		v := make([]float64, len(m.rows))
+		for i := range v {
+			v[i] = math.NaN()
+		}
+		return v
+	}
+	bg := startBackground(t)
+	start := time.Now()
+	vals, warns, err := m.run(ctx, t)
+	elapsed := time.Since(start)
+	if w := bg.finish(elapsed, t); w != "" {
+		warns = append(warns, w)
+	}
+	if err != nil {
+		return nan(), warns, err
+	}
+	if m.cpu {
+		cpu := math.NaN()
+		if t.Proc != nil {
+			if after, err := ReadUsage(t.Proc.PID()); err == nil {
+				cpu = 100 * (after.CPU - bg.proxy.CPU).Seconds() / elapsed.Seconds()
+			}
+		}
+		vals = append(vals, cpu)
+	}
+	return vals, warns, nil
+}
+
+// backgroundLimit is the CPU use of other processes, in percent of one
+// core, above which a run is flagged as disturbed.
+const backgroundLimit = 25
+
+// background holds the CPU readings taken at the start of a run: the
+// machine's, the benchmark's and the proxy's (zero for direct).
+type background struct {
+	busy, self time.Duration
+	proxy      Usage
+	ok         bool
+}
+
+func startBackground(t *Target) background {
+	busy, err1 := MachineBusy()
+	self, err2 := ReadUsage(os.Getpid())
+	b := background{busy: busy, self: self.CPU, ok: err1 == nil && err2 == nil}
+	if t.Proc != nil {
+		p, err := ReadUsage(t.Proc.PID())
+		b.proxy, b.ok = p, b.ok && err == nil
+	}
+	return b
+}
+
+// finish returns a warning when other processes used more than
+// backgroundLimit percent of a core during the run.
+func (b background) finish(elapsed time.Duration, t *Target) string {
+	busy, err1 := MachineBusy()
+	self, err2 := ReadUsage(os.Getpid())
+	if !b.ok || err1 != nil || err2 != nil || elapsed <= 0 {
+		return ""
+	}
+	other := (busy - b.busy) - (self.CPU - b.self)
+	if t.Proc != nil {
+		if p, err := ReadUsage(t.Proc.PID()); err == nil {
+			other -= p.CPU - b.proxy.CPU
+		}
+	}
+	pct := 100 * other.Seconds() / elapsed.Seconds()
+	if pct <= backgroundLimit {
+		return ""
+	}
+	return fmt.Sprintf("other processes used %.0f%% of a core during the run", pct)
+}
+
+func describe(rows []Row, vals []float64) string {
+	parts := make([]string, len(rows))
+	for i := range rows {
+		parts[i] = strings.TrimSpace(rows[i].Name) + "=" + FormatValue(vals[i])
+	}
+	return strings.Join(parts, " ")
+}
+
+func buildMetrics(o Options, backend *Backend) []metric {
+	cpuRow := func(what string) Row { return Row{Name: "  proxy CPU % (" + what + ")"} }
+	bulk := func(streams int) func(context.Context, *Target) ([]float64, []string, error) {
+		return func(ctx context.Context, t *Target) ([]float64, []string, error) {
+			r, err := Bulk(ctx, t.Addr, streams, o.Duration)
+			return []float64{r.MBps()}, nil, err
+		}
+	}
+	latency := func(r LatencyResult) ([]float64, []string, error) {
+		var warns []string
+		if r.Errors > 0 {
+			warns = append(warns, fmt.Sprintf("%d of %d operations failed, first: %v", r.Errors, r.Errors+r.Count, r.FirstErr))
+		}
+		if r.Count == 0 {
+			return nil, warns, errors.New("no operation completed")
+		}
+		return []float64{r.PerSecond(), micros(r.P(50)), micros(r.P(99))}, warns, nil
+	}
+	all := map[string]metric{
+		MetricBulk1: {
+			name: MetricBulk1, cpu: true,
+			rows: []Row{{Name: "bulk 1 stream (MB/s)", Higher: true, Target: 1.1}, cpuRow("bulk 1")},
+			run:  bulk(1),
+		},
+		MetricBulk8: {
+			name: MetricBulk8, cpu: true,
+			rows: []Row{{Name: "bulk 8 streams (MB/s)", Higher: true, Target: 1.1}, cpuRow("bulk 8")},
+			run:  bulk(8),
+		},
+		MetricConns: {
+			name: MetricConns, cpu: true,
+			rows: []Row{
+				{Name: "new connections/s", Higher: true, Target: 1.0},
+				{Name: "  connection p50 (µs)"},
+				{Name: "  connection p99 (µs)"},
+				cpuRow("connections"),
+			},
+			run: func(ctx context.Context, t *Target) ([]float64, []string, error) {
+				return latency(ConnRate(ctx, t.Addr, o.Concurrency, o.Duration))
+			},
+		},
+		MetricPairs: {
+			name: MetricPairs, cpu: true,
+			rows: []Row{
+				{Name: "request/response pairs/s", Higher: true, Target: 1.0},
+				{Name: "  pair p50 (µs)"},
+				{Name: "  pair p99 (µs)", Target: 1.0},
+				cpuRow("pairs"),
+			},
+			run: func(ctx context.Context, t *Target) ([]float64, []string, error) {
+				r, err := Pairs(ctx, t.Addr, o.Concurrency, o.Duration)
+				if err != nil {
+					return nil, nil, err
+				}
+				return latency(r)
+			},
+		},
+		MetricIdle: {
+			name: MetricIdle,
+			rows: []Row{
+				{Name: "RSS growth per 10k idle conns (MiB)"},
+				{Name: fmt.Sprintf("RSS with %d idle conns (MiB)", o.IdleConns)},
+			},
+			run: func(ctx context.Context, t *Target) ([]float64, []string, error) {
+				return idleMemory(ctx, t, o.IdleConns, backend)
+			},
+		},
+	}
+	var out []metric
+	for _, name := range AllMetrics {
+		if slices.Contains(o.Metrics, name) {
+			out = append(out, all[name])
+		}
+	}
+	return out
+}
+
+func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+const mib = 1 << 20
+
+// idleMemory opens n idle connections through t and reads the proxy's RSS
+// before and after. A direct connection has no proxy: NaN.
+func idleMemory(ctx context.Context, t *Target, n int, backend *Backend) ([]float64, []string, error) {
+	if t.Proc == nil {
+		return []float64{math.NaN(), math.NaN()}, nil, nil
+	}
+	before, err := ReadUsage(t.Proc.PID())
+	if err != nil {
+		return nil, nil, err
+	}
+	cs, err := OpenIdle(ctx, t.Addr, n, backend)
+	defer func() {
+		for _, c := range cs {
+			c.Close()
+		}
+		// The next run starts only when the proxy has let go of all of them.
+		waitFor(ctx, 30*time.Second, func() bool { return backend.IdleConns() == 0 })
+	}()
+	if err != nil {
+		return nil, nil, err
+	}
+	time.Sleep(200 * time.Millisecond) // let the proxy finish its per-connection setup
+	after, err := ReadUsage(t.Proc.PID())
+	if err != nil {
+		return nil, nil, err
+	}
+	growth := float64(after.RSS-before.RSS) / mib * 10000 / float64(n)
+	return []float64{growth, float64(after.RSS) / mib}, nil, nil
+}
+
+// ParseList splits a comma-separated flag value and checks every item
+// against allowed; empty means all of allowed.
+func ParseList(flagName, value string, allowed []string) ([]string, error) {
+	if strings.TrimSpace(value) == "" {
+		return slices.Clone(allowed), nil
+	}
+	var out []string
+	for _, item := range strings.Split(value, ",") {
+		item = strings.TrimSpace(item)
+		if !slices.Contains(allowed, item) {
+			return nil, fmt.Errorf("-%s: unknown %q (choose from %s)", flagName, item, strings.Join(allowed, ","))
+		}
+		if !slices.Contains(out, item) {
+			out = append(out, item)
+		}
+	}
+	return out, nil
+}

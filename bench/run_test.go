@@ -1,0 +1,91 @@
+package bench
+
+import (
+	"context"
+	"math"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRunDirectFillsEveryRowForEveryRound(t *testing.T) {
+	var progress strings.Builder
+	rep, err := Run(context.Background(), Options{
+		Duration: 100 * time.Millisecond, Rounds: 2,
+		Metrics: AllMetrics, Targets: []string{"direct"},
+		Concurrency: 2, IdleConns: 10, Dir: t.TempDir(), Progress: &progress,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rep.Targets, []string{"direct"}) {
+		t.Fatalf("targets = %v", rep.Targets)
+	}
+	if len(rep.Rows) != 14 {
+		t.Fatalf("%d rows, want 14 (2+2+4+4+2)", len(rep.Rows))
+	}
+	for _, r := range rep.Rows {
+		vals := r.Values["direct"]
+		if len(vals) != 2 {
+			t.Errorf("%s: %d values, want one per round", r.Name, len(vals))
+			continue
+		}
+		// Direct has no proxy: no proxy CPU and no proxy memory.
+		noProxy := strings.Contains(r.Name, "proxy CPU") || strings.Contains(r.Name, "RSS")
+		for _, v := range vals {
+			if noProxy != math.IsNaN(v) {
+				t.Errorf("%s: value %v (NaN expected: %v)", r.Name, v, noProxy)
+			}
+		}
+	}
+	if n := strings.Count(progress.String(), "round "); n != 2*len(AllMetrics) {
+		t.Errorf("%d progress lines, want %d:\n%s", n, 2*len(AllMetrics), progress.String())
+	}
+	t.Logf("warnings: %v", rep.Warnings)
+}
+
+func TestRunStopsWhenCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Run(ctx, Options{
+		Duration: time.Second, Rounds: 3, Metrics: []string{MetricPairs},
+		Targets: []string{"direct"}, Concurrency: 1, IdleConns: 1, Dir: t.TempDir(),
+	})
+	if err == nil {
+		t.Fatal("Run with a cancelled context returned no error")
+	}
+}
+
+func TestRotateChangesWhoGoesFirst(t *testing.T) {
+	ts := []*Target{{Name: "a"}, {Name: "b"}, {Name: "c"}}
+	names := func(ts []*Target) string {
+		var s []string
+		for _, t := range ts {
+			s = append(s, t.Name)
+		}
+		return strings.Join(s, "")
+	}
+	for round, want := range []string{"abc", "bca", "cab", "abc"} {
+		if got := names(rotate(ts, round)); got != want {
+			t.Errorf("round %d: %s, want %s", round, got, want)
+		}
+	}
+	if names(ts) != "abc" {
+		t.Errorf("rotate changed its input: %s", names(ts))
+	}
+}
+
+func TestParseListValidatesAndDeduplicates(t *testing.T) {
+	got, err := ParseList("only", " pairs,bulk1,pairs ", AllMetrics)
+	if err != nil || !slices.Equal(got, []string{"pairs", "bulk1"}) {
+		t.Errorf("ParseList = %v, %v; want [pairs bulk1]", got, err)
+	}
+	all, err := ParseList("only", "", AllMetrics)
+	if err != nil || !slices.Equal(all, AllMetrics) {
+		t.Errorf("empty list = %v, %v; want all", all, err)
+	}
+	if _, err := ParseList("only", "bulk2", AllMetrics); err == nil || !strings.Contains(err.Error(), `"bulk2"`) {
+		t.Errorf("unknown item: err = %v, want it named", err)
+	}
+}

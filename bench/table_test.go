@@ -1,0 +1,115 @@
+package bench
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+func sampleRows() []Row {
+	bulk := Row{Name: "bulk 1 stream (MB/s)", Higher: true, Target: 1.1}
+	for _, v := range []float64{900, 1000, 1100} {
+		bulk.Add("direct", v*3)
+		bulk.Add("haproxy", v)
+		bulk.Add("vipd", v*1.25)
+	}
+	p99 := Row{Name: "  pair p99 (µs)", Target: 1.0}
+	for _, v := range []float64{100, 200, math.NaN()} {
+		p99.Add("haproxy", v)
+		p99.Add("vipd", v*2)
+	}
+	return []Row{bulk, p99}
+}
+
+func TestRenderTableShowsMediansRatioAndVerdict(t *testing.T) {
+	var b strings.Builder
+	if err := RenderTable(&b, []string{"direct", "haproxy", "vipd"}, sampleRows()); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	t.Logf("\n%s", out)
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("want header, separator and 2 rows, got %d lines", len(lines))
+	}
+	width := utf8.RuneCountInString(lines[0])
+	for i, l := range lines {
+		if n := utf8.RuneCountInString(l); n != width {
+			t.Errorf("line %d is %d wide, header %d: %q", i, n, width, l)
+		}
+		if !strings.HasPrefix(l, "| ") || !strings.HasSuffix(l, " |") {
+			t.Errorf("line %d is not a Markdown table row: %q", i, l)
+		}
+	}
+	for _, col := range []string{"metric", "direct", "haproxy", "vipd", "vipd/haproxy", "target"} {
+		if !strings.Contains(lines[0], col) {
+			t.Errorf("header lacks %q: %q", col, lines[0])
+		}
+	}
+	bulk := cells(lines[2])
+	want := []string{"bulk 1 stream (MB/s)", "3000", "1000", "1250", "1.25", ">= 1.10 met"}
+	if strings.Join(bulk, "|") != strings.Join(want, "|") {
+		t.Errorf("bulk row = %q, want %q", bulk, want)
+	}
+	// The NaN run is left out of the medians: haproxy 150, vipd 300, direct none.
+	p99 := cells(lines[3])
+	want = []string{"pair p99 (µs)", "-", "150", "300", "2.00", "<= 1.00 MISSED"}
+	if strings.Join(p99, "|") != strings.Join(want, "|") {
+		t.Errorf("p99 row = %q, want %q", p99, want)
+	}
+}
+
+func cells(line string) []string {
+	parts := strings.Split(strings.Trim(line, "|"), "|")
+	for i := range parts {
+		parts[i] = strings.TrimSpace(parts[i])
+	}
+	return parts
+}
+
+func TestRatioAndVerdictNeedBothProxies(t *testing.T) {
+	r := Row{Name: "x", Higher: true, Target: 1}
+	r.Add("vipd", 5)
+	if !math.IsNaN(r.Ratio()) || r.Verdict() != "" {
+		t.Errorf("without haproxy: ratio %v verdict %q, want NaN and empty", r.Ratio(), r.Verdict())
+	}
+	r.Add("haproxy", 0)
+	if !math.IsNaN(r.Ratio()) {
+		t.Errorf("haproxy at 0: ratio %v, want NaN", r.Ratio())
+	}
+	noTarget := Row{Name: "y"}
+	noTarget.Add("vipd", 1)
+	noTarget.Add("haproxy", 2)
+	if noTarget.Ratio() != 0.5 || noTarget.Verdict() != "" {
+		t.Errorf("no target: ratio %v verdict %q, want 0.5 and empty", noTarget.Ratio(), noTarget.Verdict())
+	}
+}
+
+func TestFormatValueKeepsAboutThreeDigits(t *testing.T) {
+	cases := map[float64]string{
+		12345.6:    "12346",
+		123.4:      "123",
+		45.67:      "45.7",
+		3.14159:    "3.14",
+		0:          "0.00",
+		math.NaN(): "-",
+	}
+	for in, want := range cases {
+		if got := FormatValue(in); got != want {
+			t.Errorf("FormatValue(%v) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestRenderRoundsListsEveryRunInOrder(t *testing.T) {
+	var b strings.Builder
+	if err := RenderRounds(&b, []string{"haproxy", "vipd"}, sampleRows()); err != nil {
+		t.Fatal(err)
+	}
+	want := "bulk 1 stream (MB/s):  haproxy [900 1000 1100]  vipd [1125 1250 1375]\n" +
+		"pair p99 (µs):  haproxy [100 200 -]  vipd [200 400 -]\n"
+	if b.String() != want {
+		t.Errorf("RenderRounds =\n%s\nwant\n%s", b.String(), want)
+	}
+}
