@@ -1,0 +1,304 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/vipd/vipd/config"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// namedBackend answers every connection with its name and closes.
+func namedBackend(t *testing.T, name string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, name)
+			c.Close()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+type testNode struct {
+	frontend, admin string
+	backends        []string
+	stop            func() error
+}
+
+// startNode runs a single-node daemon on loopback, in process.
+func startNode(t *testing.T) *testNode {
+	t.Helper()
+	n := &testNode{frontend: freePort(t), admin: freePort(t)}
+	n.backends = []string{namedBackend(t, "a"), namedBackend(t, "b")}
+	doc := fmt.Sprintf(`
+node: {name: solo, shutdown_grace: 1s}
+cluster: {raft_bind: %s, gossip_bind: %s, bootstrap_expect: 1, data_dir: %s}
+frontends: [{name: web, listen: %s, pool: web}]
+pools:
+  - name: web
+    backends: [{address: %s}, {address: %s}]
+    health: {type: tcp, interval: 100ms, rise: 1, fall: 1, initial: healthy}
+admin: {listen: %s}
+`, freePort(t), freePort(t), t.TempDir(), n.frontend, n.backends[0], n.backends[1], n.admin)
+	cfg, err := config.Parse([]byte(doc))
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	d, err := newDaemon(cfg, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatalf("newDaemon: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- d.run(ctx) }()
+	var once bool
+	n.stop = func() error {
+		if once {
+			return nil
+		}
+		once = true
+		cancel()
+		return <-errc
+	}
+	t.Cleanup(func() { n.stop() })
+	waitFor(t, "leader and ready", func() bool {
+		var st Status
+		return n.getJSON(t, "/status", &st) == 200 && st.Ready && st.State == "leader"
+	})
+	return n
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (n *testNode) getJSON(t *testing.T, path string, v any) int {
+	t.Helper()
+	resp, err := http.Get("http://" + n.admin + path)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: decode: %v", path, err)
+	}
+	return resp.StatusCode
+}
+
+func (n *testNode) post(t *testing.T, path, body string) (int, string) {
+	t.Helper()
+	resp, err := http.Post("http://"+n.admin+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		return resp.StatusCode, e.Error
+	}
+	return resp.StatusCode, string(data)
+}
+
+// answer makes one connection through the frontend and returns what the
+// backend said.
+func (n *testNode) answer(t *testing.T) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", n.frontend, time.Second)
+	if err != nil {
+		t.Fatalf("dial frontend: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	data, _ := io.ReadAll(c)
+	return string(data)
+}
+
+func TestStatusCarriesTheContractFields(t *testing.T) {
+	n := startNode(t)
+	resp, err := http.Get("http://" + n.admin + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	json.NewDecoder(resp.Body).Decode(&raw)
+	resp.Body.Close()
+	for _, key := range []string{"node", "state", "leader", "term", "vips", "members", "pools"} {
+		if _, ok := raw[key]; !ok {
+			t.Errorf("/status lacks %q: %v", key, raw)
+		}
+	}
+	var st Status
+	n.getJSON(t, "/status", &st)
+	if st.Node != "solo" || st.Leader != "solo" || len(st.Members) != 1 || !st.Members[0].Voter {
+		t.Errorf("status = %+v", st)
+	}
+	if len(st.Pools) != 1 || len(st.Pools[0].Backends) != 2 {
+		t.Fatalf("pools = %+v", st.Pools)
+	}
+	for _, b := range st.Pools[0].Backends {
+		if !b.Healthy {
+			t.Errorf("backend %s not healthy", b.Address)
+		}
+	}
+}
+
+func TestTrafficFlowsAndDrainIsApplied(t *testing.T) {
+	n := startNode(t)
+	seen := map[string]int{}
+	for i := 0; i < 10; i++ {
+		seen[n.answer(t)]++
+	}
+	if seen["a"] != 5 || seen["b"] != 5 {
+		t.Fatalf("round robin over two backends gave %v", seen)
+	}
+	body := fmt.Sprintf(`{"pool":"web","backend":%q}`, n.backends[0])
+	if code, out := n.post(t, "/v1/drain", body); code != 200 {
+		t.Fatalf("drain: HTTP %d %s", code, out)
+	}
+	waitFor(t, "drain applied", func() bool {
+		var st Status
+		n.getJSON(t, "/status", &st)
+		return st.Pools[0].Backends[0].Drained
+	})
+	for i := 0; i < 6; i++ {
+		if got := n.answer(t); got != "b" {
+			t.Fatalf("connection %d after draining a went to %q", i, got)
+		}
+	}
+	if code, out := n.post(t, "/v1/undrain", body); code != 200 {
+		t.Fatalf("undrain: HTTP %d %s", code, out)
+	}
+	waitFor(t, "undrain applied", func() bool {
+		var st Status
+		n.getJSON(t, "/status", &st)
+		return !st.Pools[0].Backends[0].Drained
+	})
+}
+
+func TestBadAdminCallsAreRefusedWithAReason(t *testing.T) {
+	n := startNode(t)
+	cases := []struct {
+		path, body string
+		code       int
+		want       string
+	}{
+		{"/v1/drain", `{"pool":"web","backend":"198.18.0.99:1"}`, 400, `no backend "198.18.0.99:1" in pool "web"`},
+		{"/v1/drain", `{"pool":"web",`, 400, "request body"},
+		{"/v1/drain", `{"pool":"web","backend":"x","colour":1}`, 400, `unknown field "colour"`},
+		{"/v1/maintenance", `{"node":"solo"}`, 400, "node and on are required"},
+		{"/v1/remove", `{}`, 400, "name is required"},
+		{"/v1/drain", strings.Repeat(" ", maxAdminBody+1), 413, "too large"},
+	}
+	for _, tc := range cases {
+		code, out := n.post(t, tc.path, tc.body)
+		if code != tc.code || !strings.Contains(out, tc.want) {
+			t.Errorf("POST %s %.40q: HTTP %d %s; want %d with %q", tc.path, tc.body, code, out, tc.code, tc.want)
+		}
+	}
+	resp, err := http.Get("http://" + n.admin + "/v1/drain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET /v1/drain: HTTP %d, want 405", resp.StatusCode)
+	}
+	// Nothing changed.
+	var st Status
+	n.getJSON(t, "/status", &st)
+	if len(st.Intent.Drained) != 0 {
+		t.Errorf("bad calls changed the intent: %+v", st.Intent)
+	}
+}
+
+func TestMetricsExposeProxyCounters(t *testing.T) {
+	n := startNode(t)
+	n.answer(t)
+	resp, err := http.Get("http://" + n.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	io.Copy(&buf, resp.Body)
+	for _, name := range []string{"vipd_", "go_goroutines", "process_open_fds"} {
+		if !strings.Contains(buf.String(), name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+}
+
+func TestLeaveStopsTheDaemon(t *testing.T) {
+	n := startNode(t)
+	if code, out := n.post(t, "/v1/leave", ""); code != http.StatusAccepted {
+		t.Fatalf("leave: HTTP %d %s", code, out)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.stop() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run after leave: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("daemon did not stop after /v1/leave")
+	}
+	if _, err := net.DialTimeout("tcp", n.frontend, time.Second); err == nil {
+		t.Error("frontend still accepts after leave")
+	}
+}
+
+func TestCheckFlagValidatesOnly(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"--check"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "config ok") {
+		t.Errorf("--check of the default: exit %d, %q %q", code, out.String(), errOut.String())
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"--check", "--config", "/nonexistent.yaml"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "nonexistent.yaml") {
+		t.Errorf("--check of a missing file: exit %d, %q", code, errOut.String())
+	}
+}
