@@ -1,0 +1,409 @@
+package election
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// freePort returns a loopback port free for both TCP and UDP (gossip uses both).
+func freePort(t *testing.T) int {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("listen: %v", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		_ = l.Close()
+		if err == nil {
+			_ = u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// cutLayer is a Raft StreamLayer a test can cut: while cut, dials fail,
+// accepted connections are closed at once and live ones are closed.
+type cutLayer struct {
+	raft.StreamLayer
+	mu    sync.Mutex
+	cut   bool
+	conns map[net.Conn]struct{}
+}
+
+func (c *cutLayer) track(conn net.Conn) (net.Conn, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cut {
+		_ = conn.Close()
+		return nil, false
+	}
+	c.conns[conn] = struct{}{}
+	return conn, true
+}
+
+func (c *cutLayer) Accept() (net.Conn, error) {
+	for {
+		conn, err := c.StreamLayer.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if conn, ok := c.track(conn); ok {
+			return conn, nil
+		}
+	}
+}
+
+func (c *cutLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	c.mu.Lock()
+	cut := c.cut
+	c.mu.Unlock()
+	if cut {
+		return nil, errors.New("test partition: dial refused")
+	}
+	conn, err := c.StreamLayer.Dial(address, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if conn, ok := c.track(conn); ok {
+		return conn, nil
+	}
+	return nil, errors.New("test partition: dial refused")
+}
+
+func (c *cutLayer) setCut(cut bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cut = cut
+	if cut {
+		for conn := range c.conns {
+			_ = conn.Close()
+		}
+		c.conns = map[net.Conn]struct{}{}
+	}
+}
+
+// interval is one announced leadership of one node.
+type interval struct {
+	node       string
+	from, to   time.Time // to is zero while open
+	term       uint64
+	gainedSeen time.Time
+}
+
+// recorder consumes a node's Events and keeps the derived state.
+type recorder struct {
+	name string
+	done chan struct{}
+
+	mu        sync.Mutex
+	leader    bool
+	term      uint64
+	events    []Event
+	intervals []interval
+	lastGain  time.Time
+}
+
+func record(name string, ch <-chan Event) *recorder {
+	r := &recorder{name: name, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for e := range ch {
+			now := time.Now()
+			r.mu.Lock()
+			r.events = append(r.events, e)
+			if e.Leader && !r.leader {
+				r.intervals = append(r.intervals, interval{node: name, from: now, term: e.Term})
+				r.lastGain = now
+			}
+			if !e.Leader && r.leader {
+				r.intervals[len(r.intervals)-1].to = now
+			}
+			r.leader, r.term = e.Leader, e.Term
+			r.mu.Unlock()
+		}
+		r.mu.Lock()
+		if r.leader { // a closed channel counts as a loss
+			r.intervals[len(r.intervals)-1].to = time.Now()
+			r.leader = false
+		}
+		r.mu.Unlock()
+	}()
+	return r
+}
+
+func (r *recorder) isLeader() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.leader
+}
+
+func (r *recorder) gains() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.intervals)
+}
+
+func (r *recorder) changes() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.events)
+}
+
+func (r *recorder) gainedAt() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastGain
+}
+
+func (r *recorder) allIntervals() []interval {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]interval(nil), r.intervals...)
+}
+
+// tnode is one node of a test cluster.
+type tnode struct {
+	*Node
+	opts Options
+	rec  *recorder
+	cut  *cutLayer
+	logs *observer.ObservedLogs
+	up   bool
+}
+
+// cluster is a set of nodes on loopback with real TCP and UDP.
+type cluster struct {
+	t     *testing.T
+	nodes []*tnode
+}
+
+// newCluster starts n nodes that all join each other and wait for
+// bootstrapExpect of them. mod may adjust each node's options.
+func newCluster(t *testing.T, n, expect int, mod func(i int, o *Options)) *cluster {
+	t.Helper()
+	c := &cluster{t: t}
+	var join []string
+	dir := t.TempDir()
+	for i := range n {
+		o := Options{
+			NodeName:        fmt.Sprintf("n%d", i),
+			RaftBind:        fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			GossipBind:      fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			BootstrapExpect: expect,
+			DataDir:         filepath.Join(dir, fmt.Sprintf("n%d", i)),
+			FitnessGrace:    time.Second,
+			AdminAddr:       fmt.Sprintf("127.0.0.1:%d", 9900+i),
+		}
+		join = append(join, o.GossipBind)
+		c.nodes = append(c.nodes, &tnode{opts: o})
+	}
+	for i, tn := range c.nodes {
+		tn.opts.Join = join
+		if mod != nil {
+			mod(i, &tn.opts)
+		}
+	}
+	t.Cleanup(c.shutdown)
+	for _, tn := range c.nodes {
+		c.start(tn)
+	}
+	return c
+}
+
+// add starts one more node joining the cluster.
+func (c *cluster) add(mod func(o *Options)) *tnode {
+	c.t.Helper()
+	first := c.nodes[0].opts
+	o := Options{
+		NodeName:     fmt.Sprintf("n%d", len(c.nodes)),
+		RaftBind:     fmt.Sprintf("127.0.0.1:%d", freePort(c.t)),
+		GossipBind:   fmt.Sprintf("127.0.0.1:%d", freePort(c.t)),
+		DataDir:      filepath.Join(filepath.Dir(first.DataDir), fmt.Sprintf("n%d", len(c.nodes))),
+		FitnessGrace: first.FitnessGrace,
+		Join:         first.Join,
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	tn := &tnode{opts: o}
+	c.nodes = append(c.nodes, tn)
+	c.start(tn)
+	return tn
+}
+
+// start creates and starts tn from its options (again after a stop).
+func (c *cluster) start(tn *tnode) {
+	c.t.Helper()
+	core, logs := observer.New(zapcore.InfoLevel)
+	tl := zaptest.NewLogger(c.t, zaptest.Level(zapcore.WarnLevel))
+	o := tn.opts
+	o.Logger = zap.New(zapcore.NewTee(tl.Core(), core)).Named(o.NodeName)
+	tn.cut = nil
+	o.wrapStream = func(s raft.StreamLayer) raft.StreamLayer {
+		tn.cut = &cutLayer{StreamLayer: s, conns: map[net.Conn]struct{}{}}
+		return tn.cut
+	}
+	node, err := New(o)
+	if err != nil {
+		c.t.Fatalf("new %s: %v", o.NodeName, err)
+	}
+	tn.Node, tn.logs, tn.up = node, logs, true
+	tn.rec = record(o.NodeName, node.Events())
+	if err := node.Start(context.Background()); err != nil {
+		c.t.Fatalf("start %s: %v", o.NodeName, err)
+	}
+}
+
+// stop shuts tn down like a crash (no leave) and waits for its recorder.
+func (c *cluster) stop(tn *tnode) {
+	c.t.Helper()
+	if !tn.up {
+		return
+	}
+	tn.up = false
+	if err := tn.Shutdown(); err != nil {
+		c.t.Errorf("shutdown %s: %v", tn.opts.NodeName, err)
+	}
+	<-tn.rec.done
+}
+
+func (c *cluster) shutdown() {
+	var wg sync.WaitGroup
+	for _, tn := range c.nodes {
+		if tn.up {
+			wg.Add(1)
+			go func() { defer wg.Done(); c.stop(tn) }()
+		}
+	}
+	wg.Wait()
+}
+
+func (c *cluster) up() []*tnode {
+	var out []*tnode
+	for _, tn := range c.nodes {
+		if tn.up {
+			out = append(out, tn)
+		}
+	}
+	return out
+}
+
+// leaders returns the running nodes whose events say leader.
+func (c *cluster) leaders() []*tnode {
+	var out []*tnode
+	for _, tn := range c.up() {
+		if tn.rec.isLeader() {
+			out = append(out, tn)
+		}
+	}
+	return out
+}
+
+// waitLeader waits until exactly one running node (other than except)
+// announces leadership and returns it.
+func (c *cluster) waitLeader(timeout time.Duration, except ...*tnode) *tnode {
+	c.t.Helper()
+	var got *tnode
+	eventually(c.t, timeout, func() error {
+		ls := c.leaders()
+		if len(ls) != 1 {
+			return fmt.Errorf("%d leaders announced", len(ls))
+		}
+		for _, e := range except {
+			if ls[0] == e {
+				return fmt.Errorf("still %s", e.opts.NodeName)
+			}
+		}
+		got = ls[0]
+		return nil
+	})
+	return got
+}
+
+// waitVoters waits until the leader's configuration has exactly these voters.
+func (c *cluster) waitVoters(timeout time.Duration, names ...string) {
+	c.t.Helper()
+	eventually(c.t, timeout, func() error {
+		ls := c.leaders()
+		if len(ls) != 1 {
+			return fmt.Errorf("%d leaders", len(ls))
+		}
+		var got []string
+		for _, m := range ls[0].Status().Members {
+			if m.Voter {
+				got = append(got, m.Name)
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(names) {
+			return fmt.Errorf("voters %v, want %v", got, names)
+		}
+		return nil
+	})
+}
+
+// checkNoOverlap fails if two nodes' announced leaderships overlap in time.
+func (c *cluster) checkNoOverlap() {
+	c.t.Helper()
+	var all []interval
+	for _, tn := range c.nodes {
+		if tn.rec != nil {
+			all = append(all, tn.rec.allIntervals()...)
+		}
+	}
+	end := func(iv interval) time.Time {
+		if iv.to.IsZero() {
+			return time.Now()
+		}
+		return iv.to
+	}
+	for i, a := range all {
+		for _, b := range all[i+1:] {
+			if a.node != b.node && a.from.Before(end(b)) && b.from.Before(end(a)) {
+				c.t.Errorf("overlapping leadership: %s term %d [%v, %v] and %s term %d [%v, %v]",
+					a.node, a.term, a.from.Format("15:04:05.000"), end(a).Format("15:04:05.000"),
+					b.node, b.term, b.from.Format("15:04:05.000"), end(b).Format("15:04:05.000"))
+			}
+		}
+	}
+}
+
+func (tn *tnode) raft() *raft.Raft { return tn.rt.Load().raft }
+
+// eventually retries f until it returns nil or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v", timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func fmtErr(format string, args ...any) error { return fmt.Errorf(format, args...) }

@@ -1,0 +1,286 @@
+package election
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.uber.org/zap"
+)
+
+// window is one stretch of Raft leadership of this node, owned by monitor.
+type window struct {
+	term      uint64
+	stop      chan struct{} // closed by monitor when the window ends
+	done      chan struct{} // closed by leaderLoop on exit
+	confirmed bool          // Barrier succeeded in this term
+	announced bool          // a gain was emitted and not yet withdrawn
+}
+
+// pollInterval backs up the observer and LeaderCh: raft's state is re-read
+// this often, so a dropped notification costs at most this much.
+func (n *Node) pollInterval() time.Duration { return max(n.opts.Timing.Lease/5, minTiming) }
+
+// monitor is the one goroutine that owns leadership (Consul's
+// monitorLeadership): it opens a window with a leaderLoop when Raft says
+// leader, and on loss emits the loss first, then stops the loop and waits.
+func (n *Node) monitor(rt *running) {
+	defer n.wg.Done()
+	t := time.NewTicker(n.pollInterval())
+	defer t.Stop()
+	var w *window
+	for {
+		select {
+		case <-n.stop:
+			n.endWindow(rt, &w, "shutdown")
+			return
+		case <-rt.raft.LeaderCh():
+		case <-rt.obsCh:
+		case term := <-n.confirmedCh:
+			if w != nil && w.term == term {
+				w.confirmed = true
+			}
+		case <-t.C:
+			if !n.clustered.Load() && rt.raft.LastIndex() > 0 {
+				n.clustered.Store(true)
+				n.pokeMeta()
+			}
+		}
+		n.check(rt, &w)
+	}
+}
+
+// check reconciles the window with raft's state: end it on loss or a new
+// term, open one on gain, and announce or withdraw the gain as eligibility
+// (witness, maintenance) allows.
+func (n *Node) check(rt *running, wp **window) {
+	isLeader := rt.raft.State() == raft.Leader
+	term := rt.raft.CurrentTerm()
+	if w := *wp; w != nil && (!isLeader || term != w.term) {
+		n.endWindow(rt, wp, "raft")
+	}
+	if *wp == nil && isLeader {
+		w := &window{term: term, stop: make(chan struct{}), done: make(chan struct{})}
+		*wp = w
+		n.log.Info("raft leadership won; confirming", zap.Uint64("term", term))
+		n.wg.Add(1)
+		go n.leaderLoop(rt, w)
+	}
+	w := *wp
+	if w == nil || !w.confirmed {
+		return
+	}
+	switch eligible := n.eligible(); {
+	case eligible && !w.announced:
+		w.announced = true
+		n.emit(Event{Leader: true, Term: w.term})
+	case !eligible && w.announced:
+		w.announced = false
+		n.emit(Event{Leader: false, Term: w.term})
+	}
+}
+
+// endWindow withdraws an announced gain before anything else, then stops
+// the leader loop and waits for it.
+func (n *Node) endWindow(rt *running, wp **window, why string) {
+	w := *wp
+	if w == nil {
+		return
+	}
+	if w.announced {
+		n.emit(Event{Leader: false, Term: max(rt.raft.CurrentTerm(), w.term)})
+	}
+	close(w.stop)
+	<-w.done
+	*wp = nil
+	n.log.Info("raft leadership ended", zap.Uint64("term", w.term), zap.String("why", why))
+}
+
+func (n *Node) emit(e Event) {
+	n.leading.Store(e.Leader)
+	n.metrics.leadership(e.Leader)
+	n.events.push(e)
+	n.log.Info("leadership event", zap.Bool("leader", e.Leader), zap.Uint64("term", e.Term))
+}
+
+// eligible reports whether this node may announce leadership (hold the VIP).
+func (n *Node) eligible() bool {
+	return n.opts.Role == RoleVoter && !n.fsm.inMaintenance(n.opts.NodeName) && !n.leaving()
+}
+
+// leaderLoop runs while this node is Raft leader: confirm the term with a
+// Barrier, then keep the configuration in line with gossip and hand
+// leadership off when this node should not lead.
+func (n *Node) leaderLoop(rt *running, w *window) {
+	defer n.wg.Done()
+	defer close(w.done)
+	for {
+		err := rt.raft.Barrier(n.opTimeout()).Error()
+		if err == nil {
+			break
+		}
+		n.log.Warn("leader barrier failed", zap.Uint64("term", w.term), zap.Error(err))
+		select {
+		case <-w.stop:
+			return
+		case <-time.After(n.opts.Timing.Heartbeat):
+		}
+	}
+	select {
+	case n.confirmedCh <- w.term:
+	case <-w.stop:
+		return
+	}
+	t := time.NewTicker(n.opts.Timing.Heartbeat)
+	defer t.Stop()
+	h := handoff{}
+	for {
+		n.reconcile(rt)
+		n.handOff(rt, &h)
+		select {
+		case <-w.stop:
+			return
+		case <-t.C:
+		case <-n.reconcileCh:
+		}
+	}
+}
+
+// reconcile adds alive gossip members missing from the Raft configuration as
+// voters (a witness votes too) and removes members that announced a
+// deliberate leave. A crashed member stays a voter until Remove.
+func (n *Node) reconcile(rt *running) {
+	f := rt.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return
+	}
+	servers := map[string]raft.Server{}
+	for _, s := range f.Configuration().Servers {
+		servers[string(s.ID)] = s
+	}
+	peers := n.gossip.snapshot()
+	for _, name := range sortedNames(peers) {
+		p := peers[name]
+		if name == n.opts.NodeName {
+			continue
+		}
+		s, member := servers[name]
+		switch {
+		case p.meta.Leaving:
+			if !member {
+				continue
+			}
+			if err := rt.raft.RemoveServer(raft.ServerID(name), 0, n.opTimeout()).Error(); err != nil {
+				n.log.Warn("remove leaving server", zap.String("server", name), zap.Error(err))
+				return
+			}
+			n.log.Info("removed raft server", zap.String("server", name), zap.String("by", "leave"))
+		case p.alive && (!member || s.Suffrage != raft.Voter || string(s.Address) != p.meta.RaftAddr):
+			if err := rt.raft.AddVoter(raft.ServerID(name), raft.ServerAddress(p.meta.RaftAddr), 0, n.opTimeout()).Error(); err != nil {
+				n.log.Warn("add voter", zap.String("server", name), zap.Error(err))
+				return
+			}
+			n.log.Info("added raft voter", zap.String("server", name), zap.String("addr", p.meta.RaftAddr), zap.String("role", string(p.meta.Role)))
+		}
+	}
+}
+
+// handoff tracks why and since when this leader wants to step aside.
+type handoff struct {
+	unfitSince time.Time
+	lastTry    time.Time
+	warned     string
+}
+
+// handOff transfers leadership when this node is a witness, in maintenance,
+// leaving, or unfit for longer than FitnessGrace.
+func (n *Node) handOff(rt *running, h *handoff) {
+	reason := ""
+	switch {
+	case n.opts.Role == RoleWitness:
+		reason = "witness"
+	case n.fsm.inMaintenance(n.opts.NodeName):
+		reason = "maintenance"
+	case n.leaving():
+		reason = "leaving"
+	case n.currentFitness().Fit():
+		h.unfitSince, h.warned = time.Time{}, ""
+	case h.unfitSince.IsZero():
+		h.unfitSince = time.Now()
+	case time.Since(h.unfitSince) >= n.opts.FitnessGrace:
+		reason = "unfit"
+	}
+	if reason == "" || time.Since(h.lastTry) < 2*n.opts.Timing.Election {
+		return
+	}
+	h.lastTry = time.Now()
+	target, err := n.pickTarget(rt, reason == "unfit")
+	if err != nil {
+		if h.warned != reason {
+			n.log.Warn("cannot hand leadership off; keeping it", zap.String("reason", reason), zap.Error(err))
+			h.warned = reason
+		}
+		return
+	}
+	if err := n.transferTo(rt, target, reason); err != nil {
+		n.log.Warn("leadership transfer failed; will retry", zap.String("reason", reason), zap.Error(err))
+	}
+}
+
+// errNoTarget: no peer may take leadership now.
+var errNoTarget = errors.New("no alive voter peer may take leadership")
+
+// pickTarget chooses a voter peer that is alive in gossip, has the voter
+// role, is neither leaving nor in maintenance; fit peers first. With
+// requireFit only fit peers qualify.
+func (n *Node) pickTarget(rt *running, requireFit bool) (raft.Server, error) {
+	f := rt.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return raft.Server{}, fmt.Errorf("read configuration: %w", err)
+	}
+	peers := n.gossip.snapshot()
+	var fit, other []raft.Server
+	for _, s := range f.Configuration().Servers {
+		name := string(s.ID)
+		p, ok := peers[name]
+		if name == n.opts.NodeName || s.Suffrage != raft.Voter || !ok || !p.alive ||
+			p.meta.Role != RoleVoter || p.meta.Leaving || n.fsm.inMaintenance(name) {
+			continue
+		}
+		if p.meta.fit() {
+			fit = append(fit, s)
+		} else {
+			other = append(other, s)
+		}
+	}
+	sortServers(fit)
+	sortServers(other)
+	switch {
+	case len(fit) > 0:
+		return fit[0], nil
+	case !requireFit && len(other) > 0:
+		return other[0], nil
+	case requireFit && len(other) > 0:
+		return raft.Server{}, fmt.Errorf("%w: none reports itself fit", errNoTarget)
+	}
+	return raft.Server{}, errNoTarget
+}
+
+func (n *Node) transferTo(rt *running, s raft.Server, reason string) error {
+	start := time.Now()
+	if err := rt.raft.LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil {
+		return fmt.Errorf("transfer leadership to %s: %w", s.ID, err)
+	}
+	n.log.Info("leadership transferred", zap.String("to", string(s.ID)), zap.String("reason", reason), zap.Duration("took", time.Since(start)))
+	return nil
+}
+
+func sortServers(s []raft.Server) {
+	sort.Slice(s, func(i, j int) bool { return s[i].ID < s[j].ID })
+}
+
+func sortMembers(m []Member) {
+	sort.Slice(m, func(i, j int) bool { return m[i].Name < m[j].Name })
+}

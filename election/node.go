@@ -1,0 +1,649 @@
+// Package election elects one leader among vipd nodes with hashicorp/raft,
+// discovers members and gossips their fitness with hashicorp/memberlist, and
+// replicates the operator's intent (drained backends, maintenance) in the
+// Raft log.
+package election
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+	"go.uber.org/zap"
+)
+
+// ErrNotLeader is wrapped by errors of calls that only the leader can serve.
+var ErrNotLeader = errors.New("not the raft leader")
+
+// ErrNotStarted is returned by calls that need Start first (or after Shutdown).
+var ErrNotStarted = errors.New("election node not running")
+
+// NotLeaderError says who the leader is, so admin calls can be forwarded.
+// errors.Is(err, ErrNotLeader) holds.
+type NotLeaderError struct {
+	Leader      string // node name, empty when unknown
+	LeaderAdmin string // admin address the leader advertises, empty when unknown
+}
+
+func (e *NotLeaderError) Error() string {
+	if e.Leader == "" {
+		return "not the raft leader; no leader known"
+	}
+	return fmt.Sprintf("not the raft leader; leader is %s (admin %s)", e.Leader, e.LeaderAdmin)
+}
+
+// Is makes errors.Is(err, ErrNotLeader) true.
+func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
+
+// Status is a snapshot of this node's view of the cluster.
+type Status struct {
+	Node    string   `json:"node"`
+	State   string   `json:"state"` // leader | follower | candidate | witness | shutdown
+	Leader  string   `json:"leader"`
+	Term    uint64   `json:"term"`
+	Members []Member `json:"members"`
+}
+
+// Member merges a node's Raft configuration entry with its gossip record.
+type Member struct {
+	Name         string `json:"name"`
+	RaftAddr     string `json:"raft_addr"`
+	Voter        bool   `json:"voter"`
+	Alive        bool   `json:"alive"`
+	Role         string `json:"role"`
+	HealthyPools int    `json:"healthy_pools"`
+	Pools        int    `json:"pools"`
+	AdminAddr    string `json:"admin_addr"`
+}
+
+// Node is one member of the election cluster. Create with New, run with Start,
+// stop with Shutdown.
+type Node struct {
+	opts    Options
+	log     *zap.Logger
+	fsm     *fsm
+	gossip  *gossip
+	events  *eventQueue
+	metrics *metrics
+	started time.Time
+
+	rt          atomic.Pointer[running] // set once by Start
+	leading     atomic.Bool             // a confirmed gain was announced and not yet withdrawn
+	clustered   atomic.Bool             // Raft has state: bootstrapped or joined
+	stop        chan struct{}           // closed by Shutdown
+	wg          sync.WaitGroup          // goroutines started by Start
+	reconcileCh chan struct{}           // buffered 1: gossip, fitness or intent changed
+	metaCh      chan struct{}           // buffered 1: local metadata changed
+	confirmedCh chan uint64             // leader loop -> monitor: term confirmed by Barrier
+
+	mu        sync.Mutex // guards the fields below
+	fitness   Fitness
+	leavingOn bool
+	startedOn bool
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// running holds what Start created.
+type running struct {
+	raft     *raft.Raft
+	ml       *memberlist.Memberlist
+	store    *raftboltdb.BoltStore
+	observer *raft.Observer
+	obsCh    chan raft.Observation
+}
+
+// New validates opts. It opens nothing: Start does.
+func New(opts Options) (*Node, error) {
+	opts, err := opts.validate()
+	if err != nil {
+		return nil, fmt.Errorf("election options: %w", err)
+	}
+	n := &Node{
+		opts:        opts,
+		log:         opts.Logger.Named("election").With(zap.String("node", opts.NodeName)),
+		fsm:         newFSM(),
+		started:     time.Now(),
+		stop:        make(chan struct{}),
+		reconcileCh: make(chan struct{}, 1),
+		metaCh:      make(chan struct{}, 1),
+		confirmedCh: make(chan uint64),
+		fitness:     Fitness{LinkUp: true},
+	}
+	n.gossip = newGossip(n.log.Named("gossip"), n.localMeta, n.pokeReconcile)
+	worst := n.localMeta()
+	worst.Pools, worst.Healthy, worst.Started, worst.LinkUp, worst.Leaving, worst.Clustered = math.MaxInt64, math.MaxInt64, math.MaxInt64, true, true, true
+	if b, _ := json.Marshal(worst); len(b) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("election options: node metadata of %q needs %d bytes, gossip allows %d: shorten name or addresses",
+			opts.NodeName, len(b), memberlist.MetaMaxSize)
+	}
+	n.metrics, err = newMetrics(opts.Registerer, n.termGauge, n.lastContactGauge, func() float64 { return float64(n.gossip.aliveCount()) })
+	if err != nil {
+		return nil, err
+	}
+	n.events = newEventQueue(n.log)
+	return n, nil
+}
+
+// raftConfig maps Timing onto raft's knobs.
+func (n *Node) raftConfig() (*raft.Config, error) {
+	t := n.opts.Timing
+	c := raft.DefaultConfig()
+	c.LocalID = raft.ServerID(n.opts.NodeName)
+	c.HeartbeatTimeout = t.Heartbeat
+	c.ElectionTimeout = t.Election
+	c.LeaderLeaseTimeout = t.Lease
+	// Small CommitTimeout: entries (and the no-op of a new term) commit fast.
+	c.CommitTimeout = min(max(t.Heartbeat/10, minTiming), 50*time.Millisecond)
+	// A removed node stays up as a non-member: it can be added again.
+	c.ShutdownOnRemove = false
+	c.Logger = newHclog(n.log, "raft")
+	if err := raft.ValidateConfig(c); err != nil {
+		return nil, fmt.Errorf("raft config: %w", err)
+	}
+	return c, nil
+}
+
+// Start opens the Raft stores, binds the Raft transport and gossip, and
+// starts the background work: gossip join (retried until it succeeds or ctx
+// ends), bootstrap, leadership monitoring.
+func (n *Node) Start(ctx context.Context) (err error) {
+	n.mu.Lock()
+	if n.startedOn {
+		n.mu.Unlock()
+		return errors.New("election node already started")
+	}
+	n.startedOn = true
+	n.mu.Unlock()
+	select {
+	case <-n.stop:
+		return ErrNotStarted
+	default:
+	}
+
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	if err := os.MkdirAll(n.opts.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir %s: %w", n.opts.DataDir, err)
+	}
+	rt := &running{}
+	dbPath := filepath.Join(n.opts.DataDir, "raft.db")
+	rt.store, err = raftboltdb.New(raftboltdb.Options{Path: dbPath, BoltOptions: &bbolt.Options{Timeout: time.Second}})
+	if err != nil {
+		return fmt.Errorf("open raft store %s: %w", dbPath, err)
+	}
+	undo = append(undo, func() { _ = rt.store.Close() })
+	logs, err := raft.NewLogCache(512, rt.store)
+	if err != nil {
+		return fmt.Errorf("raft log cache: %w", err)
+	}
+	hlog := newHclog(n.log, "raft")
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.opts.DataDir, 2, hlog)
+	if err != nil {
+		return fmt.Errorf("open raft snapshots in %s: %w", n.opts.DataDir, err)
+	}
+	hasState, err := raft.HasExistingState(logs, rt.store, snaps)
+	if err != nil {
+		return fmt.Errorf("read raft state in %s: %w", n.opts.DataDir, err)
+	}
+	n.clustered.Store(hasState)
+
+	tcp, err := listenTCP(n.opts.RaftBind)
+	if err != nil {
+		return err
+	}
+	var stream raft.StreamLayer = tcp
+	if n.opts.SecretKey != nil {
+		stream = newAuthLayer(stream, n.opts.SecretKey, ioTimeout(n.opts.Timing), n.log.Named("raft-auth"))
+	}
+	if n.opts.wrapStream != nil {
+		stream = n.opts.wrapStream(stream)
+	}
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: stream, MaxPool: 3, Timeout: ioTimeout(n.opts.Timing), Logger: hlog,
+	})
+	undo = append(undo, func() { _ = trans.Close() })
+
+	cfg, err := n.raftConfig()
+	if err != nil {
+		return err
+	}
+	rt.raft, err = raft.NewRaft(cfg, n.fsm, logs, rt.store, snaps, trans)
+	if err != nil {
+		return fmt.Errorf("start raft: %w", err)
+	}
+	undo = append(undo, func() { _ = rt.raft.Shutdown().Error() })
+	rt.obsCh = make(chan raft.Observation, 64)
+	rt.observer = raft.NewObserver(rt.obsCh, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.RaftState)
+		return ok
+	})
+	rt.raft.RegisterObserver(rt.observer)
+
+	rt.ml, err = memberlist.Create(n.memberlistConfig())
+	if err != nil {
+		return fmt.Errorf("start gossip on %s: %w", n.opts.GossipBind, err)
+	}
+	n.rt.Store(rt)
+	n.log.Info("election started", zap.String("raft", n.opts.RaftBind), zap.String("gossip", n.opts.GossipBind),
+		zap.String("role", string(n.opts.Role)), zap.Bool("existing_state", hasState), zap.Int("bootstrap_expect", n.opts.BootstrapExpect))
+
+	n.wg.Add(3)
+	go n.monitor(rt)
+	go n.metaLoop(rt)
+	go n.joinLoop(ctx, rt)
+	return nil
+}
+
+// ioTimeout is the Raft transport's I/O deadline: long enough for a
+// snapshot chunk, short enough that a silent peer is noticed.
+func ioTimeout(t Timing) time.Duration { return max(10*t.Election, time.Second) }
+
+func (n *Node) memberlistConfig() *memberlist.Config {
+	c := memberlist.DefaultLANConfig()
+	c.Name = n.opts.NodeName
+	host, portStr, _ := net.SplitHostPort(n.opts.GossipBind) // validated in New
+	port, _ := strconv.Atoi(portStr)
+	c.BindAddr, c.BindPort = host, port
+	c.AdvertisePort = port
+	if ip := net.ParseIP(host); !ip.IsUnspecified() {
+		c.AdvertiseAddr = host
+	}
+	// Metadata (fitness) should spread within a few hundred milliseconds.
+	c.GossipInterval = 100 * time.Millisecond
+	c.Delegate = n.gossip
+	c.Events = n.gossip
+	c.LogOutput = &levelWriter{z: n.log.Named("memberlist")}
+	if n.opts.SecretKey != nil {
+		c.SecretKey = n.opts.SecretKey
+	}
+	return c
+}
+
+// localMeta is this node's gossip record.
+func (n *Node) localMeta() meta {
+	n.mu.Lock()
+	f, leaving := n.fitness, n.leavingOn
+	n.mu.Unlock()
+	m := meta{
+		RaftAddr: n.opts.RaftBind, Role: n.opts.Role, Admin: n.opts.AdminAddr,
+		Pools: f.Pools, Healthy: f.HealthyPools, LinkUp: f.LinkUp,
+		Leaving: leaving, Clustered: n.clustered.Load(), Started: n.started.UnixNano(),
+	}
+	if n.opts.Role == RoleWitness {
+		m.LinkUp = false // a witness never reports itself fit
+	}
+	return m
+}
+
+func (n *Node) pokeReconcile() {
+	select {
+	case n.reconcileCh <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) pokeMeta() {
+	select {
+	case n.metaCh <- struct{}{}:
+	default:
+	}
+}
+
+// metaLoop re-gossips local metadata when it changes, off the caller's path.
+func (n *Node) metaLoop(rt *running) {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-n.metaCh:
+			if err := rt.ml.UpdateNode(n.opts.Timing.Election * 5); err != nil {
+				n.log.Warn("gossip metadata update", zap.Error(err))
+			}
+		}
+	}
+}
+
+// Events delivers leadership changes. It is closed after Shutdown; treat
+// the close as a loss.
+func (n *Node) Events() <-chan Event { return n.events.out }
+
+// SetFitness gossips this node's fitness; the leader hands off when its own
+// fitness stays bad longer than FitnessGrace.
+func (n *Node) SetFitness(f Fitness) {
+	n.mu.Lock()
+	changed := n.fitness != f
+	n.fitness = f
+	n.mu.Unlock()
+	if changed {
+		n.pokeMeta()
+		n.pokeReconcile()
+	}
+}
+
+func (n *Node) currentFitness() Fitness {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.fitness
+}
+
+func (n *Node) leaving() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.leavingOn
+}
+
+func (n *Node) running() (*running, error) {
+	rt := n.rt.Load()
+	if rt == nil {
+		return nil, ErrNotStarted
+	}
+	select {
+	case <-n.stop:
+		return nil, ErrNotStarted
+	default:
+	}
+	return rt, nil
+}
+
+// Status reports this node's view; before Start it has no members.
+func (n *Node) Status() Status {
+	st := Status{Node: n.opts.NodeName, State: "shutdown", Members: []Member{}}
+	rt := n.rt.Load()
+	if rt == nil {
+		return st
+	}
+	state := rt.raft.State()
+	switch {
+	case state == raft.Leader:
+		st.State = "leader"
+	case state == raft.Shutdown:
+	case n.opts.Role == RoleWitness:
+		st.State = "witness"
+	default:
+		st.State = state.String()
+		if state == raft.Follower {
+			st.State = "follower"
+		} else if state == raft.Candidate {
+			st.State = "candidate"
+		}
+	}
+	_, id := rt.raft.LeaderWithID()
+	st.Leader = string(id)
+	st.Term = rt.raft.CurrentTerm()
+
+	members := map[string]*Member{}
+	if f := rt.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			members[string(s.ID)] = &Member{Name: string(s.ID), RaftAddr: string(s.Address), Voter: s.Suffrage == raft.Voter}
+		}
+	}
+	for name, p := range n.gossip.snapshot() {
+		m, ok := members[name]
+		if !ok {
+			m = &Member{Name: name, RaftAddr: p.meta.RaftAddr}
+			members[name] = m
+		}
+		m.Alive, m.Role, m.Pools, m.HealthyPools, m.AdminAddr = p.alive, string(p.meta.Role), p.meta.Pools, p.meta.Healthy, p.meta.Admin
+	}
+	for _, m := range members {
+		st.Members = append(st.Members, *m)
+	}
+	sortMembers(st.Members)
+	return st
+}
+
+// Intent returns the replicated operator intent as applied on this node.
+func (n *Node) Intent() Intent { return n.fsm.intent() }
+
+// IntentChanges delivers the latest Intent after each applied change.
+func (n *Node) IntentChanges() <-chan Intent { return n.fsm.changes }
+
+// SetDrained records, through the leader, that a backend is drained.
+func (n *Node) SetDrained(pool, backend string, drained bool) error {
+	if pool == "" || backend == "" {
+		return fmt.Errorf("set drained %q/%q: pool and backend must not be empty", pool, backend)
+	}
+	if err := n.apply(command{Op: opDrain, Pool: pool, Backend: backend, On: drained}); err != nil {
+		return fmt.Errorf("set drained %s/%s=%t: %w", pool, backend, drained, err)
+	}
+	return nil
+}
+
+// SetMaintenance records, through the leader, that a node must not lead.
+func (n *Node) SetMaintenance(node string, on bool) error {
+	if node == "" {
+		return errors.New("set maintenance: node name must not be empty")
+	}
+	if err := n.apply(command{Op: opMaintenance, Node: node, On: on}); err != nil {
+		return fmt.Errorf("set maintenance %s=%t: %w", node, on, err)
+	}
+	return nil
+}
+
+func (n *Node) apply(c command) error {
+	rt, err := n.running()
+	if err != nil {
+		return err
+	}
+	if rt.raft.State() != raft.Leader {
+		return n.notLeader(rt)
+	}
+	data, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	f := rt.raft.Apply(data, n.opTimeout())
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return n.notLeader(rt)
+		}
+		return fmt.Errorf("raft apply: %w", err)
+	}
+	if err, ok := f.Response().(error); ok {
+		return err
+	}
+	return nil
+}
+
+// opTimeout bounds one Raft membership or log operation.
+func (n *Node) opTimeout() time.Duration { return max(20*n.opts.Timing.Election, 2*time.Second) }
+
+func (n *Node) notLeader(rt *running) error {
+	_, id := rt.raft.LeaderWithID()
+	e := &NotLeaderError{Leader: string(id)}
+	if p, ok := n.gossip.get(e.Leader); ok {
+		e.LeaderAdmin = p.meta.Admin
+	}
+	return e
+}
+
+// TransferLeadership hands leadership to a fit voter (any live voter if none
+// is fit). Only the leader can.
+func (n *Node) TransferLeadership() error {
+	rt, err := n.running()
+	if err != nil {
+		return err
+	}
+	if rt.raft.State() != raft.Leader {
+		return fmt.Errorf("transfer leadership: %w", n.notLeader(rt))
+	}
+	target, err := n.pickTarget(rt, false)
+	if err != nil {
+		return fmt.Errorf("transfer leadership: %w", err)
+	}
+	return n.transferTo(rt, target, "operator")
+}
+
+// Remove takes a node (usually a crashed one) out of the Raft configuration.
+// Only the leader can. The node is not re-added while it stays up; after a
+// restart it joins again.
+func (n *Node) Remove(name string) error {
+	rt, err := n.running()
+	if err != nil {
+		return err
+	}
+	if name == n.opts.NodeName {
+		return fmt.Errorf("remove %s: this is the local node; use leave", name)
+	}
+	if rt.raft.State() != raft.Leader {
+		return fmt.Errorf("remove %s: %w", name, n.notLeader(rt))
+	}
+	f := rt.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("remove %s: read configuration: %w", name, err)
+	}
+	if !inConfig(f.Configuration(), name) {
+		return fmt.Errorf("remove %s: not in the raft configuration", name)
+	}
+	n.gossip.tombstone(name)
+	if err := rt.raft.RemoveServer(raft.ServerID(name), 0, n.opTimeout()).Error(); err != nil {
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	n.log.Info("removed raft server", zap.String("server", name), zap.String("by", "operator"))
+	return nil
+}
+
+func inConfig(c raft.Configuration, name string) bool {
+	for _, s := range c.Servers {
+		if string(s.ID) == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Leave departs on purpose: it marks this node leaving in gossip, hands
+// leadership away if it leads, waits until the leader removed it from the
+// Raft configuration, then leaves gossip. A single-voter cluster just leaves.
+func (n *Node) Leave(ctx context.Context) error {
+	rt, err := n.running()
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.leavingOn = true
+	n.mu.Unlock()
+	if err := rt.ml.UpdateNode(n.opTimeout()); err != nil {
+		n.log.Warn("gossip leaving flag", zap.Error(err))
+	}
+	n.pokeReconcile()
+	n.log.Info("leaving the cluster")
+	waitErr := n.waitRemoved(ctx, rt)
+	if err := rt.ml.Leave(n.opTimeout()); err != nil && waitErr == nil {
+		waitErr = fmt.Errorf("leave gossip: %w", err)
+	}
+	return waitErr
+}
+
+// waitRemoved polls until this node is out of the Raft configuration.
+func (n *Node) waitRemoved(ctx context.Context, rt *running) error {
+	t := time.NewTicker(n.opts.Timing.Heartbeat / 2)
+	defer t.Stop()
+	for {
+		f := rt.raft.GetConfiguration()
+		if err := f.Error(); err != nil {
+			return fmt.Errorf("leave: read configuration: %w", err)
+		}
+		c := f.Configuration()
+		if !inConfig(c, n.opts.NodeName) {
+			n.log.Info("removed from raft configuration")
+			return nil
+		}
+		if voters(c) == 1 {
+			n.log.Warn("leaving as the only voter: the configuration keeps this node")
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("leave: still in the raft configuration: %w", ctx.Err())
+		case <-n.stop:
+			return fmt.Errorf("leave: %w", ErrNotStarted)
+		case <-t.C:
+		}
+	}
+}
+
+func voters(c raft.Configuration) int {
+	v := 0
+	for _, s := range c.Servers {
+		if s.Suffrage == raft.Voter {
+			v++
+		}
+	}
+	return v
+}
+
+// Shutdown reports a loss if leading, stops Raft and gossip (without leaving:
+// a crashed and a shut-down node look alike), waits for every goroutine and
+// closes Events. Safe to call twice.
+func (n *Node) Shutdown() error {
+	n.shutdownOnce.Do(func() { n.shutdownErr = n.shutdown() })
+	return n.shutdownErr
+}
+
+func (n *Node) shutdown() error {
+	close(n.stop)
+	var errs []error
+	if rt := n.rt.Load(); rt != nil {
+		f := rt.raft.Shutdown() // fails pending futures, so loops blocked in raft return
+		n.wg.Wait()
+		if err := f.Error(); err != nil {
+			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
+		}
+		rt.raft.DeregisterObserver(rt.observer)
+		if err := rt.ml.Shutdown(); err != nil {
+			errs = append(errs, fmt.Errorf("gossip shutdown: %w", err))
+		}
+		if err := rt.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close raft store: %w", err))
+		}
+		n.log.Info("election stopped")
+	}
+	n.events.close()
+	n.metrics.unregister()
+	return errors.Join(errs...)
+}
+
+func (n *Node) termGauge() float64 {
+	if rt := n.rt.Load(); rt != nil {
+		return float64(rt.raft.CurrentTerm())
+	}
+	return 0
+}
+
+func (n *Node) lastContactGauge() float64 {
+	rt := n.rt.Load()
+	if rt == nil {
+		return time.Since(n.started).Seconds()
+	}
+	if rt.raft.State() == raft.Leader {
+		return 0
+	}
+	lc := rt.raft.LastContact()
+	if lc.IsZero() {
+		return time.Since(n.started).Seconds()
+	}
+	return time.Since(lc).Seconds()
+}
