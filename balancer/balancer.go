@@ -98,8 +98,9 @@ type Balancer struct {
 	connWG   sync.WaitGroup // connection goroutines
 
 	mu       sync.Mutex
-	started  bool // guarded by mu
-	stopping bool // guarded by mu
+	started  bool          // guarded by mu
+	stopping bool          // guarded by mu
+	drained  chan struct{} // guarded by mu; closed when the last goroutine has ended
 }
 
 // New validates opts and builds a Balancer. Nothing is bound until Start.
@@ -207,21 +208,24 @@ func (b *Balancer) Shutdown(ctx context.Context) error {
 				_ = f.ln.Close()
 			}
 		}
+		b.drained = make(chan struct{})
+		go func() { // ends once every connection has, which hardCancel guarantees
+			b.acceptWG.Wait()
+			b.connWG.Wait()
+			close(b.drained)
+		}()
 	}
+	drained := b.drained
 	b.mu.Unlock()
-	b.acceptWG.Wait()
 
-	drained := make(chan struct{})
-	go func() { // ends once connWG is done, which the hard cancel below guarantees
-		b.connWG.Wait()
-		close(drained)
-	}()
 	var err error
 	select {
 	case <-drained:
 	case <-ctx.Done():
-		err = fmt.Errorf("balancer shutdown: closing live connections: %w", ctx.Err())
-		b.log.Warn("shutdown grace over, closing live connections")
+		if n := b.liveConnections(); n > 0 {
+			err = fmt.Errorf("balancer shutdown: closing %d live connections: %w", n, ctx.Err())
+			b.log.Warn("shutdown grace over, closing live connections", zap.Int64("connections", n))
+		}
 	}
 	b.hardCancel()
 	<-drained
@@ -275,6 +279,15 @@ func (b *Balancer) Status() []PoolStatus {
 		out = append(out, ps)
 	}
 	return out
+}
+
+// liveConnections counts the client connections still open on all frontends.
+func (b *Balancer) liveConnections() int64 {
+	var n int64
+	for _, f := range b.frontends {
+		n += f.active.Load()
+	}
+	return n
 }
 
 func (b *Balancer) backend(pool, addr string) (*backend, error) {

@@ -28,11 +28,18 @@ func (f *frontend) handle(client *net.TCPConn) {
 	}
 	defer be.active.Add(-1)
 	// Past the grace period, Shutdown cancels hardCtx: cut both sockets.
+	// If the cut has begun, wait for it so no goroutine outlives handle.
+	cut := make(chan struct{})
 	stop := context.AfterFunc(f.b.hardCtx, func() {
+		defer close(cut)
 		_ = client.Close()
 		_ = server.Close()
 	})
-	defer stop()
+	defer func() {
+		if !stop() {
+			<-cut
+		}
+	}()
 
 	if f.pool.proxyVersion != 0 {
 		h := proxyproto.HeaderProxyFromAddrs(f.pool.proxyVersion, client.RemoteAddr(), client.LocalAddr())
@@ -47,6 +54,9 @@ func (f *frontend) handle(client *net.TCPConn) {
 	up, down, err := relay(client, server, f.cfg.IdleTimeout)
 	be.bytesUp.Add(uint64(up))
 	be.bytesDown.Add(uint64(down))
+	if errors.Is(err, errIdle) {
+		f.idleClosed.Add(1)
+	}
 	if ce := f.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
 		ce.Write(zap.Stringer("client", client.RemoteAddr()), zap.String("backend", be.addr),
 			zap.Int64("bytes_up", up), zap.Int64("bytes_down", down),
@@ -60,7 +70,7 @@ func (f *frontend) handle(client *net.TCPConn) {
 func (f *frontend) connect(client *net.TCPConn) (*backend, *net.TCPConn) {
 	p := f.pool
 	key := clientKey(client.RemoteAddr())
-	d := net.Dialer{Timeout: p.connectTimeout, KeepAliveConfig: keepAlive}
+	d := net.Dialer{Timeout: p.connectTimeout, KeepAliveConfig: keepAliveConfig()}
 	d.SetMultipathTCP(false)
 	var t tried
 	for {

@@ -11,9 +11,12 @@ import (
 	"go.uber.org/zap"
 )
 
-// keepAlive is the TCP keepalive of client and backend sockets: probes after
-// 30 s of silence, every 10 s, give up after 3.
-var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3}
+// keepAliveConfig is the TCP keepalive of client and backend sockets: probes
+// after 30 s of silence, every 10 s, give up after 3, so dead peers free
+// their connection slots.
+func keepAliveConfig() net.KeepAliveConfig {
+	return net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3}
+}
 
 // Accept-error backoff bounds: temporary errors such as EMFILE are retried
 // after a pause that doubles from acceptBackoffMin up to acceptBackoffMax.
@@ -35,6 +38,7 @@ type frontend struct {
 	refusedMax       atomic.Uint64
 	refusedNoBackend atomic.Uint64
 	acceptErrors     atomic.Uint64
+	idleClosed       atomic.Uint64
 }
 
 func newFrontend(b *Balancer, fc FrontendConfig, p *pool) *frontend {
@@ -43,7 +47,7 @@ func newFrontend(b *Balancer, fc FrontendConfig, p *pool) *frontend {
 
 // listen binds the frontend's address.
 func (f *frontend) listen() error {
-	lc := net.ListenConfig{Control: listenControl, KeepAliveConfig: keepAlive}
+	lc := net.ListenConfig{Control: listenControl, KeepAliveConfig: keepAliveConfig()}
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp", f.cfg.Listen)
 	if err != nil {

@@ -16,6 +16,7 @@ type metrics struct {
 	connectTime *prometheus.HistogramVec
 
 	feActive, feAccepted, feRefused, feAcceptErrors *prometheus.Desc
+	feIdleClosed                                    *prometheus.Desc
 	beActive, beTotal, beBytes, beConnectErrors     *prometheus.Desc
 	beHealthy, beDrained                            *prometheus.Desc
 }
@@ -32,6 +33,7 @@ func newMetrics() *metrics {
 		feAccepted:      prometheus.NewDesc("vipd_frontend_connections_total", "Client connections accepted by a frontend, refused ones included.", fe, nil),
 		feRefused:       prometheus.NewDesc("vipd_frontend_refused_connections_total", "Client connections closed at once, by reason (max_connections, no_backend).", []string{"frontend", "reason"}, nil),
 		feAcceptErrors:  prometheus.NewDesc("vipd_frontend_accept_errors_total", "Failed accept calls (such as EMFILE), each followed by a backoff pause.", fe, nil),
+		feIdleClosed:    prometheus.NewDesc("vipd_frontend_idle_timeouts_total", "Connections closed after idle_timeout without data either way.", fe, nil),
 		beActive:        prometheus.NewDesc("vipd_backend_active_connections", "Connections open (or being opened) to a backend.", be, nil),
 		beTotal:         prometheus.NewDesc("vipd_backend_connections_total", "Connections established to a backend.", be, nil),
 		beBytes:         prometheus.NewDesc("vipd_backend_bytes_total", "Bytes relayed through a backend's ended connection directions, by direction (client_to_backend, backend_to_client).", []string{"pool", "backend", "direction"}, nil),
@@ -47,7 +49,7 @@ func (m *metrics) register(r prometheus.Registerer) error {
 
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.feActive, m.feAccepted, m.feRefused, m.feAcceptErrors,
+	for _, d := range []*prometheus.Desc{m.feActive, m.feAccepted, m.feRefused, m.feAcceptErrors, m.feIdleClosed,
 		m.beActive, m.beTotal, m.beBytes, m.beConnectErrors, m.beHealthy, m.beDrained} {
 		ch <- d
 	}
@@ -63,6 +65,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.feRefused, counter, float64(f.refusedMax.Load()), n, "max_connections")
 		ch <- prometheus.MustNewConstMetric(m.feRefused, counter, float64(f.refusedNoBackend.Load()), n, "no_backend")
 		ch <- prometheus.MustNewConstMetric(m.feAcceptErrors, counter, float64(f.acceptErrors.Load()), n)
+		ch <- prometheus.MustNewConstMetric(m.feIdleClosed, counter, float64(f.idleClosed.Load()), n)
 	}
 	for _, p := range m.pools {
 		for _, be := range p.backends {

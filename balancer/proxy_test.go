@@ -214,7 +214,10 @@ func TestShutdownLetsLiveConnectionFinish(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Shutdown after the last connection ended: %v", err)
 	}
-	if err := b.Shutdown(context.Background()); err != nil {
+	// A second call with its grace already over has nothing left to cut.
+	over, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := b.Shutdown(over); err != nil {
 		t.Fatalf("second Shutdown: %v", err)
 	}
 }
@@ -232,7 +235,11 @@ func TestShutdownClosesConnectionsBeyondGrace(t *testing.T) {
 	if _, err := r.ReadString('\n'); err == nil {
 		t.Fatal("connection still open after the grace")
 	}
-	_ = c
+	if _, err := io.WriteString(c, "late\n"); err == nil {
+		if _, err := r.ReadString('\n'); err == nil {
+			t.Fatal("connection still relays after the grace")
+		}
+	}
 }
 
 func TestIdleTimeoutClosesIdleConnectionOnly(t *testing.T) {
@@ -249,7 +256,7 @@ func TestIdleTimeoutClosesIdleConnectionOnly(t *testing.T) {
 	echoAddr := startBackend(t, namedEcho("echo"))
 	const idle = 150 * time.Millisecond
 	fc := FrontendConfig{IdleTimeout: idle}
-	echoBal, _ := startBalancer(t, poolOf("round_robin", echoAddr), fc, nil)
+	echoBal, echoReg := startBalancer(t, poolOf("round_robin", echoAddr), fc, nil)
 	tickBal, _ := startBalancer(t, poolOf("round_robin", ticker), fc, nil)
 
 	idleConn, _, _ := greeting(t, echoBal)
@@ -278,6 +285,9 @@ func TestIdleTimeoutClosesIdleConnectionOnly(t *testing.T) {
 		t.Fatal("idle connection never closed")
 	}
 	echo(t, chatty, chattyR, "still open")
+	waitFor(t, func() bool {
+		return metricValue(t, echoReg, "vipd_frontend_idle_timeouts_total", map[string]string{"frontend": "fe"}) == 1
+	})
 }
 
 func TestProxyProtocolHeaderCarriesClientAddress(t *testing.T) {
