@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -26,7 +27,7 @@ const ioWait = 10 * time.Second
 
 // startBackend serves handle on 127.0.0.1:0 until the test ends, then closes
 // the listener and every open conn and waits for the handlers.
-func startBackend(t *testing.T, handle func(c *net.TCPConn)) string {
+func startBackend(t testing.TB, handle func(c *net.TCPConn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -76,7 +77,7 @@ func namedEcho(name string) func(c *net.TCPConn) {
 }
 
 // deadAddr returns a 127.0.0.1 port nothing listens on.
-func deadAddr(t *testing.T) string {
+func deadAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -89,13 +90,17 @@ func deadAddr(t *testing.T) string {
 
 // startBalancer runs a Balancer with one frontend "fe" on 127.0.0.1:0 in
 // front of pool "p"; it is shut down when the test ends.
-func startBalancer(t *testing.T, pc PoolConfig, fc FrontendConfig, reporter ConnectReporter) (*Balancer, *prometheus.Registry) {
+func startBalancer(t testing.TB, pc PoolConfig, fc FrontendConfig, reporter ConnectReporter) (*Balancer, *prometheus.Registry) {
 	t.Helper()
 	pc.Name = "p"
 	fc.Name, fc.Listen, fc.Pool = "fe", "127.0.0.1:0", "p"
 	reg := prometheus.NewRegistry()
+	log := zaptest.NewLogger(t) // debug: the per-connection line runs too
+	if _, bench := t.(*testing.B); bench {
+		log = zap.NewNop()
+	}
 	b, err := New(Options{Frontends: []FrontendConfig{fc}, Pools: []PoolConfig{pc},
-		Logger: zaptest.NewLogger(t), Registerer: reg, Reporter: reporter})
+		Logger: log, Registerer: reg, Reporter: reporter})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +125,7 @@ func poolOf(algo string, addrs ...string) PoolConfig {
 	return pc
 }
 
-func dial(t *testing.T, b *Balancer) *net.TCPConn {
+func dial(t testing.TB, b *Balancer) *net.TCPConn {
 	t.Helper()
 	c, err := net.Dial("tcp", b.Addr("fe").String())
 	if err != nil {
@@ -133,7 +138,7 @@ func dial(t *testing.T, b *Balancer) *net.TCPConn {
 
 // greeting dials through the proxy and returns the conn, its reader and the
 // name of the backend that answered.
-func greeting(t *testing.T, b *Balancer) (*net.TCPConn, *bufio.Reader, string) {
+func greeting(t testing.TB, b *Balancer) (*net.TCPConn, *bufio.Reader, string) {
 	t.Helper()
 	c := dial(t, b)
 	r := bufio.NewReader(c)
@@ -145,7 +150,7 @@ func greeting(t *testing.T, b *Balancer) (*net.TCPConn, *bufio.Reader, string) {
 }
 
 // echo sends msg and checks it comes back.
-func echo(t *testing.T, c *net.TCPConn, r *bufio.Reader, msg string) {
+func echo(t testing.TB, c *net.TCPConn, r *bufio.Reader, msg string) {
 	t.Helper()
 	if _, err := io.WriteString(c, msg+"\n"); err != nil {
 		t.Fatalf("write %q: %v", msg, err)
@@ -157,7 +162,7 @@ func echo(t *testing.T, c *net.TCPConn, r *bufio.Reader, msg string) {
 }
 
 // expectClosed checks the proxy closed c: a read ends with EOF or a reset.
-func expectClosed(t *testing.T, c net.Conn) {
+func expectClosed(t testing.TB, c net.Conn) {
 	t.Helper()
 	n, err := c.Read(make([]byte, 64))
 	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
@@ -168,7 +173,7 @@ func expectClosed(t *testing.T, c net.Conn) {
 // expectRefused dials the frontend and checks the proxy closes the conn at
 // once. On loopback the RST can beat the handshake's end, so the dial
 // itself may fail with a reset.
-func expectRefused(t *testing.T, b *Balancer) {
+func expectRefused(t testing.TB, b *Balancer) {
 	t.Helper()
 	c, err := net.Dial("tcp", b.Addr("fe").String())
 	if err != nil {
@@ -181,7 +186,7 @@ func expectRefused(t *testing.T, b *Balancer) {
 }
 
 // metricValue gathers reg and returns the value of the series name{labels}.
-func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {

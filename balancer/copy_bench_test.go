@@ -104,3 +104,24 @@ func cpuTime(b *testing.B) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkProxyConnections opens, greets and closes one client connection
+// per op through a Balancer: the new-connection rate of accept, pick,
+// connect and teardown.
+func BenchmarkProxyConnections(b *testing.B) {
+	be := startBackend(b, namedEcho("a"))
+	bal, _ := startBalancer(b, poolOf("round_robin", be), FrontendConfig{}, nil)
+	addr := bal.Addr("fe").String()
+	buf := make([]byte, 2)
+	b.ResetTimer()
+	for range b.N {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+		_ = c.Close()
+	}
+}
