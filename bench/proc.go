@@ -102,6 +102,15 @@ type Usage struct {
 	CPU time.Duration // user + system time since start
 }
 
+// OpenFiles counts the open file descriptors of pid.
+func OpenFiles(pid int) (int, error) {
+	entries, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		return 0, fmt.Errorf("open files of %d: %w", pid, err)
+	}
+	return len(entries), nil
+}
+
 // clockTick is USER_HZ, the unit of /proc/PID/stat times; 100 on every
 // Linux architecture Go supports.
 const clockTick = 10 * time.Millisecond

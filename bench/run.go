@@ -350,6 +350,7 @@ func buildMetrics(o Options, backend *Backend) []metric {
 			rows: []Row{
 				{Name: "RSS growth per 10k idle conns (MiB)"},
 				{Name: fmt.Sprintf("RSS with %d idle conns (MiB)", o.IdleConns)},
+				{Name: "  proxy fds per idle conn"},
 			},
 			run: func(ctx context.Context, t *Target) ([]float64, []string, error) {
 				return idleMemory(ctx, t, o.IdleConns, backend)
@@ -370,12 +371,19 @@ func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsec
 const mib = 1 << 20
 
 // idleMemory opens n idle connections through t and reads the proxy's RSS
-// before and after. A direct connection has no proxy: NaN.
+// and open descriptors before and after. Descriptors matter beside RSS:
+// kernel objects such as splice pipes held per connection use memory that
+// RSS does not show, and count against the open-file limit. A direct
+// connection has no proxy: NaN.
 func idleMemory(ctx context.Context, t *Target, n int, backend *Backend) ([]float64, []string, error) {
 	if t.Proc == nil {
-		return []float64{math.NaN(), math.NaN()}, nil, nil
+		return []float64{math.NaN(), math.NaN(), math.NaN()}, nil, nil
 	}
 	before, err := ReadUsage(t.Proc.PID())
+	if err != nil {
+		return nil, nil, err
+	}
+	fdsBefore, err := OpenFiles(t.Proc.PID())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -395,8 +403,13 @@ func idleMemory(ctx context.Context, t *Target, n int, backend *Backend) ([]floa
 	if err != nil {
 		return nil, nil, err
 	}
+	fdsAfter, err := OpenFiles(t.Proc.PID())
+	if err != nil {
+		return nil, nil, err
+	}
 	growth := float64(after.RSS-before.RSS) / mib * 10000 / float64(n)
-	return []float64{growth, float64(after.RSS) / mib}, nil, nil
+	fds := float64(fdsAfter-fdsBefore) / float64(n)
+	return []float64{growth, float64(after.RSS) / mib, fds}, nil, nil
 }
 
 // ParseList splits a comma-separated flag value and checks every item

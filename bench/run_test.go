@@ -22,8 +22,8 @@ func TestRunDirectFillsEveryRowForEveryRound(t *testing.T) {
 	if !slices.Equal(rep.Targets, []string{"direct"}) {
 		t.Fatalf("targets = %v", rep.Targets)
 	}
-	if len(rep.Rows) != 14 {
-		t.Fatalf("%d rows, want 14 (2+2+4+4+2)", len(rep.Rows))
+	if len(rep.Rows) != 15 {
+		t.Fatalf("%d rows, want 15 (2+2+4+4+3)", len(rep.Rows))
 	}
 	for _, r := range rep.Rows {
 		vals := r.Values["direct"]
@@ -32,7 +32,7 @@ func TestRunDirectFillsEveryRowForEveryRound(t *testing.T) {
 			continue
 		}
 		// Direct has no proxy: no proxy CPU and no proxy memory.
-		noProxy := strings.Contains(r.Name, "proxy CPU") || strings.Contains(r.Name, "RSS")
+		noProxy := strings.Contains(r.Name, "proxy ") || strings.Contains(r.Name, "RSS")
 		for _, v := range vals {
 			if noProxy != math.IsNaN(v) {
 				t.Errorf("%s: value %v (NaN expected: %v)", r.Name, v, noProxy)

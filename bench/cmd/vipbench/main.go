@@ -78,16 +78,19 @@ func run() int {
 		*vipdBin = ""
 	}
 
-	// Each proxied connection costs a proxy two descriptors, and this
-	// process two as well (client and backend side). The children inherit
-	// the limit; without CAP_SYS_RESOURCE it cannot pass the hard limit.
-	limit, err := bench.RaiseNoFile(uint64(4**idle + 10000))
+	// Each proxied connection costs this process two descriptors (client
+	// and backend side) and a proxy two, or six when it splices: Go's
+	// splice holds a pipe (two descriptors) per direction while it waits
+	// for data. The children inherit the limit; without CAP_SYS_RESOURCE
+	// it cannot pass the hard limit.
+	const fdsPerConn = 8 // six, and room for what else the proxy holds
+	limit, err := bench.RaiseNoFile(uint64(fdsPerConn**idle + 10000))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vipbench:", err)
 		return 1
 	}
 	maxConn := min(200000, int(limit)/2-500)
-	if fit := int(limit)/2 - 1500; *idle > fit && slices.Contains(metrics, bench.MetricIdle) {
+	if fit := (int(limit) - 1000) / fdsPerConn; *idle > fit && slices.Contains(metrics, bench.MetricIdle) {
 		fmt.Fprintf(os.Stderr, "vipbench: open-file limit %d allows only %d idle connections; using that (the figure is scaled to 10k)\n", limit, fit)
 		*idle = fit
 	}
