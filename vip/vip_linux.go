@@ -51,7 +51,6 @@ func (m *Manager) RemoveStale() error {
 	for _, v := range m.vips {
 		if err := removeStale(h, v.cfg); err != nil {
 			errs = append(errs, err)
-			continue
 		}
 	}
 	return errors.Join(errs...)
@@ -170,9 +169,11 @@ func (m *Manager) Hold(ctx context.Context) (err error) {
 		if err != nil {
 			return fmt.Errorf("claim %s on %s: %w", v.st.cfg.Address, v.st.cfg.Interface, err)
 		}
-		if v.ann, err = openAnnouncer(ifi, v.st.cfg.Address); err != nil {
+		ann, err := openAnnouncer(ifi, v.st.cfg.Address)
+		if err != nil { // v.ann stays a nil interface, not a typed nil
 			return fmt.Errorf("claim %s on %s: %w", v.st.cfg.Address, v.st.cfg.Interface, err)
 		}
+		v.ann = ann
 	}
 	conflicts := make(chan conflict)
 	for _, v := range vips {

@@ -1,0 +1,291 @@
+package vip
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
+)
+
+// TestHelperProcess is the Manager side of the namespace tests: they start
+// this test binary inside a namespace with VIPD_VIP_HELPER set. It logs zap
+// JSON to stdout; SIGTERM ends a hold. The process exits non-zero if the
+// Manager leaked a goroutine (goleak in TestMain).
+func TestHelperProcess(t *testing.T) {
+	mode := os.Getenv("VIPD_VIP_HELPER")
+	if mode == "" {
+		t.Skip("helper for the namespace tests; they start it themselves")
+	}
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.Lock(os.Stdout), zapcore.DebugLevel))
+	var m *Manager
+	m, err := New(Options{
+		VIPs:   []Config{{Address: netip.MustParseAddr(os.Getenv("VIPD_VIP_ADDR")), Interface: os.Getenv("VIPD_VIP_IF")}},
+		Logger: log,
+		OnLinkChange: func(up bool) {
+			log.Info("helper link change", zap.Bool("up", up), zap.Bool("link_up", m.LinkUp()))
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch mode {
+	case "removestale":
+		err := m.RemoveStale()
+		log.Info("helper removestale returned", zap.Error(err))
+		if err != nil {
+			t.Error(err)
+		}
+	case "hold":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		defer stop()
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.Watch(ctx)
+		}()
+		err := m.Hold(ctx)
+		stop() // Hold may have failed on its own: end Watch too
+		wg.Wait()
+		log.Info("helper hold returned", zap.Error(err), zap.Bool("held", m.Status()[0].Held))
+	default:
+		t.Fatalf("unknown helper mode %q", mode)
+	}
+}
+
+func TestHoldAddsVIPWithLifetimeAndLabel(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			tb := newTestbed(t)
+			c := startChild(t, tb.a, "hold", f.vip)
+			ann := c.waitLog(t, "vip announced", 10*time.Second)
+			t.Logf("claim to first announcement: %v", ann["claim_to_announce"])
+			a := tb.a.addrOf(t, f.vip)
+			if a == nil {
+				t.Fatalf("%s not on %s while held", f.vip, tb.a.ifname)
+			}
+			ones, bits := a.Mask.Size()
+			if ones != bits {
+				t.Errorf("prefix /%d, want /%d", ones, bits)
+			}
+			if a.ValidLft <= 0 || a.ValidLft > 3 || a.PreferedLft <= 0 || a.PreferedLft > 3 {
+				t.Errorf("valid_lft %d preferred_lft %d, want the 3s lifetime", a.ValidLft, a.PreferedLft)
+			}
+			if f.vip.Is4() && a.Label != "eth0:vip" {
+				t.Errorf("label %q, want eth0:vip", a.Label)
+			}
+			if f.vip.Is6() && (a.Flags&unix.IFA_F_NODAD == 0 || a.Flags&unix.IFA_F_TENTATIVE != 0) {
+				t.Errorf("flags %#x, want NODAD and not tentative", a.Flags)
+			}
+			// Renewal: after more than a lifetime the address is still there.
+			time.Sleep(4 * time.Second)
+			if a := tb.a.addrOf(t, f.vip); a == nil || a.ValidLft <= 0 {
+				t.Fatalf("%s not renewed: %+v", f.vip, a)
+			}
+			c.stop(t)
+		})
+	}
+}
+
+func TestReleaseDeletesVIP(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			tb := newTestbed(t)
+			c := startChild(t, tb.a, "hold", f.vip)
+			c.waitLog(t, "vip announced", 10*time.Second)
+			must(t, c.cmd.Process.Signal(syscall.SIGTERM))
+			end := c.waitLog(t, "helper hold returned", 10*time.Second)
+			if end["error"] != nil || end["held"] != false {
+				t.Fatalf("hold ended with %v", end)
+			}
+			c.waitExit(t)
+			if a := tb.a.addrOf(t, f.vip); a != nil {
+				t.Fatalf("%s still on %s after release: %v", f.vip, tb.a.ifname, a)
+			}
+			if tb.a.addrOf(t, map[bool]netip.Addr{true: netip.MustParseAddr("198.18.0.2"), false: netip.MustParseAddr("2001:2::2")}[f.vip.Is4()]) == nil {
+				t.Fatal("release deleted the node's own address")
+			}
+		})
+	}
+}
+
+func TestTakeoverMovesNeighbourToNewHolder(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			tb := newTestbed(t)
+			a := startChild(t, tb.a, "hold", f.vip)
+			a.waitLog(t, "vip announced", 10*time.Second)
+			eventually(t, 10*time.Second, "neighbour resolves the VIP to A", func() bool {
+				tb.nbr.sendUDP(t, f.vip)
+				time.Sleep(50 * time.Millisecond)
+				return tb.nbr.neighMAC(t, f.vip).String() == tb.a.mac.String()
+			})
+			a.stop(t)
+
+			// No more traffic from the neighbour: only B's announcements can
+			// change its entry now.
+			start := time.Now()
+			b := startChild(t, tb.b, "hold", f.vip)
+			ann := b.waitLog(t, "vip announced", 10*time.Second)
+			announced := time.Since(start)
+			took := eventually(t, 10*time.Second, "neighbour entry moves to B's MAC", func() bool {
+				return tb.nbr.neighMAC(t, f.vip).String() == tb.b.mac.String()
+			})
+			t.Logf("B start to first announcement %v (B's own claim_to_announce %v); neighbour updated %v after that",
+				announced, ann["claim_to_announce"], took)
+			b.stop(t)
+		})
+	}
+}
+
+func TestKilledHolderLeavesNoVIPAfterLifetime(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			tb := newTestbed(t)
+			c := startChild(t, tb.a, "hold", f.vip)
+			c.waitLog(t, "vip announced", 10*time.Second)
+			c.kill(t)
+			killed := time.Now()
+			if tb.a.addrOf(t, f.vip) == nil {
+				t.Fatal("VIP gone right after SIGKILL: nothing to prove about the lifetime")
+			}
+			eventually(t, 10*time.Second, "kernel drops the VIP of the killed holder", func() bool {
+				return tb.a.addrOf(t, f.vip) == nil
+			})
+			t.Logf("VIP gone %v after SIGKILL (lifetime 3s)", time.Since(killed))
+		})
+	}
+}
+
+func TestFlushedVIPIsRestored(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			tb := newTestbed(t)
+			c := startChild(t, tb.a, "hold", f.vip)
+			c.waitLog(t, "vip announced", 10*time.Second)
+			a := tb.a.addrOf(t, f.vip)
+			flushed := time.Now()
+			must(t, tb.a.h.AddrDel(tb.a.link(t), a))
+			r := c.waitLog(t, "vip restored", 10*time.Second)
+			if r["reason"] != "address vanished" {
+				t.Fatalf("restored for %v", r["reason"])
+			}
+			took := eventually(t, 10*time.Second, "VIP back on the interface", func() bool {
+				return tb.a.addrOf(t, f.vip) != nil
+			})
+			t.Logf("VIP back %v after the flush (polled %v)", time.Since(flushed), took)
+			c.stop(t)
+		})
+	}
+}
+
+func TestLinkDownAndUpReachOnLinkChange(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			tb := newTestbed(t)
+			c := startChild(t, tb.a, "hold", f.vip)
+			c.waitLog(t, "vip announced", 10*time.Second)
+			must(t, tb.a.h.LinkSetDown(tb.a.link(t)))
+			if e := c.waitLog(t, "helper link change", 10*time.Second); e["up"] != false || e["link_up"] != false {
+				t.Fatalf("after link down: %v", e)
+			}
+			must(t, tb.a.h.LinkSetUp(tb.a.link(t)))
+			if e := c.waitLog(t, "helper link change", 10*time.Second); e["up"] != true || e["link_up"] != true {
+				t.Fatalf("after link up: %v", e)
+			}
+			// IPv6 addresses go with the link; the holder puts the VIP back.
+			eventually(t, 10*time.Second, "VIP on the interface after link up", func() bool {
+				return tb.a.addrOf(t, f.vip) != nil
+			})
+			c.stop(t)
+		})
+	}
+}
+
+func TestRemoveStaleDeletesLeftoverVIP(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			tb := newTestbed(t)
+			own := map[bool]netip.Addr{true: netip.MustParseAddr("198.18.0.2"), false: netip.MustParseAddr("2001:2::2")}[f.vip.Is4()]
+			// A leftover as an operator or keepalived would leave it:
+			// permanent, and not even a host prefix.
+			tb.a.addAddr(t, map[bool]string{true: f.vip.String() + "/24", false: f.vip.String() + "/64"}[f.vip.Is4()])
+			c := startChild(t, tb.a, "removestale", f.vip)
+			if e := c.waitLog(t, "helper removestale returned", 10*time.Second); e["error"] != nil {
+				t.Fatalf("RemoveStale: %v", e["error"])
+			}
+			c.waitExit(t)
+			if a := tb.a.addrOf(t, f.vip); a != nil {
+				t.Fatalf("leftover %v still there", a)
+			}
+			if tb.a.addrOf(t, own) == nil {
+				t.Fatal("RemoveStale deleted the node's own address")
+			}
+		})
+	}
+}
+
+func TestConflictingHolderIsDetected(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			tb := newTestbed(t)
+			a := startChild(t, tb.a, "hold", f.vip)
+			a.waitLog(t, "vip announced", 10*time.Second)
+			// A second holder breaks the rules on purpose: each must see the other.
+			b := startChild(t, tb.b, "hold", f.vip)
+			e := a.waitLog(t, "vip conflict: another host claims the VIP", 10*time.Second)
+			if e["mac"] != tb.b.mac.String() {
+				t.Fatalf("A saw a conflict from %v, want B's %s", e["mac"], tb.b.mac)
+			}
+			if e := b.waitLog(t, "vip conflict: another host claims the VIP", 10*time.Second); e["mac"] != tb.a.mac.String() {
+				t.Fatalf("B saw a conflict from %v, want A's %s", e["mac"], tb.a.mac)
+			}
+			a.stop(t)
+			b.stop(t)
+		})
+	}
+}
+
+func TestMissingCapabilityIsNamed(t *testing.T) {
+	for _, c := range []struct {
+		capability, drop string
+	}{{"CAP_NET_ADMIN", "-net_admin"}, {"CAP_NET_RAW", "-net_raw"}} {
+		for _, f := range families {
+			t.Run(c.capability+"/"+f.name, func(t *testing.T) {
+				tb := newTestbed(t)
+				ch := startChild(t, tb.a, "hold", f.vip, "setpriv", "--bounding-set", c.drop, "--")
+				e := ch.waitLog(t, "helper hold returned", 10*time.Second)
+				msg, _ := e["error"].(string)
+				if !strings.Contains(msg, "operation not permitted (needs "+c.capability+")") {
+					t.Fatalf("Hold error %q does not name %s", msg, c.capability)
+				}
+				t.Logf("error: %s", msg)
+				ch.waitExit(t)
+				if tb.a.addrOf(t, f.vip) != nil {
+					t.Fatal("failed claim left the VIP behind")
+				}
+			})
+		}
+	}
+}
+
+func TestSecondHoldIsRefused(t *testing.T) {
+	m, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.holding.Store(true) // as while a first Hold runs
+	if err := m.Hold(context.Background()); !errors.Is(err, ErrHoldActive) {
+		t.Fatalf("second Hold = %v, want ErrHoldActive", err)
+	}
+}
