@@ -50,15 +50,19 @@ func (f *frontend) handle(client *net.TCPConn) {
 			return
 		}
 	}
-	start := time.Now()
+	debug := f.log.Core().Enabled(zap.DebugLevel)
+	var start time.Time
+	if debug {
+		start = time.Now()
+	}
 	up, down, err := relay(client, server, f.cfg.IdleTimeout)
 	be.bytesUp.Add(uint64(up))
 	be.bytesDown.Add(uint64(down))
 	if errors.Is(err, errIdle) {
 		f.idleClosed.Add(1)
 	}
-	if ce := f.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
-		ce.Write(zap.Stringer("client", client.RemoteAddr()), zap.String("backend", be.addr),
+	if debug {
+		f.log.Debug("connection closed", zap.Stringer("client", client.RemoteAddr()), zap.String("backend", be.addr),
 			zap.Int64("bytes_up", up), zap.Int64("bytes_down", down),
 			zap.Duration("duration", time.Since(start)), zap.Error(err))
 	}

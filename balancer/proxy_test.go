@@ -417,6 +417,29 @@ func TestListenerBindsAddressNotOnHost(t *testing.T) {
 	}
 }
 
+func TestListenerBindsIPv6WithFreebind(t *testing.T) {
+	// Exercises the IPV6_FREEBIND branch; only binds, sends nothing.
+	if ln, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	} else {
+		_ = ln.Close()
+	}
+	b, err := New(Options{
+		Pools:     []PoolConfig{{Name: "p"}},
+		Frontends: []FrontendConfig{{Name: "v6", Listen: "[::1]:0", Pool: "p"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("bound %s", b.Addr("v6"))
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestStartFailsCleanlyWhenAddressTaken(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
