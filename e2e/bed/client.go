@@ -45,30 +45,37 @@ func (h *Host) Listen(addr string) (net.Listener, error) {
 // Get does one HTTP/1.0 GET of path on addr from the host's namespace, on a
 // fresh connection, and returns the body of a 200 answer.
 func (h *Host) Get(ctx context.Context, addr, path string) (string, error) {
+	code, body, err := h.HTTP(ctx, http.MethodGet, addr, path)
+	if err == nil && code != http.StatusOK {
+		err = fmt.Errorf("GET %s%s: status %d: %.200s", addr, path, code, body)
+	}
+	return body, err
+}
+
+// HTTP sends one bodiless HTTP/1.0 request from the host's namespace on a
+// fresh connection and returns the status code and body.
+func (h *Host) HTTP(ctx context.Context, method, addr, path string) (int, string, error) {
 	conn, err := h.Dial(ctx, "tcp", addr)
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
-	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr); err != nil {
-		return "", fmt.Errorf("send to %s: %w", addr, err)
+	if _, err := fmt.Fprintf(conn, "%s %s HTTP/1.0\r\nHost: %s\r\nContent-Length: 0\r\n\r\n", method, path, addr); err != nil {
+		return 0, "", fmt.Errorf("send to %s: %w", addr, err)
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
-		return "", fmt.Errorf("read answer of %s: %w", addr, err)
+		return 0, "", fmt.Errorf("read answer of %s: %w", addr, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return "", fmt.Errorf("read body of %s: %w", addr, err)
+		return 0, "", fmt.Errorf("read body of %s: %w", addr, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s%s: %s", addr, path, resp.Status)
-	}
-	return string(body), nil
+	return resp.StatusCode, string(body), nil
 }
 
 // Result is one client request.

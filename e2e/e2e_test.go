@@ -1,0 +1,587 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vipd/vipd/e2e/bed"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// Timing targets of the issue. They are reported on every run and enforced
+// only with E2E_STRICT=1: timings on a shared 2-core CI machine are evidence,
+// not a pass/fail signal. Safety properties are always enforced.
+const (
+	targetFailoverP50 = 250 * time.Millisecond // node death, SIGKILL
+	targetFailoverMax = 400 * time.Millisecond
+	targetHandover    = 100 * time.Millisecond // SIGTERM
+	targetRolling     = 3 * targetHandover     // sum over a rolling restart
+)
+
+// kernelLifetimeSlack is how late the kernel may remove an address whose
+// lifetime ran out: IPv4's lifetime worker rounds its wake-up to a whole
+// second when that is within HZ/4, plus one sampling interval. Measured by
+// bed's TestSamplerMeasuresKernelLifetimeExpiry (2 s lifetime: gone after 2.28 s).
+const kernelLifetimeSlack = 300 * time.Millisecond
+
+// env is one scenario's bed: three vipd nodes, two backends, a client
+// sending to the VIP every 10 ms, and the 10 ms VIP holder sampler.
+type env struct {
+	t       *testing.T
+	bed     *bed.Bed
+	cluster *bed.Cluster
+	sampler *bed.Sampler
+	client  *bed.Client
+	nodes   []string
+	start   time.Time
+}
+
+// binaries returns bin/vipd and bin/demo-backend, skipping the test when
+// either is missing or the test does not run as root.
+func binaries(t *testing.T) (vipd, backend string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("e2e needs root: it builds network namespaces (CI runs as root)")
+	}
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vipd, backend = filepath.Join(root, "bin", "vipd"), filepath.Join(root, "bin", "demo-backend")
+	for _, p := range []string{vipd, backend} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s missing: run make build first", p)
+		}
+	}
+	return vipd, backend
+}
+
+// trials is E2E_TRIALS (default 3 to keep CI short; the issue's full
+// measurement is E2E_TRIALS=10).
+func trials(t *testing.T) int {
+	if v := os.Getenv("E2E_TRIALS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("E2E_TRIALS=%q: want a positive number", v)
+		}
+		return n
+	}
+	return 3
+}
+
+func strict() bool { return os.Getenv("E2E_STRICT") == "1" }
+
+// setup builds the bed and waits until the cluster has formed, exactly one
+// node holds the VIP and client traffic flows. witness names a node that
+// runs with role witness ("" for none).
+func setup(t *testing.T, witness string) *env {
+	t.Helper()
+	vipdBin, backendBin := binaries(t)
+	if _, err := bed.SweepStale(); err != nil {
+		t.Logf("sweep stale namespaces: %v", err)
+	}
+	logDir := t.TempDir()
+	if keep := os.Getenv("E2E_LOG_DIR"); keep != "" {
+		logDir = filepath.Join(keep, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()))
+		if err := os.MkdirAll(logDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("process logs kept in %s", logDir)
+	}
+	b, err := bed.New(bed.DefaultHosts(), logDir)
+	if err != nil {
+		t.Fatalf("build bed: %v", err)
+	}
+	e := &env{t: t, bed: b, nodes: []string{"n1", "n2", "n3"}, start: time.Now()}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("process logs (last lines):\n%s", b.Tails(40))
+		}
+		if err := b.Close(); err != nil {
+			t.Errorf("tear down bed: %v", err)
+		}
+	})
+	nodes := []*bed.Host{b.Host("n1"), b.Host("n2"), b.Host("n3")}
+	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
+	if err := bed.StartBackends(b, backendBin, backends); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, h := range backends {
+		if err := bed.WaitServing(ctx, b.Host("c"), netip.AddrPortFrom(h.Addr, bed.BackendPort).String(), "/readyz"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dataDir := t.TempDir()
+	opts := bed.DefaultVipdOptions(vipdBin, nodes, backends, dataDir)
+	opts.Witness = witness
+	if e.sampler, err = bed.NewSampler(bed.VIP, 10*time.Millisecond, nodes...); err != nil {
+		t.Fatal(err)
+	}
+	e.sampler.Start()
+	e.client = bed.NewClient(b.Host("c"), netip.AddrPortFrom(bed.VIP, bed.FrontendPort).String())
+	// Registered after the bed's cleanup, so it runs first: stop measuring,
+	// then check the whole timeline for two live holders.
+	t.Cleanup(e.finish)
+	if e.cluster, err = bed.StartCluster(b, opts); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := e.cluster.WaitFormed(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder, err := e.sampler.WaitSingle(ctx, settle, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.client.Start()
+	if err := e.client.WaitFlowing(ctx, time.Now(), 20); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cluster formed in %s: raft leader %s, VIP on %s", time.Since(e.start).Round(time.Millisecond), leader, holder)
+	return e
+}
+
+// finish stops the client and the sampler and fails the test on any sample
+// with two live VIP holders.
+func (e *env) finish() {
+	e.client.Stop()
+	e.sampler.Stop()
+	for _, v := range e.sampler.Violations() {
+		e.t.Errorf("two live VIP holders: %s", v)
+	}
+	for _, err := range e.sampler.Errors() {
+		e.t.Errorf("sampler could not read a namespace: %v", err)
+	}
+	e.t.Logf("VIP holder timeline (live holders, from setup):\n%s", e.timeline(e.start))
+}
+
+// timeline prints the live holder changes since from.
+func (e *env) timeline(from time.Time) string {
+	var sb strings.Builder
+	for _, c := range e.sampler.Changes(from, time.Time{}) {
+		fmt.Fprintf(&sb, "  +%-8s %v\n", c.At.Sub(from).Round(time.Millisecond), c.Holders)
+	}
+	return sb.String()
+}
+
+func (e *env) ctx(d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	e.t.Cleanup(cancel)
+	return ctx
+}
+
+// holder returns the single live VIP holder, waiting for it to be stable.
+func (e *env) holder() string {
+	e.t.Helper()
+	h, err := e.sampler.WaitSingle(e.ctx(15*time.Second), 200*time.Millisecond, "")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return h
+}
+
+// settle is how long the VIP must stay on one node before a failover counts
+// as finished, so a second move (a flap) shows in the measured outage.
+const settle = 1500 * time.Millisecond
+
+// recovered waits for a holder other than old and for client traffic, then
+// until the holder has been stable for settle, and returns the final holder
+// and the client-seen outage since fault. Extra moves of the VIP after the
+// first are logged (they are part of the outage, not a safety failure).
+func (e *env) recovered(fault time.Time, old string) (string, bed.Outage) {
+	e.t.Helper()
+	ctx := e.ctx(30 * time.Second)
+	if _, err := e.sampler.WaitSingle(ctx, 100*time.Millisecond, old); err != nil {
+		e.t.Fatalf("after fault on %s: %v\n%s", old, err, e.timeline(fault.Add(-time.Second)))
+	}
+	if err := e.client.WaitFlowing(ctx, time.Now(), 20); err != nil {
+		e.t.Fatalf("after fault on %s: %v", old, err)
+	}
+	h, err := e.sampler.WaitSingle(ctx, settle, "")
+	if err != nil {
+		e.t.Fatalf("after fault on %s: VIP never settled: %v\n%s", old, err, e.timeline(fault.Add(-time.Second)))
+	}
+	o, err := e.client.Outage(fault, time.Now())
+	if err != nil {
+		e.t.Fatalf("outage after fault on %s: %v", old, err)
+	}
+	if moves := e.moves(fault); moves > 1 {
+		e.t.Logf("FLAP: the VIP moved %d times after the fault on %s:\n%s", moves, old, e.timeline(fault))
+	}
+	e.checkNeighbour(h)
+	return h, o
+}
+
+// moves counts how often a node gained the VIP since from.
+func (e *env) moves(from time.Time) int {
+	n := 0
+	for i, c := range e.sampler.Changes(from, time.Time{}) {
+		if i > 0 && len(c.Holders) > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// checkNeighbour verifies scenario 8: the client's neighbour entry for the
+// VIP holds the current holder's MAC.
+func (e *env) checkNeighbour(holder string) {
+	e.t.Helper()
+	want := e.bed.Host(holder).MAC.String()
+	mac, state, err := e.bed.Host("c").Neighbour(bed.VIP)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if mac.String() != want {
+		e.t.Errorf("client neighbour entry for the VIP: %s (%s), want holder %s's %s", mac, state, holder, want)
+	}
+}
+
+// restart starts node's daemon again (after it exited) and waits until the
+// whole cluster has formed again with one holder and traffic flowing.
+func (e *env) restart(node string) {
+	e.t.Helper()
+	if p := e.cluster.Proc(node); !p.Exited() {
+		p.Kill()
+		<-p.Done()
+	}
+	if err := e.cluster.Start(node); err != nil {
+		e.t.Fatal(err)
+	}
+	e.rejoined()
+}
+
+// rejoined waits for the cluster to be whole and serving, with the VIP on
+// one node for settle.
+func (e *env) rejoined() {
+	e.t.Helper()
+	ctx := e.ctx(30 * time.Second)
+	if _, err := e.cluster.WaitFormed(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.client.WaitFlowing(ctx, time.Now(), 20); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.sampler.WaitSingle(ctx, settle, ""); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// waitGone waits until node's (exempt) VIP has left its namespace and
+// returns how long it stayed after since.
+func (e *env) waitGone(node string, since time.Time, max time.Duration) (time.Duration, bool) {
+	deadline := time.Now().Add(max)
+	for {
+		d, gone := e.sampler.Leftover(node, since)
+		if gone || time.Now().After(deadline) {
+			return d, gone
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stats summarises outage samples.
+type stats struct{ samples []time.Duration }
+
+func (s *stats) add(d time.Duration) { s.samples = append(s.samples, d) }
+
+func (s stats) p50() time.Duration {
+	x := slices.Clone(s.samples)
+	slices.Sort(x)
+	return x[(len(x)-1)/2]
+}
+
+func (s stats) max() time.Duration { return slices.Max(s.samples) }
+
+func (s stats) sum() time.Duration {
+	var t time.Duration
+	for _, d := range s.samples {
+		t += d
+	}
+	return t
+}
+
+func (s stats) String() string {
+	parts := make([]string, len(s.samples))
+	for i, d := range s.samples {
+		parts[i] = d.Round(time.Millisecond).String()
+	}
+	return "[" + strings.Join(parts, " ") + "]"
+}
+
+// target reports a measured value against its target; a miss fails the test
+// only under E2E_STRICT=1.
+func (e *env) target(what string, got, want time.Duration) {
+	e.t.Helper()
+	verdict := "met"
+	if got > want {
+		verdict = "MISSED"
+		if strict() {
+			e.t.Errorf("%s = %s, target ≤ %s", what, got.Round(time.Millisecond), want)
+		}
+	}
+	e.t.Logf("RESULT %s = %s (target ≤ %s: %s)", what, got.Round(time.Millisecond), want, verdict)
+}
+
+// failover runs trials of a leader fault that takes the leader's daemon down
+// and restores it afterwards; it reports the outages and, for a SIGKILL, how
+// long the dead daemon's address stayed.
+func (e *env) failover(name string, fault func(leader string), exempt bool, restore func(leader string)) stats {
+	var out stats
+	var leftovers stats
+	for i := range trials(e.t) {
+		old := e.holder()
+		at := time.Now()
+		if exempt {
+			e.sampler.Exempt(old, at)
+		}
+		fault(old)
+		h, o := e.recovered(at, old)
+		out.add(o.Gap)
+		line := fmt.Sprintf("%s trial %d: VIP %s -> %s, outage %s", name, i+1, old, h, o)
+		if exempt {
+			d, gone := e.waitGone(old, at, e.cluster.Opts.Lifetime+5*time.Second)
+			if !gone {
+				e.t.Fatalf("%s: the dead daemon's VIP still on %s %s after the fault", name, old, d)
+			}
+			leftovers.add(d)
+			line += fmt.Sprintf(", dead node kept the VIP %s", d.Round(time.Millisecond))
+			e.sampler.Unexempt(old, time.Now())
+		}
+		e.t.Log(line)
+		restore(old)
+	}
+	e.t.Logf("RESULT %s outages %s p50 %s max %s", name, out, out.p50().Round(time.Millisecond), out.max().Round(time.Millisecond))
+	if exempt {
+		e.t.Logf("RESULT %s dead node's VIP leftover %s max %s (lifetime %s)", name, leftovers, leftovers.max().Round(time.Millisecond), e.cluster.Opts.Lifetime)
+	}
+	e.target(name+" outage p50", out.p50(), targetFailoverP50)
+	e.target(name+" outage max", out.max(), targetFailoverMax)
+	return leftovers
+}
+
+// Scenario 1: the leader node dies: its link goes down and its processes are
+// killed. Another node takes the VIP; the dead node is not a live holder.
+func TestLeaderNodeDeathMovesTheVIP(t *testing.T) {
+	e := setup(t, "")
+	e.failover("node death", func(leader string) {
+		if err := e.bed.Host(leader).SetLink(false); err != nil {
+			t.Fatal(err)
+		}
+		e.cluster.Proc(leader).Kill()
+	}, true, func(leader string) {
+		if err := e.bed.Host(leader).SetLink(true); err != nil {
+			t.Fatal(err)
+		}
+		e.restart(leader)
+	})
+}
+
+// Scenario 2: the leader's daemon is killed with SIGKILL while the node stays
+// on the network. Nothing can delete its address: the kernel lifetime must.
+func TestLeaderSIGKILLMovesTheVIPAndTheKernelExpiresTheOldOne(t *testing.T) {
+	e := setup(t, "")
+	left := e.failover("SIGKILL", func(leader string) {
+		e.cluster.Proc(leader).Kill()
+	}, true, e.restart)
+	bound := e.cluster.Opts.Lifetime + kernelLifetimeSlack
+	if left.max() > bound {
+		t.Errorf("the SIGKILLed daemon's VIP stayed %s, more than its lifetime %s (+%s kernel timer slack)", left.max(), e.cluster.Opts.Lifetime, kernelLifetimeSlack)
+	}
+}
+
+// Scenario 3: the leader is cut off for 5 s with its daemon alive, then
+// healed. It must drop the VIP before the majority's new leader claims it,
+// and healing must leave one holder without an outage.
+func TestPartitionedLeaderDropsTheVIPBeforeTheMajorityClaimsIt(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		cut, heal func(h *bed.Host) error
+	}{
+		{"nftables drop, link up", (*bed.Host).Isolate, (*bed.Host).Unisolate},
+		{"link down", func(h *bed.Host) error { return h.SetLink(false) }, func(h *bed.Host) error { return h.SetLink(true) }},
+	} {
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			e := setup(t, "")
+			old := e.holder()
+			h := e.bed.Host(old)
+			at := time.Now()
+			if err := tc.cut(h); err != nil {
+				t.Fatal(err)
+			}
+			healed := false
+			defer func() {
+				if !healed {
+					_ = tc.heal(h)
+				}
+			}()
+			nw, o := e.recovered(at, old)
+			dropped, _ := e.sampler.LastHeld(old, at)
+			claimed, _ := e.sampler.FirstHeld(nw, at)
+			t.Logf("RESULT partition (%s): old leader %s dropped the VIP at +%s, %s claimed it at +%s, outage %s",
+				tc.name, old, dropped.Sub(at).Round(time.Millisecond), nw, claimed.Sub(at).Round(time.Millisecond), o)
+			if !dropped.Before(claimed) {
+				t.Errorf("old leader %s still held the VIP at +%s, new leader %s claimed it at +%s",
+					old, dropped.Sub(at), nw, claimed.Sub(at))
+			}
+			e.target("partition ("+tc.name+") outage", o.Gap, targetFailoverMax)
+			time.Sleep(time.Until(at.Add(5 * time.Second)))
+			healAt := time.Now()
+			if err := tc.heal(h); err != nil {
+				t.Fatal(err)
+			}
+			healed = true
+			e.rejoined()
+			ho, err := e.client.Outage(healAt, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			final := e.holder()
+			e.checkNeighbour(final)
+			t.Logf("RESULT heal (%s): holder %s, longest gap %s, %d failed requests (target: none)\n%s",
+				tc.name, final, ho.Gap.Round(time.Millisecond), ho.Failed, e.timeline(at))
+			if ho.Failed > 0 && strict() {
+				t.Errorf("healing the partition cost %d failed requests", ho.Failed)
+			}
+		})
+	}
+}
+
+// Scenario 4: SIGTERM on the leader is a planned handover.
+func TestLeaderSIGTERMHandsOverQuickly(t *testing.T) {
+	e := setup(t, "")
+	var out stats
+	for i := range trials(t) {
+		old := e.holder()
+		at := time.Now()
+		if err := e.cluster.Proc(old).Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		nw, o := e.recovered(at, old)
+		if err := e.cluster.Proc(old).Wait(10 * time.Second); err != nil {
+			t.Errorf("vipd on %s after SIGTERM: %v", old, err)
+		}
+		out.add(o.Gap)
+		t.Logf("SIGTERM trial %d: VIP %s -> %s, outage %s", i+1, old, nw, o)
+		e.restart(old)
+	}
+	t.Logf("RESULT SIGTERM outages %s p50 %s max %s", out, out.p50().Round(time.Millisecond), out.max().Round(time.Millisecond))
+	e.target("SIGTERM handover outage max", out.max(), targetHandover)
+}
+
+// Scenario 5: every backend becomes unreachable from the leader only; the
+// leader is unfit and leadership moves to a node that sees healthy backends.
+func TestLeaderWithoutHealthyBackendsHandsOver(t *testing.T) {
+	e := setup(t, "")
+	old := e.holder()
+	h := e.bed.Host(old)
+	at := time.Now()
+	if err := h.DropTo(bed.BackendAddr...); err != nil {
+		t.Fatal(err)
+	}
+	nw, o := e.recovered(at, old)
+	claimed, _ := e.sampler.FirstHeld(nw, at)
+	t.Logf("RESULT backends lost on leader %s: VIP moved to %s at +%s, outage %s",
+		old, nw, claimed.Sub(at).Round(time.Millisecond), o)
+	if err := h.UndropTo(); err != nil {
+		t.Fatal(err)
+	}
+	e.rejoined()
+}
+
+// Scenario 6: every node is restarted in turn (SIGTERM, start again, wait
+// until the cluster is whole). The sum of the outages is bounded.
+func TestRollingRestartKeepsServing(t *testing.T) {
+	e := setup(t, "")
+	var out stats
+	for _, n := range e.nodes {
+		holder := e.holder()
+		at := time.Now()
+		if err := e.cluster.Stop(n, syscall.SIGTERM, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		e.restart(n)
+		o, err := e.client.Outage(at, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := e.holder()
+		e.checkNeighbour(now)
+		out.add(o.Gap)
+		t.Logf("rolling restart of %s (VIP on %s before, %s after): outage %s", n, holder, now, o)
+	}
+	t.Logf("RESULT rolling restart outages %s sum %s", out, out.sum().Round(time.Millisecond))
+	e.target("rolling restart outage sum", out.sum(), targetRolling)
+}
+
+// Scenario 7: two real nodes and a witness. The witness never holds the VIP;
+// when the real leader dies the other real node takes over.
+func TestWitnessLetsTwoNodesFailOver(t *testing.T) {
+	e := setup(t, "n3")
+	old := e.holder()
+	if old == "n3" {
+		t.Fatal("the witness holds the VIP")
+	}
+	at := time.Now()
+	e.sampler.Exempt(old, at)
+	if err := e.bed.Host(old).SetLink(false); err != nil {
+		t.Fatal(err)
+	}
+	e.cluster.Proc(old).Kill()
+	nw, o := e.recovered(at, old)
+	if nw == "n3" {
+		t.Fatal("the witness took the VIP")
+	}
+	if when, held := e.sampler.FirstHeld("n3", e.start); held {
+		t.Errorf("the witness held the VIP at %s", when.Format("15:04:05.000"))
+	}
+	t.Logf("RESULT witness pair: leader %s died, VIP -> %s, outage %s", old, nw, o)
+	e.target("witness pair outage", o.Gap, targetFailoverMax)
+}
+
+// Scenario 8: after every leadership move the client's neighbour table
+// points at the new holder. Moves here are operator transfers
+// (POST /v1/transfer); every other scenario checks the same after its
+// failovers.
+func TestClientNeighbourFollowsTheHolder(t *testing.T) {
+	e := setup(t, "")
+	for i := range trials(t) {
+		old := e.holder()
+		at := time.Now()
+		h := e.bed.Host(old)
+		ctx := e.ctx(5 * time.Second)
+		if err := post(ctx, h, "/v1/transfer"); err != nil {
+			t.Fatal(err)
+		}
+		nw, o := e.recovered(at, old)
+		mac, state, _ := e.bed.Host("c").Neighbour(bed.VIP)
+		t.Logf("transfer %d: VIP %s -> %s, outage %s, client neighbour %s (%s)", i+1, old, nw, o, mac, state)
+	}
+}
+
+// post sends an empty POST to the node's admin API from its namespace.
+func post(ctx context.Context, h *bed.Host, path string) error {
+	code, body, err := h.HTTP(ctx, "POST", netip.AddrPortFrom(h.Addr, bed.AdminPort).String(), path)
+	if err != nil {
+		return fmt.Errorf("POST %s on %s: %w", path, h.Name, err)
+	}
+	if code/100 != 2 {
+		return fmt.Errorf("POST %s on %s: status %d: %.200s", path, h.Name, code, body)
+	}
+	return nil
+}
