@@ -95,14 +95,14 @@ func (f *frontend) connect(client *net.TCPConn) (*backend, *net.TCPConn) {
 			return be, c.(*net.TCPConn)
 		}
 		be.active.Add(-1)
+		if f.b.hardCtx.Err() != nil { // cut by Shutdown: not the backend's fault
+			return nil, nil
+		}
 		be.connectErrors.Add(1)
 		if r := f.b.reporter; r != nil {
 			r.ConnectFailed(p.name, be.addr)
 		}
 		f.log.Warn("backend connect failed", zap.String("pool", p.name), zap.String("backend", be.addr), zap.Error(err))
-		if f.b.hardCtx.Err() != nil {
-			return nil, nil
-		}
 		if t == nil {
 			t = make(tried, len(p.backends))
 		}
