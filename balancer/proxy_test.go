@@ -6,7 +6,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -461,5 +463,53 @@ func TestStartFailsCleanlyWhenAddressTaken(t *testing.T) {
 	}
 	if err := b.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// blackhole returns a 127.0.0.1 port whose accept queue is full, so the
+// kernel drops further SYNs and a connect hangs until its timeout.
+func blackhole(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil { // a queue of one
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	for range 2 { // fill the queue; never accepted
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			break
+		}
+		t.Cleanup(func() { _ = c.Close() })
+	}
+	return addr
+}
+
+func TestConnectTimeoutMovesToNextBackend(t *testing.T) {
+	hole := blackhole(t)
+	alive := startBackend(t, namedEcho("alive"))
+	rec := newRecorder()
+	pc := poolOf("round_robin", hole, alive)
+	pc.ConnectTimeout = 200 * time.Millisecond
+	b, _ := startBalancer(t, pc, FrontendConfig{}, rec)
+	start := time.Now()
+	_, _, name := greeting(t, b) // round robin tries the black hole first
+	t.Logf("client answered %s after a connect timeout of %s", time.Since(start), pc.ConnectTimeout)
+	if name != "alive" {
+		t.Fatalf("reached %q", name)
+	}
+	if failed, _ := rec.counts(hole); failed != 1 {
+		t.Fatalf("black-holed backend reported %d failures, want 1", failed)
 	}
 }
