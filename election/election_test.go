@@ -1,8 +1,12 @@
 package election
 
 import (
+	"context"
+	"slices"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 func TestBootstrapExpectElectsExactlyOneLeader(t *testing.T) {
@@ -39,5 +43,136 @@ func TestBootstrapExpectElectsExactlyOneLeader(t *testing.T) {
 	if ls := c.leaders(); len(ls) != 1 {
 		t.Fatalf("%d leaders after settling", len(ls))
 	}
+	c.checkNoOverlap()
+}
+
+// TestLeaderShutdownElectsNewLeader kills the leader (Shutdown, no leave)
+// several times and measures until another node announces leadership; the
+// dead node restarts from its DataDir between trials.
+func TestLeaderShutdownElectsNewLeader(t *testing.T) {
+	c := newCluster(t, 3, 3, nil)
+	leader := c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	const trials = 7
+	var took []time.Duration
+	for i := range trials {
+		time.Sleep(300 * time.Millisecond) // let followers settle on the leader
+		start := time.Now()
+		c.stop(leader)
+		next := c.waitLeader(10*time.Second, leader)
+		d := next.rec.gainedAt().Sub(start)
+		took = append(took, d)
+		t.Logf("trial %d: %s down, %s leads after %v", i+1, leader.opts.NodeName, next.opts.NodeName, d)
+		c.start(leader) // same DataDir and ports
+		eventually(t, 10*time.Second, func() error {
+			if s := leader.Status(); s.Leader != next.opts.NodeName || s.State != "follower" {
+				return fmtErr("restarted %s: state %s leader %q", leader.opts.NodeName, s.State, s.Leader)
+			}
+			return nil
+		})
+		leader = next
+	}
+	slices.Sort(took)
+	t.Logf("failover over %d trials: min %v median %v max %v", trials, took[0], took[trials/2], took[trials-1])
+	c.checkNoOverlap()
+}
+
+// TestRestartedNodeRejoinsWithoutBootstrap restarts a follower from the same
+// DataDir: it keeps its term and log, never bootstraps again, and catches up
+// with what was committed while it was down.
+func TestRestartedNodeRejoinsWithoutBootstrap(t *testing.T) {
+	c := newCluster(t, 3, 3, nil)
+	leader := c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	var follower *tnode
+	for _, tn := range c.nodes {
+		if tn != leader {
+			follower = tn
+			break
+		}
+	}
+	term := follower.raft().CurrentTerm()
+	c.stop(follower)
+	if err := leader.SetDrained("web", "10.0.0.1:80", true); err != nil {
+		t.Fatalf("drain while follower is down: %v", err)
+	}
+	c.start(follower)
+	if got := follower.raft().CurrentTerm(); got < term {
+		t.Fatalf("restarted term %d < %d: stable store lost", got, term)
+	}
+	eventually(t, 10*time.Second, func() error {
+		in := follower.Intent()
+		if len(in.Drained) != 1 || in.Drained[0] != (BackendRef{Pool: "web", Backend: "10.0.0.1:80"}) {
+			return fmtErr("restarted follower intent %+v", in)
+		}
+		if s := follower.Status(); s.Leader != leader.opts.NodeName {
+			return fmtErr("restarted follower sees leader %q", s.Leader)
+		}
+		return nil
+	})
+	if n := follower.logs.FilterMessage("bootstrapped raft cluster").Len(); n != 0 {
+		t.Fatal("restarted node bootstrapped again")
+	}
+	if follower.logs.FilterField(zap.Bool("existing_state", true)).Len() != 1 {
+		t.Fatal("restarted node did not find its raft state")
+	}
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	if ls := c.leaders(); len(ls) != 1 || ls[0] != leader {
+		t.Fatal("the restart disturbed the leader")
+	}
+}
+
+// TestFiveNodesAddAndLeaveWhileEventsRun grows a 5-node cluster by one and
+// then lets a follower and the leader leave on purpose, checking the voter
+// set and that announced leaderships never overlap.
+func TestFiveNodesAddAndLeaveWhileEventsRun(t *testing.T) {
+	c := newCluster(t, 5, 5, nil)
+	c.waitLeader(20 * time.Second)
+	c.waitVoters(10*time.Second, "n0", "n1", "n2", "n3", "n4")
+
+	added := c.add(nil)
+	c.waitVoters(10*time.Second, "n0", "n1", "n2", "n3", "n4", "n5")
+	eventually(t, 10*time.Second, func() error {
+		if s := added.Status(); s.State != "follower" || s.Leader == "" {
+			return fmtErr("added node: state %s leader %q", s.State, s.Leader)
+		}
+		return nil
+	})
+
+	leader := c.leaders()[0]
+	var follower *tnode
+	for _, tn := range c.nodes {
+		if tn != leader && tn != added {
+			follower = tn
+			break
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := follower.Leave(ctx); err != nil {
+		t.Fatalf("follower leave: %v", err)
+	}
+	c.stop(follower)
+	var want []string
+	for _, tn := range c.nodes {
+		if tn != follower {
+			want = append(want, tn.opts.NodeName)
+		}
+	}
+	c.waitVoters(10*time.Second, want...)
+
+	start := time.Now()
+	if err := leader.Leave(ctx); err != nil {
+		t.Fatalf("leader leave: %v", err)
+	}
+	t.Logf("leader %s left after %v", leader.opts.NodeName, time.Since(start))
+	if leader.rec.isLeader() {
+		t.Fatal("the node that left still announces leadership")
+	}
+	c.stop(leader)
+	next := c.waitLeader(10*time.Second, leader)
+	want = slices.DeleteFunc(want, func(s string) bool { return s == leader.opts.NodeName })
+	c.waitVoters(10*time.Second, want...)
+	t.Logf("%s leads after the leave", next.opts.NodeName)
 	c.checkNoOverlap()
 }

@@ -19,7 +19,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m,
+		// memberlist.Shutdown does not wait for a probe in flight; it ends
+		// after its probe timeout.
+		goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
+	)
 }
 
 // freePort returns a loopback port free for both TCP and UDP (gossip uses both).
@@ -407,3 +411,7 @@ func eventually(t *testing.T, timeout time.Duration, f func() error) {
 }
 
 func fmtErr(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+func raftID(tn *tnode) raft.ServerID { return raft.ServerID(tn.opts.NodeName) }
+
+func raftAddr(tn *tnode) raft.ServerAddress { return raft.ServerAddress(tn.opts.RaftBind) }

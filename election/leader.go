@@ -37,7 +37,8 @@ func (n *Node) monitor(rt *running) {
 			n.endWindow(rt, &w, "shutdown")
 			return
 		case <-rt.raft.LeaderCh():
-		case <-rt.obsCh:
+		case o := <-rt.obsCh:
+			n.noteHeartbeat(o)
 		case term := <-n.confirmedCh:
 			if w != nil && w.term == term {
 				w.confirmed = true
@@ -52,6 +53,34 @@ func (n *Node) monitor(rt *running) {
 	}
 }
 
+// noteHeartbeat tracks which peers this leader cannot reach, so a hand-off
+// never targets a peer that gossip still thinks alive but Raft cannot reach.
+func (n *Node) noteHeartbeat(o raft.Observation) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch d := o.Data.(type) {
+	case raft.FailedHeartbeatObservation:
+		n.unreachable[d.PeerID] = time.Now()
+	case raft.ResumedHeartbeatObservation:
+		delete(n.unreachable, d.PeerID)
+	}
+}
+
+// reachable reports whether the leader's heartbeats to id have not failed
+// lately. A failing peer is re-reported at least once per transport timeout.
+func (n *Node) reachable(id raft.ServerID) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	last, failed := n.unreachable[id]
+	return !failed || time.Since(last) > 2*ioTimeout(n.opts.Timing)
+}
+
+func (n *Node) forgetUnreachable() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	clear(n.unreachable)
+}
+
 // check reconciles the window with raft's state: end it on loss or a new
 // term, open one on gain, and announce or withdraw the gain as eligibility
 // (witness, maintenance) allows.
@@ -64,6 +93,7 @@ func (n *Node) check(rt *running, wp **window) {
 	if *wp == nil && isLeader {
 		w := &window{term: term, stop: make(chan struct{}), done: make(chan struct{})}
 		*wp = w
+		n.forgetUnreachable() // heartbeat history of an earlier term says nothing now
 		n.log.Info("raft leadership won; confirming", zap.Uint64("term", term))
 		n.wg.Add(1)
 		go n.leaderLoop(rt, w)
@@ -192,6 +222,7 @@ type handoff struct {
 	unfitSince time.Time
 	lastTry    time.Time
 	warned     string
+	failed     map[raft.ServerID]time.Time // targets whose transfer failed lately
 }
 
 // handOff transfers leadership when this node is a witness, in maintenance,
@@ -216,7 +247,7 @@ func (n *Node) handOff(rt *running, h *handoff) {
 		return
 	}
 	h.lastTry = time.Now()
-	target, err := n.pickTarget(rt, reason == "unfit")
+	target, err := n.pickTarget(rt, reason == "unfit", h.avoid)
 	if err != nil {
 		if h.warned != reason {
 			n.log.Warn("cannot hand leadership off; keeping it", zap.String("reason", reason), zap.Error(err))
@@ -226,16 +257,31 @@ func (n *Node) handOff(rt *running, h *handoff) {
 	}
 	if err := n.transferTo(rt, target, reason); err != nil {
 		n.log.Warn("leadership transfer failed; will retry", zap.String("reason", reason), zap.Error(err))
+		if h.failed == nil {
+			h.failed = map[raft.ServerID]time.Time{}
+		}
+		h.failed[target.ID] = time.Now()
 	}
 }
+
+// avoid reports whether a transfer to id failed so recently that another
+// target should be tried first.
+func (h *handoff) avoid(id raft.ServerID) bool {
+	t, ok := h.failed[id]
+	return ok && time.Since(t) < transferRetryAfter
+}
+
+// transferRetryAfter is how long a target whose transfer failed is tried last.
+const transferRetryAfter = 3 * time.Second
 
 // errNoTarget: no peer may take leadership now.
 var errNoTarget = errors.New("no alive voter peer may take leadership")
 
-// pickTarget chooses a voter peer that is alive in gossip, has the voter
-// role, is neither leaving nor in maintenance; fit peers first. With
-// requireFit only fit peers qualify.
-func (n *Node) pickTarget(rt *running, requireFit bool) (raft.Server, error) {
+// pickTarget chooses a voter peer that is alive in gossip, reachable over
+// Raft, has the voter role, is neither leaving nor in maintenance; fit peers
+// first, peers for which avoid is true last. With requireFit only fit peers
+// qualify.
+func (n *Node) pickTarget(rt *running, requireFit bool, avoid func(raft.ServerID) bool) (raft.Server, error) {
 	f := rt.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return raft.Server{}, fmt.Errorf("read configuration: %w", err)
@@ -246,7 +292,7 @@ func (n *Node) pickTarget(rt *running, requireFit bool) (raft.Server, error) {
 		name := string(s.ID)
 		p, ok := peers[name]
 		if name == n.opts.NodeName || s.Suffrage != raft.Voter || !ok || !p.alive ||
-			p.meta.Role != RoleVoter || p.meta.Leaving || n.fsm.inMaintenance(name) {
+			p.meta.Role != RoleVoter || p.meta.Leaving || n.fsm.inMaintenance(name) || !n.reachable(s.ID) {
 			continue
 		}
 		if p.meta.fit() {
@@ -255,8 +301,16 @@ func (n *Node) pickTarget(rt *running, requireFit bool) (raft.Server, error) {
 			other = append(other, s)
 		}
 	}
-	sortServers(fit)
-	sortServers(other)
+	order := func(s []raft.Server) {
+		sort.Slice(s, func(i, j int) bool {
+			if ai, aj := avoid(s[i].ID), avoid(s[j].ID); ai != aj {
+				return aj
+			}
+			return s[i].ID < s[j].ID
+		})
+	}
+	order(fit)
+	order(other)
 	switch {
 	case len(fit) > 0:
 		return fit[0], nil
@@ -275,10 +329,6 @@ func (n *Node) transferTo(rt *running, s raft.Server, reason string) error {
 	}
 	n.log.Info("leadership transferred", zap.String("to", string(s.ID)), zap.String("reason", reason), zap.Duration("took", time.Since(start)))
 	return nil
-}
-
-func sortServers(s []raft.Server) {
-	sort.Slice(s, func(i, j int) bool { return s[i].ID < s[j].ID })
 }
 
 func sortMembers(m []Member) {

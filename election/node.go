@@ -89,10 +89,11 @@ type Node struct {
 	metaCh      chan struct{}           // buffered 1: local metadata changed
 	confirmedCh chan uint64             // leader loop -> monitor: term confirmed by Barrier
 
-	mu        sync.Mutex // guards the fields below
-	fitness   Fitness
-	leavingOn bool
-	startedOn bool
+	mu          sync.Mutex // guards the fields below
+	fitness     Fitness
+	leavingOn   bool
+	startedOn   bool
+	unreachable map[raft.ServerID]time.Time // leader's failed heartbeats: peer -> last failure
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -123,6 +124,7 @@ func New(opts Options) (*Node, error) {
 		metaCh:      make(chan struct{}, 1),
 		confirmedCh: make(chan uint64),
 		fitness:     Fitness{LinkUp: true},
+		unreachable: map[raft.ServerID]time.Time{},
 	}
 	n.gossip = newGossip(n.log.Named("gossip"), n.localMeta, n.pokeReconcile)
 	worst := n.localMeta()
@@ -235,8 +237,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	undo = append(undo, func() { _ = rt.raft.Shutdown().Error() })
 	rt.obsCh = make(chan raft.Observation, 64)
 	rt.observer = raft.NewObserver(rt.obsCh, false, func(o *raft.Observation) bool {
-		_, ok := o.Data.(raft.RaftState)
-		return ok
+		switch o.Data.(type) {
+		case raft.RaftState, raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
+			return true
+		}
+		return false
 	})
 	rt.raft.RegisterObserver(rt.observer)
 
@@ -489,7 +494,7 @@ func (n *Node) TransferLeadership() error {
 	if rt.raft.State() != raft.Leader {
 		return fmt.Errorf("transfer leadership: %w", n.notLeader(rt))
 	}
-	target, err := n.pickTarget(rt, false)
+	target, err := n.pickTarget(rt, false, func(raft.ServerID) bool { return false })
 	if err != nil {
 		return fmt.Errorf("transfer leadership: %w", err)
 	}

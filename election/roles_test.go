@@ -1,0 +1,158 @@
+package election
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// forceLeader makes raft hand leadership to target, bypassing the
+// election package's choice (to put a witness or a maintenance node in
+// charge on purpose).
+func forceLeader(t *testing.T, from, target *tnode) {
+	t.Helper()
+	err := from.raft().LeadershipTransferToServer(raftID(target), raftAddr(target)).Error()
+	if err != nil {
+		t.Fatalf("force leadership %s -> %s: %v", from.opts.NodeName, target.opts.NodeName, err)
+	}
+}
+
+// TestWitnessNeverStaysLeaderAndTwoVotersSurviveOneLoss runs two voters and
+// a witness: the witness hands leadership back when it wins, never announces
+// a gain, and the pair survives losing the leading voter.
+func TestWitnessNeverStaysLeaderAndTwoVotersSurviveOneLoss(t *testing.T) {
+	c := newCluster(t, 3, 3, func(i int, o *Options) {
+		if i == 2 {
+			o.Role = RoleWitness
+		}
+	})
+	witness := c.nodes[2]
+	leader := c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	if s := witness.Status(); s.State != "witness" {
+		t.Fatalf("witness state %q", s.State)
+	}
+
+	forceLeader(t, leader, witness)
+	back := c.waitLeader(5*time.Second, witness)
+	eventually(t, 5*time.Second, func() error {
+		if s := witness.Status(); s.State != "witness" || s.Leader != back.opts.NodeName {
+			return fmtErr("witness: state %s leader %q", s.State, s.Leader)
+		}
+		return nil
+	})
+	if witness.logs.FilterMessage("leadership transferred").Len() == 0 {
+		t.Fatal("witness never won leadership: the test proved nothing")
+	}
+
+	start := time.Now()
+	c.stop(back)
+	survivor := c.waitLeader(10*time.Second, back)
+	if survivor == witness {
+		t.Fatal("witness announced leadership")
+	}
+	t.Logf("after losing %s, %s leads in %v", back.opts.NodeName, survivor.opts.NodeName, survivor.rec.gainedAt().Sub(start))
+	time.Sleep(time.Second)
+	if ls := c.leaders(); len(ls) != 1 || ls[0] != survivor {
+		t.Fatal("leadership did not stay with the surviving voter")
+	}
+	if g := witness.rec.gains(); g != 0 {
+		t.Fatalf("witness announced %d gains", g)
+	}
+	c.checkNoOverlap()
+}
+
+// TestMaintenanceNodeNeverLeads puts the leader in maintenance: it withdraws
+// at once and hands off; forced back into leadership it never announces.
+func TestMaintenanceNodeNeverLeads(t *testing.T) {
+	c := newCluster(t, 3, 3, nil)
+	leader := c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	gains := leader.rec.gains()
+	if err := leader.SetMaintenance(leader.opts.NodeName, true); err != nil {
+		t.Fatalf("set maintenance: %v", err)
+	}
+	next := c.waitLeader(5*time.Second, leader)
+	eventually(t, 5*time.Second, func() error {
+		for _, tn := range c.nodes {
+			if in := tn.Intent(); len(in.Maintenance) != 1 || in.Maintenance[0] != leader.opts.NodeName {
+				return fmtErr("%s intent %+v", tn.opts.NodeName, in)
+			}
+		}
+		return nil
+	})
+	forceLeader(t, next, leader)
+	c.waitLeader(5*time.Second, leader)
+	time.Sleep(500 * time.Millisecond)
+	if g := leader.rec.gains(); g != gains {
+		t.Fatalf("node in maintenance announced %d new gains", g-gains)
+	}
+	if leader.logs.FilterMessage("leadership transferred").Len() < 2 {
+		t.Fatal("node in maintenance did not hand off twice")
+	}
+
+	cur := c.leaders()[0]
+	if err := cur.SetMaintenance(leader.opts.NodeName, false); err != nil {
+		t.Fatalf("clear maintenance: %v", err)
+	}
+	eventually(t, 5*time.Second, func() error {
+		if len(leader.Intent().Maintenance) != 0 {
+			return errors.New("maintenance not cleared on the node")
+		}
+		return nil
+	})
+	c.checkNoOverlap()
+}
+
+// TestUnfitLeaderTransfersToFitPeer makes the leader unfit: after the grace
+// it hands leadership to a peer reporting itself fit, not to an unfit one.
+func TestUnfitLeaderTransfersToFitPeer(t *testing.T) {
+	const grace = 700 * time.Millisecond
+	c := newCluster(t, 3, 3, func(i int, o *Options) { o.FitnessGrace = grace })
+	leader := c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	var fit, unfit *tnode
+	for _, tn := range c.nodes {
+		switch {
+		case tn == leader:
+		case fit == nil && tn.opts.NodeName != "n0":
+			fit = tn
+		default:
+			unfit = tn
+		}
+	}
+	if fit == nil || unfit == nil {
+		t.Fatal("could not pick peers")
+	}
+	fit.SetFitness(Fitness{Pools: 2, HealthyPools: 2, LinkUp: true})
+	unfit.SetFitness(Fitness{Pools: 2, HealthyPools: 1, LinkUp: true})
+	leader.SetFitness(Fitness{Pools: 2, HealthyPools: 2, LinkUp: true})
+	time.Sleep(500 * time.Millisecond) // let gossip carry the fitness
+	start := time.Now()
+	leader.SetFitness(Fitness{Pools: 2, HealthyPools: 0, LinkUp: true})
+	next := c.waitLeader(10*time.Second, leader)
+	took := next.rec.gainedAt().Sub(start)
+	t.Logf("unfit %s handed off to %s after %v (grace %v)", leader.opts.NodeName, next.opts.NodeName, took, grace)
+	if next != fit {
+		t.Fatalf("leadership went to %s, want the fit peer %s", next.opts.NodeName, fit.opts.NodeName)
+	}
+	if took < grace {
+		t.Fatalf("handed off after %v, before the grace %v", took, grace)
+	}
+	eventually(t, 5*time.Second, func() error {
+		for _, m := range next.Status().Members {
+			if m.Name == leader.opts.NodeName && (m.Pools != 2 || m.HealthyPools != 0) {
+				return fmtErr("gossiped fitness of %s: %+v", m.Name, m)
+			}
+		}
+		return nil
+	})
+
+	// Everyone unfit: the leader keeps leadership rather than leaving none.
+	fit.SetFitness(Fitness{Pools: 2, HealthyPools: 0, LinkUp: true})
+	time.Sleep(3 * grace)
+	if ls := c.leaders(); len(ls) != 1 || ls[0] != fit {
+		t.Fatal("with no fit peer the leader should keep leading")
+	}
+	c.checkNoOverlap()
+}

@@ -1,0 +1,250 @@
+package election
+
+import (
+	"errors"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// sampleLeaders polls every node's Events-derived state every millisecond
+// until stop is closed and reports the instants with more than one leader.
+func sampleLeaders(c *cluster, stop <-chan struct{}) (samples, doubles int) {
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return samples, doubles
+		case <-t.C:
+		}
+		samples++
+		if len(c.leaders()) > 1 {
+			doubles++
+		}
+	}
+}
+
+// TestPartitionedLeaderNeverOverlapsItsSuccessor cuts the leader's Raft
+// transport (gossip still works) several times: the cut leader withdraws on
+// lease loss before anyone else announces, so no instant has two leaders.
+func TestPartitionedLeaderNeverOverlapsItsSuccessor(t *testing.T) {
+	c := newCluster(t, 3, 3, nil)
+	c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+
+	stop := make(chan struct{})
+	var samples, doubles int
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); samples, doubles = sampleLeaders(c, stop) }()
+
+	for round := range 4 {
+		old := c.waitLeader(10 * time.Second)
+		start := time.Now()
+		old.cut.setCut(true)
+		eventually(t, 5*time.Second, func() error {
+			if old.rec.isLeader() {
+				return errors.New("cut leader still announces")
+			}
+			return nil
+		})
+		stepDown := time.Since(start)
+		next := c.waitLeader(10*time.Second, old)
+		t.Logf("round %d: cut %s withdrew after %v; %s announced after %v",
+			round+1, old.opts.NodeName, stepDown, next.opts.NodeName, next.rec.gainedAt().Sub(start))
+		time.Sleep(500 * time.Millisecond)
+		old.cut.setCut(false)
+		eventually(t, 10*time.Second, func() error {
+			if s := old.Status(); s.Leader != next.opts.NodeName {
+				return fmtErr("healed %s sees leader %q", old.opts.NodeName, s.Leader)
+			}
+			return nil
+		})
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d samples, %d with two leaders", samples, doubles)
+	if doubles != 0 {
+		t.Fatalf("%d samples saw two leaders at once", doubles)
+	}
+	c.checkNoOverlap()
+}
+
+// TestNoFlappingUnderFullCPULoad keeps every core busy for 60 s with
+// spinning goroutines: the elected leader must stay, with no leadership
+// change on any node.
+func TestNoFlappingUnderFullCPULoad(t *testing.T) {
+	c := newCluster(t, 3, 3, nil)
+	leader := c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	time.Sleep(time.Second)
+	before := map[string]int{}
+	for _, tn := range c.nodes {
+		before[tn.opts.NodeName] = tn.rec.changes()
+	}
+
+	var spin atomic.Bool
+	spin.Store(true)
+	var wg sync.WaitGroup
+	for range runtime.NumCPU() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x := 0
+			for spin.Load() {
+				x++
+			}
+			_ = x
+		}()
+	}
+	const load = 60 * time.Second
+	time.Sleep(load)
+	spin.Store(false)
+	wg.Wait()
+
+	changes := 0
+	for _, tn := range c.nodes {
+		d := tn.rec.changes() - before[tn.opts.NodeName]
+		changes += d
+		if d != 0 {
+			t.Errorf("%s: %d leadership changes under load", tn.opts.NodeName, d)
+		}
+	}
+	t.Logf("%v of load on %d cores: %d leadership changes", load, runtime.NumCPU(), changes)
+	if ls := c.leaders(); len(ls) != 1 || ls[0] != leader {
+		t.Fatal("leadership moved under load")
+	}
+}
+
+// TestDrainedIntentSurvivesLeaderFailover drains through the leader, shows a
+// follower refuses with the leader's admin address, and finds the intent on
+// the next leader after the first one dies.
+func TestDrainedIntentSurvivesLeaderFailover(t *testing.T) {
+	c := newCluster(t, 3, 3, nil)
+	leader := c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	var follower *tnode
+	for _, tn := range c.nodes {
+		if tn != leader {
+			follower = tn
+		}
+	}
+	err := follower.SetDrained("web", "b1", true)
+	var nl *NotLeaderError
+	if !errors.Is(err, ErrNotLeader) || !errors.As(err, &nl) || nl.LeaderAdmin != leader.opts.AdminAddr || nl.Leader != leader.opts.NodeName {
+		t.Fatalf("follower drain: %v (%+v)", err, nl)
+	}
+	for _, b := range []string{"b1", "b2"} {
+		if err := leader.SetDrained("web", b, true); err != nil {
+			t.Fatalf("drain %s: %v", b, err)
+		}
+	}
+	if err := leader.SetDrained("web", "b2", false); err != nil {
+		t.Fatalf("undrain b2: %v", err)
+	}
+	want := BackendRef{Pool: "web", Backend: "b1"}
+	select {
+	case in := <-follower.IntentChanges():
+		if len(in.Drained) == 0 {
+			t.Fatalf("intent change without drained backends: %+v", in)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no intent change on the follower")
+	}
+	// Snapshot on the leader so the restart below restores from it too.
+	if err := leader.raft().Snapshot().Error(); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+
+	c.stop(leader)
+	next := c.waitLeader(10*time.Second, leader)
+	if in := next.Intent(); len(in.Drained) != 1 || in.Drained[0] != want {
+		t.Fatalf("new leader intent %+v, want only %v", in, want)
+	}
+	c.start(leader)
+	eventually(t, 10*time.Second, func() error {
+		if in := leader.Intent(); len(in.Drained) != 1 || in.Drained[0] != want {
+			return fmtErr("restarted old leader intent %+v", in)
+		}
+		return nil
+	})
+}
+
+// TestSecretKeyMismatchKeepsNodeOut runs a keyed cluster: a node with
+// another key neither joins gossip nor gets into the Raft configuration.
+func TestSecretKeyMismatchKeepsNodeOut(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef")
+	c := newCluster(t, 3, 3, func(i int, o *Options) { o.SecretKey = key })
+	leader := c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	stranger := c.add(func(o *Options) { o.SecretKey = []byte("fedcba9876543210fedcba9876543210") })
+	time.Sleep(3 * time.Second)
+	for _, m := range leader.Status().Members {
+		if m.Name == stranger.opts.NodeName {
+			t.Fatalf("stranger is a member: %+v", m)
+		}
+	}
+	c.waitVoters(time.Second, "n0", "n1", "n2")
+	if s := stranger.Status(); s.Leader != "" || len(s.Members) > 1 {
+		t.Fatalf("stranger sees the cluster: %+v", s)
+	}
+
+	// A node with the right key joins the same cluster.
+	friend := c.add(func(o *Options) { o.SecretKey = key })
+	c.waitVoters(10*time.Second, "n0", "n1", "n2", friend.opts.NodeName)
+}
+
+// TestRaftAuthRejectsPeerWithoutKey dials a keyed Raft layer with a wrong
+// key and with no key at all: both are refused; the right key passes.
+func TestRaftAuthRejectsPeerWithoutKey(t *testing.T) {
+	key := []byte("0123456789abcdef")
+	server := newCluster(t, 1, 1, func(i int, o *Options) { o.SecretKey = key }).nodes[0]
+	addr := raftAddr(server)
+	dial := func(k []byte) error {
+		tcp, err := listenTCP("127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer tcp.Close()
+		layer := newAuthLayer(tcp, k, time.Second, server.log)
+		conn, err := layer.Dial(addr, time.Second)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}
+	if err := dial(key); err != nil {
+		t.Fatalf("right key refused: %v", err)
+	}
+	if err := dial([]byte("fedcba9876543210")); !errors.Is(err, errAuth) {
+		t.Fatalf("wrong key: %v, want %v", err, errAuth)
+	}
+	// A plain client sends raft bytes without a handshake: the server closes.
+	tcp, err := listenTCP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	conn, err := tcp.Dial(addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write(make([]byte, 64)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 256)
+	for {
+		if _, err := conn.Read(buf); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("plain peer not dropped")
+			}
+			break
+		}
+	}
+}
