@@ -132,6 +132,9 @@ func New(opts Options) (*Manager, error) {
 		return nil, err
 	}
 	m.metrics = met
+	for _, v := range m.vips { // every VIP has a held series from the start
+		met.held.WithLabelValues(v.cfg.Address.String(), v.cfg.Interface).Set(0)
+	}
 	return m, nil
 }
 

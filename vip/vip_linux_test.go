@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
@@ -58,6 +60,16 @@ func TestHelperProcess(t *testing.T) {
 		stop() // Hold may have failed on its own: end Watch too
 		wg.Wait()
 		log.Info("helper hold returned", zap.Error(err), zap.Bool("held", m.Status()[0].Held))
+		v := m.vips[0].cfg
+		l := []string{v.Address.String(), v.Interface}
+		log.Info("helper metrics",
+			zap.Float64("held", metricValue(m.metrics.held.WithLabelValues(l...))),
+			zap.Float64("claims", metricValue(m.metrics.claims.WithLabelValues(l...))),
+			zap.Float64("releases", metricValue(m.metrics.releases.WithLabelValues(l...))),
+			zap.Float64("restores", metricValue(m.metrics.restores.WithLabelValues(l...))),
+			zap.Float64("announcements", metricValue(m.metrics.announcements.WithLabelValues(l...))),
+			zap.Float64("conflicts", metricValue(m.metrics.conflicts.WithLabelValues(l...))),
+			zap.Float64("claim_to_announce_samples", metricValue(m.metrics.claimToAnnounce)))
 	default:
 		t.Fatalf("unknown helper mode %q", mode)
 	}
@@ -92,7 +104,12 @@ func TestHoldAddsVIPWithLifetimeAndLabel(t *testing.T) {
 			if a := tb.a.addrOf(t, f.vip); a == nil || a.ValidLft <= 0 {
 				t.Fatalf("%s not renewed: %+v", f.vip, a)
 			}
-			c.stop(t)
+			must(t, c.cmd.Process.Signal(syscall.SIGTERM))
+			// The burst, then at least one re-announcement on a refresh tick.
+			if met := c.waitLog(t, "helper metrics", 10*time.Second); met["announcements"].(float64) < DefaultAnnounceCount+1 {
+				t.Fatalf("announcements = %v after 4s, want the burst of %d and refreshes", met["announcements"], DefaultAnnounceCount)
+			}
+			c.waitExit(t)
 		})
 	}
 }
@@ -103,10 +120,20 @@ func TestReleaseDeletesVIP(t *testing.T) {
 			tb := newTestbed(t)
 			c := startChild(t, tb.a, "hold", f.vip)
 			c.waitLog(t, "vip announced", 10*time.Second)
+			signalled := time.Now()
 			must(t, c.cmd.Process.Signal(syscall.SIGTERM))
+			rel := c.waitLog(t, "vip released", 10*time.Second)
+			t.Logf("SIGTERM to address deleted: %v", logTime(t, rel).Sub(signalled))
 			end := c.waitLog(t, "helper hold returned", 10*time.Second)
 			if end["error"] != nil || end["held"] != false {
 				t.Fatalf("hold ended with %v", end)
+			}
+			met := c.waitLog(t, "helper metrics", 10*time.Second)
+			if met["held"] != 0.0 || met["claims"] != 1.0 || met["releases"] != 1.0 || met["announcements"].(float64) < 1 {
+				t.Fatalf("metrics after one hold: %v", met)
+			}
+			if met["claim_to_announce_samples"] != 1.0 {
+				t.Fatalf("claim_to_announce not collected: %v", met)
 			}
 			c.waitExit(t)
 			if a := tb.a.addrOf(t, f.vip); a != nil {
@@ -131,6 +158,11 @@ func TestTakeoverMovesNeighbourToNewHolder(t *testing.T) {
 				return tb.nbr.neighMAC(t, f.vip).String() == tb.a.mac.String()
 			})
 			a.stop(t)
+
+			// B has no address of its own in the VIP's family: announcing must
+			// not depend on one (arp.Dial would refuse such an interface).
+			own := tb.b.addrOf(t, map[bool]netip.Addr{true: netip.MustParseAddr("198.18.0.3"), false: netip.MustParseAddr("2001:2::3")}[f.vip.Is4()])
+			must(t, tb.b.h.AddrDel(tb.b.link(t), own))
 
 			// No more traffic from the neighbour: only B's announcements can
 			// change its entry now.
@@ -184,7 +216,11 @@ func TestFlushedVIPIsRestored(t *testing.T) {
 				return tb.a.addrOf(t, f.vip) != nil
 			})
 			t.Logf("VIP back %v after the flush (polled %v)", time.Since(flushed), took)
-			c.stop(t)
+			must(t, c.cmd.Process.Signal(syscall.SIGTERM))
+			if met := c.waitLog(t, "helper metrics", 10*time.Second); met["restores"] != 1.0 {
+				t.Fatalf("restores = %v, want 1", met["restores"])
+			}
+			c.waitExit(t)
 		})
 	}
 }
@@ -250,7 +286,11 @@ func TestConflictingHolderIsDetected(t *testing.T) {
 			if e := b.waitLog(t, "vip conflict: another host claims the VIP", 10*time.Second); e["mac"] != tb.a.mac.String() {
 				t.Fatalf("B saw a conflict from %v, want A's %s", e["mac"], tb.a.mac)
 			}
-			a.stop(t)
+			must(t, a.cmd.Process.Signal(syscall.SIGTERM))
+			if met := a.waitLog(t, "helper metrics", 10*time.Second); met["conflicts"].(float64) < 1 {
+				t.Fatalf("conflicts = %v, want at least 1", met["conflicts"])
+			}
+			a.waitExit(t)
 			b.stop(t)
 		})
 	}
@@ -277,6 +317,33 @@ func TestMissingCapabilityIsNamed(t *testing.T) {
 			})
 		}
 	}
+}
+
+// metricValue reads a counter or gauge, or a histogram's sample count.
+func metricValue(c prometheus.Metric) float64 {
+	var d dto.Metric
+	if err := c.Write(&d); err != nil {
+		return -1
+	}
+	switch {
+	case d.Counter != nil:
+		return d.Counter.GetValue()
+	case d.Gauge != nil:
+		return d.Gauge.GetValue()
+	case d.Histogram != nil:
+		return float64(d.Histogram.GetSampleCount())
+	}
+	return -1
+}
+
+// logTime is the time a helper's log entry was written.
+func logTime(t *testing.T, entry map[string]any) time.Time {
+	t.Helper()
+	ts, ok := entry["ts"].(float64)
+	if !ok {
+		t.Fatalf("log entry without ts: %v", entry)
+	}
+	return time.Unix(0, int64(ts*float64(time.Second)))
 }
 
 func TestSecondHoldIsRefused(t *testing.T) {
