@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The first byte a client sends on every connection selects what the backend
@@ -86,7 +87,9 @@ func (b *Backend) acceptLoop() {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			continue // EMFILE and friends: keep serving what we have
+			// EMFILE and friends: keep serving what we have, without spinning.
+			time.Sleep(5 * time.Millisecond)
+			continue
 		}
 		if !b.track(c) {
 			c.Close()
