@@ -31,7 +31,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "vipd_vip_releases_total", Help: "VIP releases (address deleted at the end of a Hold).",
 		}, labels),
 		restores: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "vipd_vip_restores_total", Help: "VIP addresses put back after they vanished while held.",
+			Name: "vipd_vip_restores_total", Help: "VIP addresses put back while held, after they vanished or their link came back up.",
 		}, labels),
 		announcements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vipd_vip_announcements_total", Help: "Gratuitous ARP (request and reply) or unsolicited NA announcements sent.",

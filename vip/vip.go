@@ -7,8 +7,13 @@
 // kernel drops the address by itself once the lifetime runs out (DESIGN.md,
 // VIP rule 3). Releasing deletes the address before anything else (rule 2).
 //
-// Only Linux is supported; on other systems every operation reports
-// ErrNotSupported.
+// It needs CAP_NET_ADMIN (addresses) and CAP_NET_RAW (ARP and ICMPv6 sockets)
+// and works inside a network namespace. Only Linux is supported; on other
+// systems every operation reports ErrNotSupported.
+//
+// Metrics (vipd_vip_*): held, claims_total, releases_total, restores_total,
+// announcements_total, conflicts_total (labels address, interface) and the
+// claim_to_announce_seconds histogram.
 package vip
 
 import (

@@ -112,11 +112,15 @@ func (v *held) trigger(burst bool) {
 }
 
 // Hold claims every VIP, announces it, renews and re-announces it each
-// Refresh, puts it back if it vanishes, until ctx is done. It then releases
-// every VIP — the address deletion comes first and nothing waits before it —
-// and returns only after that. It returns an error when a VIP cannot be
-// claimed (after releasing the others) or when another Hold is running.
-func (m *Manager) Hold(ctx context.Context) (err error) {
+// Refresh (the shortest Refresh of all VIPs), puts it back and announces a
+// burst at once if it vanishes or its link comes back up, and watches for
+// other hosts claiming it, until ctx is done. It then releases every VIP —
+// the address deletion comes first and nothing waits before it — and returns
+// only after that, with every goroutine it started ended. It returns an error
+// when a VIP cannot be claimed or announced (after releasing what it claimed;
+// a permission error names the missing capability) or when another Hold is
+// running. Failed sends while holding are logged, not fatal.
+func (m *Manager) Hold(ctx context.Context) error {
 	if !m.holding.CompareAndSwap(false, true) {
 		return ErrHoldActive
 	}
