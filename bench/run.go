@@ -92,6 +92,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	for _, m := range metrics {
 		rep.Rows = append(rep.Rows, m.rows...)
 	}
+	// The last row says how disturbed the runs were.
+	rep.Rows = append(rep.Rows, Row{Name: "other processes' CPU % (all runs)"})
+	other := &rep.Rows[len(rep.Rows)-1]
 	o.progress("warm-up: %s each", strings.Join(rep.Targets, ", "))
 	for _, t := range targets {
 		if err := warmUp(ctx, t); err != nil {
@@ -110,7 +113,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				if err := alive(t); err != nil {
 					return rep, err
 				}
-				vals, warns, err := measure(ctx, m, t)
+				vals, busy, warns, err := measure(ctx, m, t)
+				other.Add(t.Name, busy)
 				for _, w := range warns {
 					rep.Warnings = append(rep.Warnings, fmt.Sprintf("round %d %s %s: %s", round+1, m.name, t.Name, w))
 				}
@@ -200,8 +204,9 @@ func warmUp(ctx context.Context, t *Target) error {
 }
 
 // measure runs m once through t after a pause and a GC of the benchmark's
-// own heap, and adds the proxy's CPU use as the last value when m asks.
-func measure(ctx context.Context, m metric, t *Target) ([]float64, []string, error) {
+// own heap, and adds the proxy's CPU use as the last value when m asks. It
+// also returns the CPU other processes used meanwhile (percent of a core).
+func measure(ctx context.Context, m metric, t *Target) ([]float64, float64, []string, error) {
 	runtime.GC()
 	select {
 	case <-ctx.Done():
@@ -218,11 +223,12 @@ func measure(ctx context.Context, m metric, t *Target) ([]float64, []string, err
 	start := time.Now()
 	vals, warns, err := m.run(ctx, t)
 	elapsed := time.Since(start)
-	if w := bg.finish(elapsed, t); w != "" {
-		warns = append(warns, w)
+	busy := bg.finish(elapsed, t)
+	if busy > backgroundLimit {
+		warns = append(warns, fmt.Sprintf("other processes used %.0f%% of a core during the run", busy))
 	}
 	if err != nil {
-		return nan(), warns, err
+		return nan(), busy, warns, err
 	}
 	if m.cpu {
 		cpu := math.NaN()
@@ -233,7 +239,7 @@ func measure(ctx context.Context, m metric, t *Target) ([]float64, []string, err
 		}
 		vals = append(vals, cpu)
 	}
-	return vals, warns, nil
+	return vals, busy, warns, nil
 }
 
 // backgroundLimit is the CPU use of other processes, in percent of one
@@ -259,13 +265,13 @@ func startBackground(t *Target) background {
 	return b
 }
 
-// finish returns a warning when other processes used more than
-// backgroundLimit percent of a core during the run.
-func (b background) finish(elapsed time.Duration, t *Target) string {
+// finish returns the CPU time other processes used during the run, in
+// percent of one core; NaN when it could not be read.
+func (b background) finish(elapsed time.Duration, t *Target) float64 {
 	busy, err1 := MachineBusy()
 	self, err2 := ReadUsage(os.Getpid())
 	if !b.ok || err1 != nil || err2 != nil || elapsed <= 0 {
-		return ""
+		return math.NaN()
 	}
 	other := (busy - b.busy) - (self.CPU - b.self)
 	if t.Proc != nil {
@@ -273,11 +279,7 @@ func (b background) finish(elapsed time.Duration, t *Target) string {
 			other -= p.CPU - b.proxy.CPU
 		}
 	}
-	pct := 100 * other.Seconds() / elapsed.Seconds()
-	if pct <= backgroundLimit {
-		return ""
-	}
-	return fmt.Sprintf("other processes used %.0f%% of a core during the run", pct)
+	return 100 * other.Seconds() / elapsed.Seconds()
 }
 
 func describe(rows []Row, vals []float64) string {

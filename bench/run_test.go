@@ -22,10 +22,13 @@ func TestRunDirectFillsEveryRowForEveryRound(t *testing.T) {
 	if !slices.Equal(rep.Targets, []string{"direct"}) {
 		t.Fatalf("targets = %v", rep.Targets)
 	}
-	if len(rep.Rows) != 15 {
-		t.Fatalf("%d rows, want 15 (2+2+4+4+3)", len(rep.Rows))
+	if len(rep.Rows) != 16 {
+		t.Fatalf("%d rows, want 16 (2+2+4+4+3 and other processes' CPU)", len(rep.Rows))
 	}
-	for _, r := range rep.Rows {
+	if n := len(rep.Rows[15].Values["direct"]); n != 2*len(AllMetrics) {
+		t.Errorf("other processes' CPU: %d values, want one per run (%d)", n, 2*len(AllMetrics))
+	}
+	for _, r := range rep.Rows[:15] {
 		vals := r.Values["direct"]
 		if len(vals) != 2 {
 			t.Errorf("%s: %d values, want one per round", r.Name, len(vals))
