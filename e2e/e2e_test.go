@@ -45,6 +45,7 @@ type env struct {
 	cluster *bed.Cluster
 	sampler *bed.Sampler
 	client  *bed.Client
+	meter   *bed.Meter
 	nodes   []string
 	start   time.Time
 }
@@ -116,15 +117,10 @@ func setup(t *testing.T, witness string) *env {
 	})
 	nodes := []*bed.Host{b.Host("n1"), b.Host("n2"), b.Host("n3")}
 	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
-	if err := bed.StartBackends(b, backendBin, backends); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for _, h := range backends {
-		if err := bed.WaitServing(ctx, b.Host("c"), netip.AddrPortFrom(h.Addr, bed.BackendPort).String(), "/readyz"); err != nil {
-			t.Fatal(err)
-		}
+	if err := bed.StartBackends(ctx, b, backendBin, backends, b.Host("c")); err != nil {
+		t.Fatal(err)
 	}
 	dataDir := t.TempDir()
 	opts := bed.DefaultVipdOptions(vipdBin, nodes, backends, dataDir)
@@ -134,6 +130,7 @@ func setup(t *testing.T, witness string) *env {
 	}
 	e.sampler.Start()
 	e.client = bed.NewClient(b.Host("c"), netip.AddrPortFrom(bed.VIP, bed.FrontendPort).String())
+	e.meter = &bed.Meter{Sampler: e.sampler, Client: e.client, Settle: settle}
 	// Registered after the bed's cleanup, so it runs first: stop measuring,
 	// then check the whole timeline for two live holders.
 	t.Cleanup(e.finish)
@@ -167,16 +164,7 @@ func (e *env) finish() {
 	for _, err := range e.sampler.Errors() {
 		e.t.Errorf("sampler could not read a namespace: %v", err)
 	}
-	e.t.Logf("VIP holder timeline (live holders, from setup):\n%s", e.timeline(e.start))
-}
-
-// timeline prints the live holder changes since from.
-func (e *env) timeline(from time.Time) string {
-	var sb strings.Builder
-	for _, c := range e.sampler.Changes(from, time.Time{}) {
-		fmt.Fprintf(&sb, "  +%-8s %v\n", c.At.Sub(from).Round(time.Millisecond), c.Holders)
-	}
-	return sb.String()
+	e.t.Logf("VIP holder timeline (live holders, from setup):\n%s", e.meter.Timeline(e.start))
 }
 
 func (e *env) ctx(d time.Duration) context.Context {
@@ -199,43 +187,21 @@ func (e *env) holder() string {
 // as finished, so a second move (a flap) shows in the measured outage.
 const settle = 1500 * time.Millisecond
 
-// recovered waits for a holder other than old and for client traffic, then
-// until the holder has been stable for settle, and returns the final holder
-// and the client-seen outage since fault. Extra moves of the VIP after the
-// first are logged (they are part of the outage, not a safety failure).
+// recovered waits until the VIP has moved away from old and settled and
+// client traffic flows, checks the client's neighbour entry, and returns the
+// final holder and the client-seen outage since fault. Extra moves after the
+// first are logged: they are part of the outage, not a safety failure.
 func (e *env) recovered(fault time.Time, old string) (string, bed.Outage) {
 	e.t.Helper()
-	ctx := e.ctx(30 * time.Second)
-	if _, err := e.sampler.WaitSingle(ctx, 100*time.Millisecond, old); err != nil {
-		e.t.Fatalf("after fault on %s: %v\n%s", old, err, e.timeline(fault.Add(-time.Second)))
-	}
-	if err := e.client.WaitFlowing(ctx, time.Now(), 20); err != nil {
-		e.t.Fatalf("after fault on %s: %v", old, err)
-	}
-	h, err := e.sampler.WaitSingle(ctx, settle, "")
+	r, err := e.meter.Recover(e.ctx(30*time.Second), fault, old)
 	if err != nil {
-		e.t.Fatalf("after fault on %s: VIP never settled: %v\n%s", old, err, e.timeline(fault.Add(-time.Second)))
+		e.t.Fatal(err)
 	}
-	o, err := e.client.Outage(fault, time.Now())
-	if err != nil {
-		e.t.Fatalf("outage after fault on %s: %v", old, err)
+	if r.Moves > 1 {
+		e.t.Logf("FLAP: the VIP moved %d times after the fault on %s:\n%s", r.Moves, old, e.meter.Timeline(fault))
 	}
-	if moves := e.moves(fault); moves > 1 {
-		e.t.Logf("FLAP: the VIP moved %d times after the fault on %s:\n%s", moves, old, e.timeline(fault))
-	}
-	e.checkNeighbour(h)
-	return h, o
-}
-
-// moves counts how often a node gained the VIP since from.
-func (e *env) moves(from time.Time) int {
-	n := 0
-	for i, c := range e.sampler.Changes(from, time.Time{}) {
-		if i > 0 && len(c.Holders) > 0 {
-			n++
-		}
-	}
-	return n
+	e.checkNeighbour(r.Holder)
+	return r.Holder, r.Outage
 }
 
 // checkNeighbour verifies scenario 8: the client's neighbour entry for the
@@ -375,16 +341,21 @@ func (e *env) failover(name string, fault func(leader string), exempt bool, rest
 	return leftovers
 }
 
+// killNode is a node's death: its processes are killed, then its link goes
+// down (in that order, so the daemon cannot react to the link loss).
+func (e *env) killNode(node string) {
+	e.t.Helper()
+	e.cluster.Proc(node).Kill()
+	if err := e.bed.Host(node).SetLink(false); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // Scenario 1: the leader node dies: its link goes down and its processes are
 // killed. Another node takes the VIP; the dead node is not a live holder.
 func TestLeaderNodeDeathMovesTheVIP(t *testing.T) {
 	e := setup(t, "")
-	e.failover("node death", func(leader string) {
-		if err := e.bed.Host(leader).SetLink(false); err != nil {
-			t.Fatal(err)
-		}
-		e.cluster.Proc(leader).Kill()
-	}, true, func(leader string) {
+	e.failover("node death", e.killNode, true, func(leader string) {
 		if err := e.bed.Host(leader).SetLink(true); err != nil {
 			t.Fatal(err)
 		}
@@ -454,7 +425,7 @@ func TestPartitionedLeaderDropsTheVIPBeforeTheMajorityClaimsIt(t *testing.T) {
 			final := e.holder()
 			e.checkNeighbour(final)
 			t.Logf("RESULT heal (%s): holder %s, longest gap %s, %d failed requests (target: none)\n%s",
-				tc.name, final, ho.Gap.Round(time.Millisecond), ho.Failed, e.timeline(at))
+				tc.name, final, ho.Gap.Round(time.Millisecond), ho.Failed, e.meter.Timeline(at))
 			if ho.Failed > 0 && strict() {
 				t.Errorf("healing the partition cost %d failed requests", ho.Failed)
 			}
@@ -539,10 +510,7 @@ func TestWitnessLetsTwoNodesFailOver(t *testing.T) {
 	}
 	at := time.Now()
 	e.sampler.Exempt(old, at)
-	if err := e.bed.Host(old).SetLink(false); err != nil {
-		t.Fatal(err)
-	}
-	e.cluster.Proc(old).Kill()
+	e.killNode(old)
 	nw, o := e.recovered(at, old)
 	if nw == "n3" {
 		t.Fatal("the witness took the VIP")

@@ -3,9 +3,12 @@ package bed
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
+
+	"github.com/vishvananda/netlink"
 )
 
 // Tables the fault injectors add; removing one heals that fault.
@@ -78,4 +81,18 @@ func (h *Host) DropTo(dsts ...netip.Addr) error {
 // UndropTo removes DropTo's rules.
 func (h *Host) UndropTo() error {
 	return h.Nft("delete table ip " + dropToTable + "\n")
+}
+
+// RemoveAddr deletes addr (as a /32 or /128) from the host's interface, as an
+// operator would have to after a keepalived that was killed with SIGKILL.
+func (h *Host) RemoveAddr(addr netip.Addr) error {
+	l, err := h.nl.LinkByName(HostIface)
+	if err != nil {
+		return fmt.Errorf("%s in %s: %w", HostIface, h.NS, err)
+	}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(addr.BitLen(), addr.BitLen())}}
+	if err := h.nl.AddrDel(l, a); err != nil {
+		return fmt.Errorf("remove %s from %s: %w", addr, h.Name, err)
+	}
+	return nil
 }

@@ -255,11 +255,15 @@ func (c *Cluster) WaitFormed(ctx context.Context, nodes ...string) (leader strin
 }
 
 // StartBackends starts bin/demo-backend on every backend host (BackendPort,
-// named after the host).
-func StartBackends(b *Bed, bin string, backends []*Host) error {
+// named after the host) and waits until each answers GET /readyz from the
+// host from.
+func StartBackends(ctx context.Context, b *Bed, bin string, backends []*Host, from *Host) error {
 	for _, h := range backends {
 		addr := netip.AddrPortFrom(h.Addr, BackendPort).String()
 		if _, err := b.Start(h, "backend-"+h.Name, bin, "-listen", addr, "-name", h.Name); err != nil {
+			return err
+		}
+		if err := WaitServing(ctx, from, addr, "/readyz"); err != nil {
 			return err
 		}
 	}

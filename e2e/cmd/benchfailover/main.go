@@ -1,0 +1,326 @@
+// Command benchfailover measures the client-seen outage when the VIP holder
+// fails, for vipd and for keepalived (VRRPv3, advert_int 1 s and 0.1 s) with
+// HAProxy, on the same namespace bed, and prints them side by side.
+//
+// It uses the built bin/vipd and bin/demo-backend (run `make build` first; `make
+// bench-failover` does both) and the Debian keepalived and haproxy packages.
+// It needs root: it creates network namespaces. Faults: "death" (the holder's
+// link goes down and all its processes are killed) and "sigkill" (only the VIP
+// daemon is killed with SIGKILL; the node stays on the network).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vipd/vipd/e2e/bed"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "benchfailover:", err)
+		os.Exit(1)
+	}
+}
+
+// system is one way of holding the VIP on the bed.
+type system interface {
+	// killDaemon kills the process that holds the VIP with SIGKILL.
+	killDaemon(node string)
+	// killNode kills every process of the node.
+	killNode(node string)
+	// restart starts again what was killed on node and waits until it runs.
+	restart(ctx context.Context, node string) error
+	// lifetime is how long a dead daemon's VIP may stay (0: forever).
+	lifetime() time.Duration
+}
+
+type config struct {
+	trials           int
+	vipdBin, backend string
+	systems, faults  []string
+	keepLogs         string
+}
+
+func run() error {
+	var c config
+	var systems, faults string
+	flag.IntVar(&c.trials, "trials", 3, "failovers per system and fault")
+	flag.StringVar(&c.vipdBin, "vipd", "bin/vipd", "vipd binary")
+	flag.StringVar(&c.backend, "backend", "bin/demo-backend", "demo backend binary")
+	flag.StringVar(&systems, "systems", "vipd,keepalived-1s,keepalived-100ms", "systems to compare")
+	flag.StringVar(&faults, "faults", "death,sigkill", "faults to inject on the holder")
+	flag.StringVar(&c.keepLogs, "logs", "", "keep process logs in this directory (default: removed)")
+	flag.Parse()
+	c.systems, c.faults = strings.Split(systems, ","), strings.Split(faults, ",")
+	if os.Geteuid() != 0 {
+		return errors.New("needs root: it builds network namespaces (try sudo make bench-failover)")
+	}
+	for _, p := range []string{c.vipdBin, c.backend} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("%s missing: run make build first", p)
+		}
+	}
+	for _, s := range c.systems {
+		if strings.HasPrefix(s, "keepalived") {
+			for _, bin := range []string{"keepalived", "haproxy"} {
+				if _, err := exec.LookPath(bin); err != nil {
+					return fmt.Errorf("%s not installed: apt-get install -y keepalived haproxy (and keep their system services stopped)", bin)
+				}
+			}
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if _, err := bed.SweepStale(); err != nil {
+		fmt.Fprintln(os.Stderr, "sweep stale namespaces:", err)
+	}
+
+	var rows []row
+	for _, s := range c.systems {
+		for _, f := range c.faults {
+			r, err := measure(ctx, c, s, f)
+			if err != nil {
+				return fmt.Errorf("%s, %s: %w", s, f, err)
+			}
+			rows = append(rows, r)
+		}
+	}
+	fmt.Printf("\nclient-seen outage (GET every 10 ms, 50 ms timeout), %d trials each:\n\n", c.trials)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "system\tfault\tp50\tmax\toutages\tfailed requests\tdead holder kept the VIP")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.system, r.fault, ms(r.p50()), ms(slices.Max(r.outages)), list(r.outages), r.failed, r.leftover)
+	}
+	return w.Flush()
+}
+
+type row struct {
+	system, fault string
+	outages       []time.Duration
+	failed        int
+	leftover      string
+}
+
+func (r row) p50() time.Duration {
+	x := slices.Clone(r.outages)
+	slices.Sort(x)
+	return x[(len(x)-1)/2]
+}
+
+func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
+
+func list(ds []time.Duration) string {
+	s := make([]string, len(ds))
+	for i, d := range ds {
+		s[i] = ms(d)
+	}
+	return strings.Join(s, " ")
+}
+
+// measure builds a fresh bed for one system and fault and runs the trials.
+func measure(ctx context.Context, c config, sysName, fault string) (r row, err error) {
+	r = row{system: sysName, fault: fault}
+	dir, err := os.MkdirTemp("", "benchfailover-")
+	if err != nil {
+		return r, err
+	}
+	defer os.RemoveAll(dir)
+	logDir := dir
+	if c.keepLogs != "" {
+		logDir = fmt.Sprintf("%s/%s-%s", c.keepLogs, sysName, fault)
+		if err := os.MkdirAll(logDir, 0o755); err != nil {
+			return r, err
+		}
+	}
+	b, err := bed.New(bed.DefaultHosts(), logDir)
+	if err != nil {
+		return r, err
+	}
+	defer func() {
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "process logs:\n%s", b.Tails(20))
+		}
+		err = errors.Join(err, b.Close())
+	}()
+	nodes := []*bed.Host{b.Host("n1"), b.Host("n2"), b.Host("n3")}
+	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
+	upCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := bed.StartBackends(upCtx, b, c.backend, backends, b.Host("c")); err != nil {
+		return r, err
+	}
+	sys, err := startSystem(upCtx, b, c, sysName, nodes, backends, dir)
+	if err != nil {
+		return r, err
+	}
+	s, err := bed.NewSampler(bed.VIP, 10*time.Millisecond, nodes...)
+	if err != nil {
+		return r, err
+	}
+	s.Start()
+	defer s.Stop()
+	cl := bed.NewClient(b.Host("c"), netip.AddrPortFrom(bed.VIP, bed.FrontendPort).String())
+	m := &bed.Meter{Sampler: s, Client: cl, Settle: 1500 * time.Millisecond}
+	if _, err := s.WaitSingle(upCtx, m.Settle, ""); err != nil {
+		return r, err
+	}
+	cl.Start()
+	defer cl.Stop()
+	if err := cl.WaitFlowing(upCtx, time.Now(), 20); err != nil {
+		return r, err
+	}
+	var leftovers []string
+	for i := range c.trials {
+		if ctx.Err() != nil {
+			return r, ctx.Err()
+		}
+		tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		old, err := s.WaitSingle(tctx, 200*time.Millisecond, "")
+		if err != nil {
+			cancel()
+			return r, err
+		}
+		at := time.Now()
+		s.Exempt(old, at)
+		switch fault {
+		case "death":
+			// Kill first: a dead node runs nothing after its link drops
+			// (keepalived would otherwise see the link go and remove the VIP).
+			sys.killNode(old)
+			if err := b.Host(old).SetLink(false); err != nil {
+				cancel()
+				return r, err
+			}
+		case "sigkill":
+			sys.killDaemon(old)
+		default:
+			cancel()
+			return r, fmt.Errorf("unknown fault %q (death, sigkill)", fault)
+		}
+		rec, err := m.Recover(tctx, at, old)
+		if err != nil {
+			cancel()
+			return r, err
+		}
+		r.outages = append(r.outages, rec.Outage.Gap)
+		r.failed += rec.Outage.Failed
+		left := leftover(s, b.Host(old), at, sys.lifetime())
+		leftovers = append(leftovers, left)
+		fmt.Printf("%s %s trial %d: VIP %s -> %s, outage %s, moves %d, dead holder kept the VIP %s\n",
+			sysName, fault, i+1, old, rec.Holder, rec.Outage, rec.Moves, left)
+		s.Unexempt(old, time.Now())
+		if err := b.Host(old).SetLink(true); err != nil {
+			cancel()
+			return r, err
+		}
+		err = sys.restart(tctx, old)
+		if err == nil {
+			_, err = s.WaitSingle(tctx, m.Settle, "")
+		}
+		cancel()
+		if err != nil {
+			return r, err
+		}
+	}
+	r.leftover = strings.Join(leftovers, " ")
+	for _, v := range s.Violations() {
+		fmt.Printf("%s %s: two live VIP holders: %s\n", sysName, fault, v)
+	}
+	return r, nil
+}
+
+// leftover waits for the dead holder's VIP to go: a lifetime and a second
+// for vipd, three seconds for keepalived, after which the VIP is removed by
+// hand (what an operator would have to do) so the next trial starts clean.
+func leftover(s *bed.Sampler, h *bed.Host, since time.Time, lifetime time.Duration) string {
+	wait := 3 * time.Second
+	if lifetime > 0 {
+		wait = lifetime + time.Second
+	}
+	for {
+		if d, gone := s.Leftover(h.Name, since); gone {
+			return ms(d)
+		}
+		if time.Since(since) > wait {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := h.RemoveAddr(bed.VIP); err != nil {
+		return fmt.Sprintf("≥%s (remove: %v)", ms(wait), err)
+	}
+	time.Sleep(30 * time.Millisecond) // let the sampler see it go
+	return fmt.Sprintf("≥%s (removed by hand)", ms(wait))
+}
+
+func startSystem(ctx context.Context, b *bed.Bed, c config, name string, nodes, backends []*bed.Host, dir string) (system, error) {
+	switch name {
+	case "vipd":
+		cl, err := bed.StartCluster(b, bed.DefaultVipdOptions(c.vipdBin, nodes, backends, dir))
+		if err != nil {
+			return nil, err
+		}
+		if _, err := cl.WaitFormed(ctx); err != nil {
+			return nil, err
+		}
+		return vipdSystem{cl}, nil
+	case "keepalived-1s", "keepalived-100ms":
+		advert := time.Second
+		if name == "keepalived-100ms" {
+			advert = 100 * time.Millisecond
+		}
+		k, err := bed.StartKeepalived(b, bed.KeepalivedOptions{Nodes: nodes, Backends: backends, Dir: dir, Advert: advert})
+		if err != nil {
+			return nil, err
+		}
+		return keepalivedSystem{k}, nil
+	}
+	return nil, fmt.Errorf("unknown system %q (vipd, keepalived-1s, keepalived-100ms)", name)
+}
+
+type vipdSystem struct{ c *bed.Cluster }
+
+func (v vipdSystem) killDaemon(node string) { v.c.Proc(node).Kill() }
+func (v vipdSystem) killNode(node string)   { v.c.Proc(node).Kill() }
+func (v vipdSystem) lifetime() time.Duration {
+	return v.c.Opts.Lifetime
+}
+
+func (v vipdSystem) restart(ctx context.Context, node string) error {
+	<-v.c.Proc(node).Done()
+	if err := v.c.Start(node); err != nil {
+		return err
+	}
+	_, err := v.c.WaitFormed(ctx)
+	return err
+}
+
+type keepalivedSystem struct{ k *bed.Keepalived }
+
+func (k keepalivedSystem) killDaemon(node string) { k.k.Proc(node).Kill() }
+func (k keepalivedSystem) killNode(node string) {
+	k.k.Proc(node).Kill()
+	k.k.HAProxy(node).Kill()
+	<-k.k.HAProxy(node).Done() // reaped, so restart starts a new one
+}
+func (k keepalivedSystem) lifetime() time.Duration { return 0 }
+
+func (k keepalivedSystem) restart(ctx context.Context, node string) error {
+	<-k.k.Proc(node).Done()
+	if err := k.k.RestartHAProxy(node); err != nil {
+		return err
+	}
+	return k.k.Start(node)
+}
