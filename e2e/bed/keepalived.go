@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/template"
 	"time"
@@ -69,15 +70,35 @@ type Keepalived struct {
 
 // StartKeepalived writes the configs, allows binding the not-yet-held VIP in
 // every node namespace (ip_nonlocal_bind, as the recipe does), and starts
-// HAProxy and keepalived on every node. Node i gets priority 100-i; with
-// nopreempt a restarted node does not take the VIP back.
+// HAProxy and keepalived on every node.
 func StartKeepalived(b *Bed, o KeepalivedOptions) (*Keepalived, error) {
 	k := &Keepalived{Bed: b, Opts: o, keepalived: map[string]*Proc{}, haproxy: map[string]*Proc{}}
-	for i, n := range o.Nodes {
+	if err := k.writeConfigs(); err != nil {
+		return nil, err
+	}
+	for _, n := range o.Nodes {
+		if out, err := exec.Command("ip", "netns", "exec", n.NS, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1").CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("ip_nonlocal_bind in %s: %w: %s", n.NS, err, out)
+		}
+		if err := k.RestartHAProxy(n.Name); err != nil {
+			return nil, err
+		}
+		if err := k.Start(n.Name); err != nil {
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+// writeConfigs renders every node's keepalived and HAProxy config into Dir.
+// Node i gets priority 100-i; with nopreempt a restarted node does not take
+// the VIP back.
+func (k *Keepalived) writeConfigs() error {
+	advert := strconv.FormatFloat(k.Opts.Advert.Seconds(), 'f', -1, 64)
+	for i, n := range k.Opts.Nodes {
 		data := map[string]any{
-			"Node": n, "Iface": HostIface, "VIP": VIP, "Priority": 100 - i,
-			"Advert":   strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.2f", o.Advert.Seconds()), "0"), "."),
-			"Backends": o.Backends, "FrontendPort": FrontendPort, "BackendPort": BackendPort,
+			"Node": n, "Iface": HostIface, "VIP": VIP, "Priority": 100 - i, "Advert": advert,
+			"Backends": k.Opts.Backends, "FrontendPort": FrontendPort, "BackendPort": BackendPort,
 		}
 		for _, f := range []struct {
 			t    *template.Template
@@ -85,25 +106,14 @@ func StartKeepalived(b *Bed, o KeepalivedOptions) (*Keepalived, error) {
 		}{{keepalivedConfig, "keepalived"}, {haproxyConfig, "haproxy"}} {
 			var sb strings.Builder
 			if err := f.t.Execute(&sb, data); err != nil {
-				return nil, fmt.Errorf("render %s config of %s: %w", f.name, n.Name, err)
+				return fmt.Errorf("render %s config of %s: %w", f.name, n.Name, err)
 			}
 			if err := os.WriteFile(k.path(n.Name, f.name+".conf"), []byte(sb.String()), 0o644); err != nil {
-				return nil, fmt.Errorf("write %s config of %s: %w", f.name, n.Name, err)
+				return fmt.Errorf("write %s config of %s: %w", f.name, n.Name, err)
 			}
 		}
-		if out, err := exec.Command("ip", "netns", "exec", n.NS, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1").CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("ip_nonlocal_bind in %s: %w: %s", n.NS, err, out)
-		}
-		p, err := b.Start(n, "haproxy-"+n.Name, "haproxy", "-db", "-f", k.path(n.Name, "haproxy.conf"))
-		if err != nil {
-			return nil, err
-		}
-		k.haproxy[n.Name] = p
-		if err := k.Start(n.Name); err != nil {
-			return nil, err
-		}
 	}
-	return k, nil
+	return nil
 }
 
 func (k *Keepalived) path(node, file string) string {
@@ -132,7 +142,7 @@ func (k *Keepalived) Proc(node string) *Proc { return k.keepalived[node] }
 // HAProxy returns node's HAProxy.
 func (k *Keepalived) HAProxy(node string) *Proc { return k.haproxy[node] }
 
-// RestartHAProxy starts HAProxy on node again after it was killed.
+// RestartHAProxy starts HAProxy on node, unless it is running.
 func (k *Keepalived) RestartHAProxy(node string) error {
 	if p := k.haproxy[node]; p != nil && !p.Exited() {
 		return nil
