@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"go/ast"
-	"go/parser"
 	"go/token"
 	"maps"
 	"net"
@@ -294,41 +293,23 @@ func TestDashboardQueriesOnlyExportedMetrics(t *testing.T) {
 // shutdown, which comes before the drain of shutdown_grace.
 func leaveTimeout(t *testing.T) time.Duration {
 	t.Helper()
+	_, files := parsePackage(t, "../cmd/vipd")
+	e, ok := packageConsts(files)["leaveTimeout"]
+	if !ok {
+		t.Fatal("no const leaveTimeout in cmd/vipd: update this test to the daemon's shutdown sequence")
+	}
 	units := map[string]time.Duration{"Millisecond": time.Millisecond, "Second": time.Second, "Minute": time.Minute}
-	paths, _ := filepath.Glob("../cmd/vipd/*.go")
-	for _, p := range paths {
-		f, err := parser.ParseFile(token.NewFileSet(), p, nil, parser.SkipObjectResolution)
-		if err != nil {
-			t.Fatalf("parse %s: %v", p, err)
-		}
-		for _, decl := range f.Decls {
-			gd, ok := decl.(*ast.GenDecl)
-			if !ok || gd.Tok != token.CONST {
-				continue
-			}
-			for _, spec := range gd.Specs {
-				vs := spec.(*ast.ValueSpec)
-				for i, name := range vs.Names {
-					if name.Name != "leaveTimeout" || i >= len(vs.Values) {
-						continue
-					}
-					// The form N * time.Unit.
-					if be, ok := vs.Values[i].(*ast.BinaryExpr); ok && be.Op == token.MUL {
-						lit, ok1 := be.X.(*ast.BasicLit)
-						sel, ok2 := be.Y.(*ast.SelectorExpr)
-						if ok1 && ok2 && lit.Kind == token.INT && units[sel.Sel.Name] > 0 {
-							n, err := strconv.Atoi(lit.Value)
-							if err == nil {
-								return time.Duration(n) * units[sel.Sel.Name]
-							}
-						}
-					}
-					t.Fatalf("%s: leaveTimeout is not of the form N * time.Unit; update this test", p)
-				}
+	// The form N * time.Unit.
+	if be, ok := e.(*ast.BinaryExpr); ok && be.Op == token.MUL {
+		lit, ok1 := be.X.(*ast.BasicLit)
+		sel, ok2 := be.Y.(*ast.SelectorExpr)
+		if ok1 && ok2 && lit.Kind == token.INT && units[sel.Sel.Name] > 0 {
+			if n, err := strconv.Atoi(lit.Value); err == nil {
+				return time.Duration(n) * units[sel.Sel.Name]
 			}
 		}
 	}
-	t.Fatal("no const leaveTimeout in cmd/vipd: update this test to the daemon's shutdown sequence")
+	t.Fatal("cmd/vipd: leaveTimeout is not of the form N * time.Unit; update this test")
 	return 0
 }
 

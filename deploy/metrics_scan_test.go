@@ -40,26 +40,8 @@ func scanMetrics(t *testing.T, dirs ...string) (metrics map[string]metricKind, b
 	t.Helper()
 	metrics, byDir = map[string]metricKind{}, map[string][]string{}
 	for _, dir := range dirs {
-		paths, err := filepath.Glob(filepath.Join(dir, "*.go"))
-		if err != nil {
-			t.Fatalf("list %s: %v", dir, err)
-		}
-		fset := token.NewFileSet()
-		var files []*ast.File
-		for _, p := range paths {
-			if strings.HasSuffix(p, "_test.go") {
-				continue
-			}
-			f, err := parser.ParseFile(fset, p, nil, parser.SkipObjectResolution)
-			if err != nil {
-				t.Fatalf("parse %s: %v", p, err)
-			}
-			files = append(files, f)
-		}
-		s := &scanner{fset: fset, consts: map[string]ast.Expr{}}
-		for _, f := range files {
-			s.collectConsts(f)
-		}
+		fset, files := parsePackage(t, dir)
+		s := &scanner{fset: fset, consts: packageConsts(files)}
 		for _, f := range files {
 			s.scanFile(f)
 		}
@@ -83,22 +65,50 @@ type scanner struct {
 	unresolved []string
 }
 
-func (s *scanner) collectConsts(f *ast.File) {
-	ast.Inspect(f, func(n ast.Node) bool {
-		decl, ok := n.(*ast.GenDecl)
-		if !ok || decl.Tok != token.CONST {
-			return true
+// parsePackage parses the non-test Go files of dir.
+func parsePackage(t *testing.T, dir string) (*token.FileSet, []*ast.File) {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	if err != nil {
+		t.Fatalf("list %s: %v", dir, err)
+	}
+	fset := token.NewFileSet()
+	var files []*ast.File
+	for _, p := range paths {
+		if strings.HasSuffix(p, "_test.go") {
+			continue
 		}
-		for _, spec := range decl.Specs {
-			vs := spec.(*ast.ValueSpec)
-			for i, name := range vs.Names {
-				if i < len(vs.Values) {
-					s.consts[name.Name] = vs.Values[i]
+		f, err := parser.ParseFile(fset, p, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatalf("parse %s: %v", p, err)
+		}
+		files = append(files, f)
+	}
+	return fset, files
+}
+
+// packageConsts maps the constants declared in files (at any level) to
+// their value expressions.
+func packageConsts(files []*ast.File) map[string]ast.Expr {
+	consts := map[string]ast.Expr{}
+	for _, f := range files {
+		ast.Inspect(f, func(n ast.Node) bool {
+			decl, ok := n.(*ast.GenDecl)
+			if !ok || decl.Tok != token.CONST {
+				return true
+			}
+			for _, spec := range decl.Specs {
+				vs := spec.(*ast.ValueSpec)
+				for i, name := range vs.Names {
+					if i < len(vs.Values) {
+						consts[name.Name] = vs.Values[i]
+					}
 				}
 			}
-		}
-		return true
-	})
+			return true
+		})
+	}
+	return consts
 }
 
 // promName is the local name of the prometheus import in f ("" if none).
