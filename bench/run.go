@@ -146,16 +146,7 @@ func startTargets(ctx context.Context, o Options, backend string) ([]*Target, er
 		if !slices.Contains(o.Targets, name) {
 			continue
 		}
-		var t *Target
-		var err error
-		switch name {
-		case "direct":
-			t = &Target{Name: "direct", Addr: backend}
-		case "haproxy":
-			t, err = StartHAProxy(ctx, o.HAProxyBin, o.Dir, backend, o.HAProxySplice, o.MaxConn)
-		case "vipd":
-			t, err = StartVipd(ctx, o.VipdBin, o.Dir, backend, o.MaxConn)
-		}
+		t, err := startTarget(ctx, o, name, backend)
 		if err != nil {
 			return targets, err
 		}
@@ -163,6 +154,22 @@ func startTargets(ctx context.Context, o Options, backend string) ([]*Target, er
 		targets = append(targets, t)
 	}
 	return targets, nil
+}
+
+// startTarget starts one target by name, a proxy in a scratch directory of
+// its own under o.Dir.
+func startTarget(ctx context.Context, o Options, name, backend string) (*Target, error) {
+	if name == "direct" {
+		return &Target{Name: "direct", Addr: backend}, nil
+	}
+	dir, err := os.MkdirTemp(o.Dir, name+"-")
+	if err != nil {
+		return nil, fmt.Errorf("scratch dir for %s: %w", name, err)
+	}
+	if name == "haproxy" {
+		return StartHAProxy(ctx, o.HAProxyBin, dir, backend, o.HAProxySplice, o.MaxConn)
+	}
+	return StartVipd(ctx, o.VipdBin, dir, backend, o.MaxConn)
 }
 
 // rotate returns targets shifted left by round, so that no target always
@@ -205,7 +212,8 @@ func warmUp(ctx context.Context, t *Target) error {
 
 // measure runs m once through t after a pause and a GC of the benchmark's
 // own heap, and adds the proxy's CPU use as the last value when m asks. It
-// also returns the CPU other processes used meanwhile (percent of a core).
+// then also returns the CPU other processes used meanwhile (percent of a
+// core), else NaN.
 func measure(ctx context.Context, m metric, t *Target) ([]float64, float64, []string, error) {
 	runtime.GC()
 	select {
@@ -223,7 +231,12 @@ func measure(ctx context.Context, m metric, t *Target) ([]float64, float64, []st
 	start := time.Now()
 	vals, warns, err := m.run(ctx, t)
 	elapsed := time.Since(start)
-	busy := bg.finish(elapsed, t)
+	// Only timed workloads say something about disturbance; the idle run
+	// starts processes of its own.
+	busy := math.NaN()
+	if m.cpu {
+		busy = bg.finish(elapsed, t)
+	}
 	if busy > backgroundLimit {
 		warns = append(warns, fmt.Sprintf("other processes used %.0f%% of a core during the run", busy))
 	}
@@ -354,8 +367,19 @@ func buildMetrics(o Options, backend *Backend) []metric {
 				{Name: fmt.Sprintf("RSS with %d idle conns (MiB)", o.IdleConns)},
 				{Name: "  proxy fds per idle conn"},
 			},
+			// A fresh instance of the proxy: one that has served the other
+			// workloads keeps their memory in its pools, and its RSS would
+			// hardly grow.
 			run: func(ctx context.Context, t *Target) ([]float64, []string, error) {
-				return idleMemory(ctx, t, o.IdleConns, backend)
+				if t.Proc == nil {
+					return []float64{math.NaN(), math.NaN(), math.NaN()}, nil, nil
+				}
+				fresh, err := startTarget(ctx, o, t.Name, backend.Addr())
+				if err != nil {
+					return nil, nil, err
+				}
+				defer fresh.Stop()
+				return idleMemory(ctx, fresh, o.IdleConns, backend)
 			},
 		},
 	}
@@ -372,15 +396,11 @@ func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsec
 
 const mib = 1 << 20
 
-// idleMemory opens n idle connections through t and reads the proxy's RSS
-// and open descriptors before and after. Descriptors matter beside RSS:
+// idleMemory opens n idle connections through the proxy t and reads its
+// RSS and open descriptors before and after. Descriptors matter beside RSS:
 // kernel objects such as splice pipes held per connection use memory that
-// RSS does not show, and count against the open-file limit. A direct
-// connection has no proxy: NaN.
+// RSS does not show, and count against the open-file limit.
 func idleMemory(ctx context.Context, t *Target, n int, backend *Backend) ([]float64, []string, error) {
-	if t.Proc == nil {
-		return []float64{math.NaN(), math.NaN(), math.NaN()}, nil, nil
-	}
 	before, err := ReadUsage(t.Proc.PID())
 	if err != nil {
 		return nil, nil, err
