@@ -9,6 +9,7 @@
 package bed
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -19,7 +20,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -71,12 +71,10 @@ type Host struct {
 	port   string // the host's port on the bridge (in the bridge namespace)
 }
 
-// Netlink returns a netlink handle bound to the host's namespace.
-func (h *Host) Netlink() *netlink.Handle { return h.nl }
-
 // Bed is a set of hosts on one bridge plus the processes started in them.
 type Bed struct {
-	// Prefix is unique per bed: namespaces are Prefix+"-"+host.
+	// Prefix is unique per bed (pid and a random tag): namespaces are
+	// Prefix+"-"+host.
 	Prefix string
 	// LogDir receives one log file per started process.
 	LogDir string
@@ -92,8 +90,6 @@ type Bed struct {
 	closed bool    // guarded by mu
 }
 
-var bedSeq atomic.Int64
-
 // New creates the namespaces, the bridge and one veth per host, all up, with
 // the hosts' addresses as /24. On error everything made so far is removed.
 // logDir must exist; process logs go there.
@@ -101,8 +97,12 @@ func New(hosts []HostSpec, logDir string) (b *Bed, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the test bed needs root (network namespaces)")
 	}
+	var tag [3]byte
+	if _, err := rand.Read(tag[:]); err != nil {
+		return nil, fmt.Errorf("bed name: %w", err)
+	}
 	b = &Bed{
-		Prefix: fmt.Sprintf("%s-%d-%d", namePrefix, os.Getpid(), bedSeq.Add(1)),
+		Prefix: fmt.Sprintf("%s-%d-%x", namePrefix, os.Getpid(), tag),
 		LogDir: logDir,
 		hosts:  map[string]*Host{},
 	}

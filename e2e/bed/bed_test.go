@@ -3,7 +3,9 @@ package bed
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -58,22 +60,22 @@ func vipAddr(t *testing.T, lifetime int) *netlink.Addr {
 
 func addVIP(t *testing.T, h *Host, lifetime int) {
 	t.Helper()
-	l, err := h.Netlink().LinkByName(HostIface)
+	l, err := h.nl.LinkByName(HostIface)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Netlink().AddrReplace(l, vipAddr(t, lifetime)); err != nil {
+	if err := h.nl.AddrReplace(l, vipAddr(t, lifetime)); err != nil {
 		t.Fatalf("add VIP on %s: %v", h.Name, err)
 	}
 }
 
 func delVIP(t *testing.T, h *Host) {
 	t.Helper()
-	l, err := h.Netlink().LinkByName(HostIface)
+	l, err := h.nl.LinkByName(HostIface)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Netlink().AddrDel(l, vipAddr(t, 0)); err != nil {
+	if err := h.nl.AddrDel(l, vipAddr(t, 0)); err != nil {
 		t.Fatalf("delete VIP on %s: %v", h.Name, err)
 	}
 }
@@ -104,7 +106,7 @@ func garp(t *testing.T, h *Host) {
 
 func TestBedConnectsHostsOnlyThroughTheBridge(t *testing.T) {
 	b := newBed(t)
-	srv, err := b.Host("b1").Serve("198.18.0.21:9000", "b1")
+	srv, err := b.Host("b1").serve("198.18.0.21:9000", "b1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,6 +213,9 @@ func TestSamplerFlagsTwoLiveHoldersButNotAnExemptOne(t *testing.T) {
 	if v := s.Violations(); len(v) != 0 {
 		t.Fatalf("violations with one holder: %v", v)
 	}
+	if lft, held := s.MaxLifetime("n1"); !held || lft != InfiniteLifetime {
+		t.Errorf("address without lifetime: sampler saw valid_lft %d (held %t)", lft, held)
+	}
 	addVIP(t, n2, 0)
 	time.Sleep(60 * time.Millisecond)
 	v := s.Violations()
@@ -257,6 +262,9 @@ func TestSamplerMeasuresKernelLifetimeExpiry(t *testing.T) {
 		d, gone := s.Leftover("n3", added)
 		if gone {
 			t.Logf("address with valid_lft %ds stayed %s", lifetime, d)
+			if lft, held := s.MaxLifetime("n3"); !held || lft != lifetime {
+				t.Errorf("sampler saw valid_lft %d (held %t), want %d", lft, held, lifetime)
+			}
 			if d < lifetime*time.Second-100*time.Millisecond {
 				t.Fatalf("address went after %s, before its %ds lifetime", d, lifetime)
 			}
@@ -276,7 +284,7 @@ func TestClientMeasuresOutageOfAVIPMove(t *testing.T) {
 	b := newBed(t)
 	n1, n2, c := b.Host("n1"), b.Host("n2"), b.Host("c")
 	for _, h := range []*Host{n1, n2} {
-		srv, err := h.Serve("0.0.0.0:8080", h.Name)
+		srv, err := h.serve("0.0.0.0:8080", h.Name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -347,4 +355,31 @@ func TestSweepStaleRemovesNamespacesOfDeadRuns(t *testing.T) {
 		_ = os.Remove(filepath.Join(netnsDir, name))
 		t.Fatalf("stale namespace %s not removed (removed %v)", name, removed)
 	}
+}
+
+// listen opens a TCP listener inside the host's namespace.
+func (h *Host) listen(addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := h.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	return ln, err
+}
+
+// serve answers HTTP on a listener in the host's namespace like
+// bin/demo-backend: GET / gives name+"\n", /readyz 200. It is the stand-in
+// backend of the bed's own tests. Close the returned server to stop it.
+func (h *Host) serve(addr, name string) (*http.Server, error) {
+	ln, err := h.listen(addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s in %s: %w", addr, h.NS, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, name) })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return srv, nil
 }

@@ -31,17 +31,6 @@ func (h *Host) Dial(ctx context.Context, network, addr string) (net.Conn, error)
 	return conn, err
 }
 
-// Listen opens a TCP listener inside the host's namespace.
-func (h *Host) Listen(addr string) (net.Listener, error) {
-	var ln net.Listener
-	err := h.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
-	return ln, err
-}
-
 // Get does one HTTP/1.0 GET of path on addr from the host's namespace, on a
 // fresh connection, and returns the body of a 200 answer.
 func (h *Host) Get(ctx context.Context, addr, path string) (string, error) {
@@ -160,16 +149,6 @@ func (c *Client) Results() []Result {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Clone(c.results)
-}
-
-// Last returns the latest result (zero before the first).
-func (c *Client) Last() Result {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.results) == 0 {
-		return Result{}
-	}
-	return c.results[len(c.results)-1]
 }
 
 // WaitFlowing waits until n requests in a row that started after since have
@@ -298,20 +277,4 @@ func neighState(s int) string {
 		}
 	}
 	return strings.Join(out, "|")
-}
-
-// Serve answers HTTP on a listener in the host's namespace like
-// bin/demo-backend: GET / gives name+"\n", /readyz 200. It is the stand-in
-// backend of the bed's own tests. Close the returned server to stop it.
-func (h *Host) Serve(addr, name string) (*http.Server, error) {
-	ln, err := h.Listen(addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen %s in %s: %w", addr, h.NS, err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
-	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, name) })
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	return srv, nil
 }

@@ -33,6 +33,7 @@ type Sampler struct {
 	mu      sync.Mutex
 	samples []Sample          // guarded by mu
 	exempt  map[string][]span // per host, guarded by mu
+	maxLft  map[string]uint32 // per host: largest remaining valid lifetime seen (s), guarded by mu
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -42,7 +43,7 @@ type span struct{ from, to time.Time } // to zero: still open
 
 // NewSampler watches hosts for vip, reading every interval (10 ms in the tests).
 func NewSampler(vip netip.Addr, interval time.Duration, hosts ...*Host) (*Sampler, error) {
-	s := &Sampler{vip: vip, interval: interval, exempt: map[string][]span{}}
+	s := &Sampler{vip: vip, interval: interval, exempt: map[string][]span{}, maxLft: map[string]uint32{}}
 	for _, h := range hosts {
 		nh, err := netlink.NewHandleAt(h.handle)
 		if err != nil {
@@ -99,37 +100,58 @@ func (s *Sampler) run(ctx context.Context) {
 func (s *Sampler) sample() {
 	var holders []string
 	var errs []error
+	lfts := map[string]uint32{}
 	for i, h := range s.handles {
-		held, err := hasAddr(h, s.vip)
+		held, lft, err := findAddr(h, s.vip)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", s.names[i], err))
 		}
 		if held {
 			holders = append(holders, s.names[i])
+			lfts[s.names[i]] = lft
 		}
 	}
 	smp := Sample{At: time.Now(), Holders: holders, Err: errors.Join(errs...)}
 	s.mu.Lock()
 	s.samples = append(s.samples, smp)
+	for name, lft := range lfts {
+		if cur, ok := s.maxLft[name]; !ok || lft > cur {
+			s.maxLft[name] = lft
+		}
+	}
 	s.mu.Unlock()
 }
 
-// hasAddr reports whether any interface of the handle's namespace has addr.
-func hasAddr(h *netlink.Handle, addr netip.Addr) (bool, error) {
+// findAddr reports whether any interface of the handle's namespace has addr,
+// and its remaining valid lifetime in seconds (InfiniteLifetime: none).
+func findAddr(h *netlink.Handle, addr netip.Addr) (bool, uint32, error) {
 	family := netlink.FAMILY_V4
 	if addr.Is6() {
 		family = netlink.FAMILY_V6
 	}
 	addrs, err := h.AddrList(nil, family)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	for _, a := range addrs {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
-			return true, nil
+			return true, uint32(a.ValidLft), nil
 		}
 	}
-	return false, nil
+	return false, 0, nil
+}
+
+// InfiniteLifetime is the kernel's valid_lft of an address without a lifetime.
+const InfiniteLifetime = ^uint32(0)
+
+// MaxLifetime returns the largest remaining valid lifetime, in whole seconds
+// as the kernel reports it, that host's VIP ever had (InfiniteLifetime for an
+// address added without one), and whether host ever held the VIP.
+func (s *Sampler) MaxLifetime(host string) (uint32, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lft, ok := s.maxLft[host]
+	return lft, ok
 }
 
 // Exempt stops counting host as a live holder from at on (its daemon was
@@ -178,13 +200,6 @@ func (s *Sampler) Last() Sample {
 		return Sample{}
 	}
 	return s.samples[len(s.samples)-1]
-}
-
-// Samples returns a copy of the timeline.
-func (s *Sampler) Samples() []Sample {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.samples)
 }
 
 // Violation is a run of samples in which more than one live host held the VIP.

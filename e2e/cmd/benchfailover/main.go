@@ -99,9 +99,9 @@ func run() error {
 	}
 	fmt.Printf("\nclient-seen outage (GET every 10 ms, 50 ms timeout), %d trials each:\n\n", c.trials)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "system\tfault\tp50\tmax\toutages\tfailed requests\tdead holder kept the VIP")
+	fmt.Fprintln(w, "system\tfault\tp50\tmax\toutages\tfailed requests\tVIP valid_lft\tdead holder kept the VIP")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.system, r.fault, ms(r.p50()), ms(slices.Max(r.outages)), list(r.outages), r.failed, r.leftover)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.system, r.fault, ms(r.p50()), ms(slices.Max(r.outages)), list(r.outages), r.failed, r.lifetime, r.leftover)
 	}
 	return w.Flush()
 }
@@ -110,6 +110,7 @@ type row struct {
 	system, fault string
 	outages       []time.Duration
 	failed        int
+	lifetime      string // the VIP's kernel valid_lft, the largest seen
 	leftover      string
 }
 
@@ -235,6 +236,16 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 		}
 	}
 	r.leftover = strings.Join(leftovers, " ")
+	r.lifetime = "forever"
+	var most uint32
+	for _, n := range nodes {
+		if lft, held := s.MaxLifetime(n.Name); held && lft > most {
+			most = lft
+		}
+	}
+	if most != bed.InfiniteLifetime {
+		r.lifetime = fmt.Sprintf("%ds", most)
+	}
 	for _, v := range s.Violations() {
 		fmt.Printf("%s %s: two live VIP holders: %s\n", sysName, fault, v)
 	}
