@@ -254,8 +254,8 @@ func TestSamplerMeasuresKernelLifetimeExpiry(t *testing.T) {
 	s.Start()
 	defer s.Stop()
 	const lifetime = 2
-	added := time.Now()
 	addVIP(t, n3, lifetime)
+	added := time.Now()
 	s.Exempt("n3", added)
 	deadline := time.Now().Add(lifetime*time.Second + 3*time.Second)
 	for {

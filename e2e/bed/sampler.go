@@ -98,6 +98,7 @@ func (s *Sampler) run(ctx context.Context) {
 }
 
 func (s *Sampler) sample() {
+	at := time.Now() // before reading: a sample stamped t shows the state after t
 	var holders []string
 	var errs []error
 	lfts := map[string]uint32{}
@@ -111,7 +112,7 @@ func (s *Sampler) sample() {
 			lfts[s.names[i]] = lft
 		}
 	}
-	smp := Sample{At: time.Now(), Holders: holders, Err: errors.Join(errs...)}
+	smp := Sample{At: at, Holders: holders, Err: errors.Join(errs...)}
 	s.mu.Lock()
 	s.samples = append(s.samples, smp)
 	for name, lft := range lfts {
