@@ -102,6 +102,52 @@ type Usage struct {
 	CPU time.Duration // user + system time since start
 }
 
+// ContextSwitches sums the voluntary and involuntary context switches of
+// every thread of pid. A thread that has exited no longer counts; the
+// proxies measured here keep theirs.
+func ContextSwitches(pid int) (int64, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("context switches of %d: %w", pid, err)
+	}
+	var total int64
+	for _, task := range tasks {
+		b, err := os.ReadFile(dir + "/" + task.Name() + "/status")
+		if err != nil {
+			continue // the thread has just exited
+		}
+		n, err := parseSwitches(b)
+		if err != nil {
+			return 0, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// parseSwitches sums the two ctxt_switches lines of a /proc status file.
+func parseSwitches(status []byte) (int64, error) {
+	var total int64
+	found := 0
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "voluntary_ctxt_switches" && k != "nonvoluntary_ctxt_switches") {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse %s: %w", k, err)
+		}
+		total += n
+		found++
+	}
+	if found != 2 {
+		return 0, fmt.Errorf("parse /proc status: %d of 2 ctxt_switches lines", found)
+	}
+	return total, nil
+}
+
 // OpenFiles counts the open file descriptors of pid.
 func OpenFiles(pid int) (int, error) {
 	entries, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")

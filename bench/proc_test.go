@@ -105,3 +105,29 @@ func TestStartProcessReportsAMissingBinary(t *testing.T) {
 func waitForTest(cond func() bool) error {
 	return waitFor(testContext(), 10*time.Second, cond)
 }
+
+func TestParseSwitchesSumsVoluntaryAndInvoluntary(t *testing.T) {
+	status := "Name:\tvipd\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n"
+	n, err := parseSwitches([]byte(status))
+	if err != nil || n != 127 {
+		t.Fatalf("parseSwitches = %d, %v; want 127", n, err)
+	}
+	if _, err := parseSwitches([]byte("Name:\tx\nvoluntary_ctxt_switches:\t1\n")); err == nil {
+		t.Error("a status with one of the two lines parsed without error")
+	}
+}
+
+func TestContextSwitchesOfSelfGrow(t *testing.T) {
+	before, err := ContextSwitches(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // sleeping switches out at least once
+	after, err := ContextSwitches(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after <= before {
+		t.Errorf("context switches went from %d to %d across a sleep", before, after)
+	}
+}

@@ -59,9 +59,28 @@ type Report struct {
 type metric struct {
 	name string
 	rows []Row
-	cpu  bool // add a row with the proxy's CPU use during the run
-	// run measures target t once and returns one value per row.
+	// cost, if set, adds rows with what the proxy spent per unit of work;
+	// such a metric is timed, and its run's first value is a rate.
+	cost *cost
+	// run measures target t once and returns one value per row (but for
+	// the cost rows, which measure adds).
 	run func(ctx context.Context, t *Target) ([]float64, []string, error)
+}
+
+// cost says how to turn the proxy's CPU time and context switches during a
+// run into figures per unit of the run's rate (the metric's first value).
+type cost struct {
+	cpuScale float64 // CPU seconds per unit × cpuScale is the CPU row's value
+	switches bool    // add a row with context switches per unit
+}
+
+// rows returns the rows cost adds, named after unit ("GB", "conn", "pair").
+func (c *cost) rows(cpuUnit, unit string) []Row {
+	rows := []Row{{Name: "  proxy CPU " + cpuUnit}}
+	if c.switches {
+		rows = append(rows, Row{Name: "  proxy context switches per " + unit})
+	}
+	return rows
 }
 
 // Run starts the backend and the targets, measures every metric through
@@ -228,13 +247,17 @@ func measure(ctx context.Context, m metric, t *Target) ([]float64, float64, []st
 		return v
 	}
 	bg := startBackground(t)
+	var switches int64
+	if t.Proc != nil {
+		switches, _ = ContextSwitches(t.Proc.PID())
+	}
 	start := time.Now()
 	vals, warns, err := m.run(ctx, t)
 	elapsed := time.Since(start)
 	// Only timed workloads say something about disturbance; the idle run
 	// starts processes of its own.
 	busy := math.NaN()
-	if m.cpu {
+	if m.cost != nil {
 		busy = bg.finish(elapsed, t)
 	}
 	if busy > backgroundLimit {
@@ -243,14 +266,22 @@ func measure(ctx context.Context, m metric, t *Target) ([]float64, float64, []st
 	if err != nil {
 		return nan(), busy, warns, err
 	}
-	if m.cpu {
-		cpu := math.NaN()
-		if t.Proc != nil {
+	if c := m.cost; c != nil {
+		// Per second of the run, divided by units per second: per unit.
+		rate := vals[0]
+		cpu, sw := math.NaN(), math.NaN()
+		if t.Proc != nil && rate > 0 {
 			if after, err := ReadUsage(t.Proc.PID()); err == nil {
-				cpu = 100 * (after.CPU - bg.proxy.CPU).Seconds() / elapsed.Seconds()
+				cpu = (after.CPU - bg.proxy.CPU).Seconds() / elapsed.Seconds() / rate * c.cpuScale
+			}
+			if after, err := ContextSwitches(t.Proc.PID()); err == nil {
+				sw = float64(after-switches) / elapsed.Seconds() / rate
 			}
 		}
 		vals = append(vals, cpu)
+		if c.switches {
+			vals = append(vals, sw)
+		}
 	}
 	return vals, busy, warns, nil
 }
@@ -304,7 +335,8 @@ func describe(rows []Row, vals []float64) string {
 }
 
 func buildMetrics(o Options, backend *Backend) []metric {
-	cpuRow := func(what string) Row { return Row{Name: "  proxy CPU % (" + what + ")"} }
+	bulkCost := &cost{cpuScale: 1000}              // MB/s → CPU seconds per GB
+	opCost := &cost{cpuScale: 1e6, switches: true} // ops/s → CPU µs per op
 	bulk := func(streams int) func(context.Context, *Target) ([]float64, []string, error) {
 		return func(ctx context.Context, t *Target) ([]float64, []string, error) {
 			r, err := Bulk(ctx, t.Addr, streams, o.Duration)
@@ -323,35 +355,33 @@ func buildMetrics(o Options, backend *Backend) []metric {
 	}
 	all := map[string]metric{
 		MetricBulk1: {
-			name: MetricBulk1, cpu: true,
-			rows: []Row{{Name: "bulk 1 stream (MB/s)", Higher: true, Target: 1.1}, cpuRow("bulk 1")},
+			name: MetricBulk1, cost: bulkCost,
+			rows: append([]Row{{Name: "bulk 1 stream (MB/s)", Higher: true, Target: 1.1}}, bulkCost.rows("s per GB", "")...),
 			run:  bulk(1),
 		},
 		MetricBulk8: {
-			name: MetricBulk8, cpu: true,
-			rows: []Row{{Name: "bulk 8 streams (MB/s)", Higher: true, Target: 1.1}, cpuRow("bulk 8")},
+			name: MetricBulk8, cost: bulkCost,
+			rows: append([]Row{{Name: "bulk 8 streams (MB/s)", Higher: true, Target: 1.1}}, bulkCost.rows("s per GB", "")...),
 			run:  bulk(8),
 		},
 		MetricConns: {
-			name: MetricConns, cpu: true,
-			rows: []Row{
+			name: MetricConns, cost: opCost,
+			rows: append([]Row{
 				{Name: "new connections/s", Higher: true, Target: 1.0},
 				{Name: "  connection p50 (µs)"},
 				{Name: "  connection p99 (µs)"},
-				cpuRow("connections"),
-			},
+			}, opCost.rows("µs per conn", "conn")...),
 			run: func(ctx context.Context, t *Target) ([]float64, []string, error) {
 				return latency(ConnRate(ctx, t.Addr, o.Concurrency, o.Duration))
 			},
 		},
 		MetricPairs: {
-			name: MetricPairs, cpu: true,
-			rows: []Row{
+			name: MetricPairs, cost: opCost,
+			rows: append([]Row{
 				{Name: "request/response pairs/s", Higher: true, Target: 1.0},
 				{Name: "  pair p50 (µs)"},
 				{Name: "  pair p99 (µs)", Target: 1.0},
-				cpuRow("pairs"),
-			},
+			}, opCost.rows("µs per pair", "pair")...),
 			run: func(ctx context.Context, t *Target) ([]float64, []string, error) {
 				r, err := Pairs(ctx, t.Addr, o.Concurrency, o.Duration)
 				if err != nil {

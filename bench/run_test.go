@@ -22,15 +22,15 @@ func TestRunDirectFillsEveryRowForEveryRound(t *testing.T) {
 	if !slices.Equal(rep.Targets, []string{"direct"}) {
 		t.Fatalf("targets = %v", rep.Targets)
 	}
-	if len(rep.Rows) != 16 {
-		t.Fatalf("%d rows, want 16 (2+2+4+4+3 and other processes' CPU)", len(rep.Rows))
+	if len(rep.Rows) != 18 {
+		t.Fatalf("%d rows, want 18 (2+2+5+5+3 and other processes' CPU)", len(rep.Rows))
 	}
 	// Measured for the timed runs; NaN for the idle run.
-	other := rep.Rows[15].Values["direct"]
+	other := rep.Rows[17].Values["direct"]
 	if n := len(valid(other)); len(other) != 2*len(AllMetrics) || n != 2*(len(AllMetrics)-1) {
 		t.Errorf("other processes' CPU: %v, want one per run, valid but for the idle runs", other)
 	}
-	for _, r := range rep.Rows[:15] {
+	for _, r := range rep.Rows[:17] {
 		vals := r.Values["direct"]
 		if len(vals) != 2 {
 			t.Errorf("%s: %d values, want one per round", r.Name, len(vals))
