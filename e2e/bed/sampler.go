@@ -16,7 +16,8 @@ import (
 // Sample is one reading of every watched namespace.
 type Sample struct {
 	At      time.Time
-	Holders []string // hosts whose namespace has the VIP, in watch order
+	Holders []string // hosts whose namespace has the VIP (the sample's last round), in watch order
+	Both    []string // hosts found holding in both rounds of the sample: at one instant
 	Err     error    // a namespace could not be read
 }
 
@@ -99,6 +100,32 @@ func (s *Sampler) run(ctx context.Context) {
 
 func (s *Sampler) sample() {
 	at := time.Now() // before reading: a sample stamped t shows the state after t
+	// Two rounds: namespaces are read one after another, so one round alone
+	// can see a VIP that moved during the round on both nodes. A host found
+	// in both rounds held the VIP across the gap between them, so two such
+	// hosts held it at the same instant.
+	first, _, err1 := s.read()
+	holders, lfts, err2 := s.read()
+	var both []string
+	for _, h := range holders {
+		if slices.Contains(first, h) {
+			both = append(both, h)
+		}
+	}
+	smp := Sample{At: at, Holders: holders, Both: both, Err: errors.Join(err1, err2)}
+	s.mu.Lock()
+	s.samples = append(s.samples, smp)
+	for name, lft := range lfts {
+		if cur, ok := s.maxLft[name]; !ok || lft > cur {
+			s.maxLft[name] = lft
+		}
+	}
+	s.mu.Unlock()
+}
+
+// read reads every namespace once and returns the holders, in watch order,
+// with their addresses' remaining valid lifetimes.
+func (s *Sampler) read() ([]string, map[string]uint32, error) {
 	var holders []string
 	var errs []error
 	lfts := map[string]uint32{}
@@ -112,15 +139,7 @@ func (s *Sampler) sample() {
 			lfts[s.names[i]] = lft
 		}
 	}
-	smp := Sample{At: at, Holders: holders, Err: errors.Join(errs...)}
-	s.mu.Lock()
-	s.samples = append(s.samples, smp)
-	for name, lft := range lfts {
-		if cur, ok := s.maxLft[name]; !ok || lft > cur {
-			s.maxLft[name] = lft
-		}
-	}
-	s.mu.Unlock()
+	return holders, lfts, errors.Join(errs...)
 }
 
 // findAddr reports whether any interface of the handle's namespace has addr,
@@ -183,10 +202,13 @@ func (s *Sampler) exemptLocked(host string, at time.Time) bool {
 }
 
 // liveLocked returns the holders of smp that are not exempt at its time.
-func (s *Sampler) liveLocked(smp Sample) []string {
+func (s *Sampler) liveLocked(smp Sample) []string { return s.notExemptLocked(smp.Holders, smp.At) }
+
+// notExemptLocked returns the hosts that are not exempt at at.
+func (s *Sampler) notExemptLocked(hosts []string, at time.Time) []string {
 	var live []string
-	for _, h := range smp.Holders {
-		if !s.exemptLocked(h, smp.At) {
+	for _, h := range hosts {
+		if !s.exemptLocked(h, at) {
 			live = append(live, h)
 		}
 	}
@@ -213,13 +235,14 @@ func (v Violation) String() string {
 	return fmt.Sprintf("%s held by %s for %s", v.From.Format("15:04:05.000"), strings.Join(v.Holders, "+"), v.To.Sub(v.From))
 }
 
-// Violations returns every run of samples with two or more live holders.
+// Violations returns every run of samples in which two or more live hosts
+// held the VIP at the same instant (in both rounds of a sample).
 func (s *Sampler) Violations() []Violation {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []Violation
 	for _, smp := range s.samples {
-		live := s.liveLocked(smp)
+		live := s.notExemptLocked(smp.Both, smp.At)
 		if len(live) < 2 {
 			continue
 		}
