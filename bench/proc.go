@@ -232,6 +232,36 @@ func parseBusy(stat []byte) (time.Duration, error) {
 	return time.Duration(busy) * clockTick, nil
 }
 
+// KernelSlab reads the kernel's slab memory (Slab of /proc/meminfo, in
+// bytes): sockets, pipes and their buffers live there, outside any RSS.
+func KernelSlab() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, fmt.Errorf("kernel slab: %w", err)
+	}
+	return parseMeminfo(b, "Slab")
+}
+
+// parseMeminfo returns the value of key in a /proc/meminfo text, in bytes.
+func parseMeminfo(meminfo []byte, key string) (int64, error) {
+	for _, line := range strings.Split(string(meminfo), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || k != key {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("parse /proc/meminfo %s: %q", key, v)
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse /proc/meminfo %s: %w", key, err)
+		}
+		return n << 10, nil
+	}
+	return 0, fmt.Errorf("parse /proc/meminfo: no %s", key)
+}
+
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago, and
 // free for UDP too (memberlist binds both). Another process could take it
 // before the child binds it; the child then fails to start and says so.

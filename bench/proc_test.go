@@ -131,3 +131,14 @@ func TestContextSwitchesOfSelfGrow(t *testing.T) {
 		t.Errorf("context switches went from %d to %d across a sleep", before, after)
 	}
 }
+
+func TestParseMeminfoReadsKilobytes(t *testing.T) {
+	meminfo := "MemTotal:       24684000 kB\nSlab:             168628 kB\nSReclaimable:     119016 kB\n"
+	n, err := parseMeminfo([]byte(meminfo), "Slab")
+	if err != nil || n != 168628*1024 {
+		t.Fatalf("Slab = %d, %v; want %d", n, err, 168628*1024)
+	}
+	if _, err := parseMeminfo([]byte(meminfo), "KernelStack"); err == nil {
+		t.Error("a missing key parsed without error")
+	}
+}

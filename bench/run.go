@@ -396,13 +396,14 @@ func buildMetrics(o Options, backend *Backend) []metric {
 				{Name: "RSS growth per 10k idle conns (MiB)"},
 				{Name: fmt.Sprintf("RSS with %d idle conns (MiB)", o.IdleConns)},
 				{Name: "  proxy fds per idle conn"},
+				{Name: "  kernel slab growth per 10k (MiB, machine)"},
 			},
 			// A fresh instance of the proxy: one that has served the other
 			// workloads keeps their memory in its pools, and its RSS would
 			// hardly grow.
 			run: func(ctx context.Context, t *Target) ([]float64, []string, error) {
 				if t.Proc == nil {
-					return []float64{math.NaN(), math.NaN(), math.NaN()}, nil, nil
+					return []float64{math.NaN(), math.NaN(), math.NaN(), math.NaN()}, nil, nil
 				}
 				fresh, err := startTarget(ctx, o, t.Name, backend.Addr())
 				if err != nil {
@@ -439,6 +440,10 @@ func idleMemory(ctx context.Context, t *Target, n int, backend *Backend) ([]floa
 	if err != nil {
 		return nil, nil, err
 	}
+	slabBefore, err := KernelSlab()
+	if err != nil {
+		return nil, nil, err
+	}
 	cs, err := OpenIdle(ctx, t.Addr, n, backend)
 	defer func() {
 		for _, c := range cs {
@@ -459,9 +464,13 @@ func idleMemory(ctx context.Context, t *Target, n int, backend *Backend) ([]floa
 	if err != nil {
 		return nil, nil, err
 	}
-	growth := float64(after.RSS-before.RSS) / mib * 10000 / float64(n)
+	slabAfter, err := KernelSlab()
+	if err != nil {
+		return nil, nil, err
+	}
+	per10k := func(bytes int64) float64 { return float64(bytes) / mib * 10000 / float64(n) }
 	fds := float64(fdsAfter-fdsBefore) / float64(n)
-	return []float64{growth, float64(after.RSS) / mib, fds}, nil, nil
+	return []float64{per10k(after.RSS - before.RSS), float64(after.RSS) / mib, fds, per10k(slabAfter - slabBefore)}, nil, nil
 }
 
 // ParseList splits a comma-separated flag value and checks every item

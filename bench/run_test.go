@@ -22,22 +22,22 @@ func TestRunDirectFillsEveryRowForEveryRound(t *testing.T) {
 	if !slices.Equal(rep.Targets, []string{"direct"}) {
 		t.Fatalf("targets = %v", rep.Targets)
 	}
-	if len(rep.Rows) != 18 {
-		t.Fatalf("%d rows, want 18 (2+2+5+5+3 and other processes' CPU)", len(rep.Rows))
+	if len(rep.Rows) != 19 {
+		t.Fatalf("%d rows, want 19 (2+2+5+5+4 and other processes' CPU)", len(rep.Rows))
 	}
 	// Measured for the timed runs; NaN for the idle run.
-	other := rep.Rows[17].Values["direct"]
+	other := rep.Rows[18].Values["direct"]
 	if n := len(valid(other)); len(other) != 2*len(AllMetrics) || n != 2*(len(AllMetrics)-1) {
 		t.Errorf("other processes' CPU: %v, want one per run, valid but for the idle runs", other)
 	}
-	for _, r := range rep.Rows[:17] {
+	for _, r := range rep.Rows[:18] {
 		vals := r.Values["direct"]
 		if len(vals) != 2 {
 			t.Errorf("%s: %d values, want one per round", r.Name, len(vals))
 			continue
 		}
 		// Direct has no proxy: no proxy CPU and no proxy memory.
-		noProxy := strings.Contains(r.Name, "proxy ") || strings.Contains(r.Name, "RSS")
+		noProxy := strings.Contains(r.Name, "proxy ") || strings.Contains(r.Name, "RSS") || strings.Contains(r.Name, "slab")
 		for _, v := range vals {
 			if noProxy != math.IsNaN(v) {
 				t.Errorf("%s: value %v (NaN expected: %v)", r.Name, v, noProxy)
