@@ -10,7 +10,7 @@ import (
 )
 
 func TestBootstrapExpectElectsExactlyOneLeader(t *testing.T) {
-	c := newCluster(t, 3, 3, nil)
+	c := newCluster(t, 3, 3, relaxedTiming, nil)
 	leader := c.waitLeader(15 * time.Second)
 	c.waitVoters(5*time.Second, "n0", "n1", "n2")
 	bootstrapped := 0
@@ -50,7 +50,7 @@ func TestBootstrapExpectElectsExactlyOneLeader(t *testing.T) {
 // several times and measures until another node announces leadership; the
 // dead node restarts from its DataDir between trials.
 func TestLeaderShutdownElectsNewLeader(t *testing.T) {
-	c := newCluster(t, 3, 3, nil)
+	c := newCluster(t, 3, 3, lanTiming, nil)
 	leader := c.waitLeader(15 * time.Second)
 	c.waitVoters(5*time.Second, "n0", "n1", "n2")
 	const trials = 7
@@ -81,7 +81,7 @@ func TestLeaderShutdownElectsNewLeader(t *testing.T) {
 // DataDir: it keeps its term and log, never bootstraps again, and catches up
 // with what was committed while it was down.
 func TestRestartedNodeRejoinsWithoutBootstrap(t *testing.T) {
-	c := newCluster(t, 3, 3, nil)
+	c := newCluster(t, 3, 3, relaxedTiming, nil)
 	leader := c.waitLeader(15 * time.Second)
 	c.waitVoters(5*time.Second, "n0", "n1", "n2")
 	var follower *tnode
@@ -126,7 +126,7 @@ func TestRestartedNodeRejoinsWithoutBootstrap(t *testing.T) {
 // then lets a follower and the leader leave on purpose, checking the voter
 // set and that announced leaderships never overlap.
 func TestFiveNodesAddAndLeaveWhileEventsRun(t *testing.T) {
-	c := newCluster(t, 5, 5, nil)
+	c := newCluster(t, 5, 5, relaxedTiming, nil)
 	c.waitLeader(20 * time.Second)
 	c.waitVoters(10*time.Second, "n0", "n1", "n2", "n3", "n4")
 

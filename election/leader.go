@@ -21,7 +21,7 @@ type window struct {
 
 // pollInterval backs up the observer and LeaderCh: raft's state is re-read
 // this often, so a dropped notification costs at most this much.
-func (n *Node) pollInterval() time.Duration { return max(n.opts.Timing.Lease/5, minTiming) }
+func (n *Node) pollInterval() time.Duration { return max(n.opts.Timing.Lease/2, minTiming) }
 
 // monitor is the one goroutine that owns leadership (Consul's
 // monitorLeadership): it opens a window with a leaderLoop when Raft says

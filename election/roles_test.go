@@ -21,7 +21,7 @@ func forceLeader(t *testing.T, from, target *tnode) {
 // a witness: the witness hands leadership back when it wins, never announces
 // a gain, and the pair survives losing the leading voter.
 func TestWitnessNeverStaysLeaderAndTwoVotersSurviveOneLoss(t *testing.T) {
-	c := newCluster(t, 3, 3, func(i int, o *Options) {
+	c := newCluster(t, 3, 3, relaxedTiming, func(i int, o *Options) {
 		if i == 2 {
 			o.Role = RoleWitness
 		}
@@ -65,7 +65,7 @@ func TestWitnessNeverStaysLeaderAndTwoVotersSurviveOneLoss(t *testing.T) {
 // TestMaintenanceNodeNeverLeads puts the leader in maintenance: it withdraws
 // at once and hands off; forced back into leadership it never announces.
 func TestMaintenanceNodeNeverLeads(t *testing.T) {
-	c := newCluster(t, 3, 3, nil)
+	c := newCluster(t, 3, 3, relaxedTiming, nil)
 	leader := c.waitLeader(15 * time.Second)
 	c.waitVoters(5*time.Second, "n0", "n1", "n2")
 	gains := leader.rec.gains()
@@ -108,7 +108,7 @@ func TestMaintenanceNodeNeverLeads(t *testing.T) {
 // it hands leadership to a peer reporting itself fit, not to an unfit one.
 func TestUnfitLeaderTransfersToFitPeer(t *testing.T) {
 	const grace = 700 * time.Millisecond
-	c := newCluster(t, 3, 3, func(i int, o *Options) { o.FitnessGrace = grace })
+	c := newCluster(t, 3, 3, relaxedTiming, func(i int, o *Options) { o.FitnessGrace = grace })
 	leader := c.waitLeader(15 * time.Second)
 	c.waitVoters(5*time.Second, "n0", "n1", "n2")
 	var fit, unfit *tnode
