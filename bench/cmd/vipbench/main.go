@@ -89,7 +89,10 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "vipbench:", err)
 		return 1
 	}
-	maxConn := min(200000, int(limit)/2-500)
+	// HAProxy reserves descriptors for maxconn connections (two each) and,
+	// with splicing, maxconn/4 pipes (two each) on top, and refuses to start
+	// when the limit is lower.
+	maxConn := min(200000, int(limit)/3-500)
 	if fit := (int(limit) - 1000) / fdsPerConn; *idle > fit && slices.Contains(metrics, bench.MetricIdle) {
 		fmt.Fprintf(os.Stderr, "vipbench: open-file limit %d allows only %d idle connections; using that (the figure is scaled to 10k)\n", limit, fit)
 		*idle = fit
