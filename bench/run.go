@@ -74,7 +74,8 @@ type cost struct {
 	switches bool    // add a row with context switches per unit
 }
 
-// rows returns the rows cost adds, named after unit ("GB", "conn", "pair").
+// rows returns the rows cost adds: the CPU row labelled cpuUnit ("s per
+// GB", "µs per conn") and, if asked, context switches per unit ("conn").
 func (c *cost) rows(cpuUnit, unit string) []Row {
 	rows := []Row{{Name: "  proxy CPU " + cpuUnit}}
 	if c.switches {
