@@ -33,13 +33,15 @@ type Process struct {
 	stopOnce sync.Once
 }
 
-// StartProcess starts argv with stdout and stderr going to logPath.
-func StartProcess(name, logPath string, argv ...string) (*Process, error) {
+// StartProcess starts argv with stdout and stderr going to logPath, with
+// this process's environment plus env ("KEY=value" entries, which win).
+func StartProcess(name, logPath string, env []string, argv ...string) (*Process, error) {
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: log file: %w", name, err)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -70,7 +70,7 @@ func TestFreePortIsBindable(t *testing.T) {
 
 func TestProcessStopEndsTheChildAndIsIdempotent(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "child.log")
-	p, err := StartProcess("sleeper", log, "sh", "-c", "echo started; exec sleep 60")
+	p, err := StartProcess("sleeper", log, []string{"GREETING=started"}, "sh", "-c", "echo $GREETING; exec sleep 60")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestProcessStopEndsTheChildAndIsIdempotent(t *testing.T) {
 }
 
 func TestStartProcessReportsAMissingBinary(t *testing.T) {
-	_, err := StartProcess("ghost", filepath.Join(t.TempDir(), "log"), "/nonexistent/vipd-ghost")
+	_, err := StartProcess("ghost", filepath.Join(t.TempDir(), "log"), nil, "/nonexistent/vipd-ghost")
 	if err == nil || !strings.Contains(err.Error(), "ghost") {
 		t.Fatalf("err = %v, want an error naming the process", err)
 	}

@@ -42,6 +42,7 @@ type Options struct {
 	IdleConns     int      // connections of the idle-memory run
 	HAProxyBin    string
 	VipdBin       string
+	VipdEnv       []string // added to vipd's environment, "KEY=value"
 	HAProxySplice bool
 	MaxConn       int       // connection limit of both proxies (HAProxy maxconn, vipd max_connections)
 	Dir           string    // scratch directory for configurations, logs and vipd's data
@@ -189,7 +190,7 @@ func startTarget(ctx context.Context, o Options, name, backend string) (*Target,
 	if name == "haproxy" {
 		return StartHAProxy(ctx, o.HAProxyBin, dir, backend, o.HAProxySplice, o.MaxConn)
 	}
-	return StartVipd(ctx, o.VipdBin, dir, backend, o.MaxConn)
+	return StartVipd(ctx, o.VipdBin, dir, backend, o.MaxConn, o.VipdEnv)
 }
 
 // rotate returns targets shifted left by round, so that no target always

@@ -97,7 +97,7 @@ func StartHAProxy(ctx context.Context, bin, dir, backend string, splice bool, ma
 	if out, err := exec.CommandContext(ctx, bin, "-c", "-q", "-f", cfg).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("haproxy -c -f %s: %w: %s", cfg, err, out)
 	}
-	proc, err := StartProcess("haproxy", filepath.Join(dir, "haproxy.log"), bin, "-db", "-f", cfg)
+	proc, err := StartProcess("haproxy", filepath.Join(dir, "haproxy.log"), nil, bin, "-db", "-f", cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -156,10 +156,11 @@ func VipdConfig(p VipdParams) string {
 	return b.String()
 }
 
-// StartVipd writes the configuration into dir, runs "vipd --config F", waits
-// for /readyz on its admin port and for a connection through it to reach
-// the backend.
-func StartVipd(ctx context.Context, bin, dir, backend string, maxConn int) (*Target, error) {
+// StartVipd writes the configuration into dir, runs "vipd --config F" with
+// env added to its environment (GOMAXPROCS, GODEBUG, GOGC experiments),
+// waits for /readyz on its admin port and for a connection through it to
+// reach the backend.
+func StartVipd(ctx context.Context, bin, dir, backend string, maxConn int, env []string) (*Target, error) {
 	var ports [4]string
 	for i := range ports {
 		port, err := FreePort()
@@ -176,7 +177,7 @@ func StartVipd(ctx context.Context, bin, dir, backend string, maxConn int) (*Tar
 	if err := os.WriteFile(cfg, []byte(VipdConfig(p)), 0o644); err != nil {
 		return nil, fmt.Errorf("vipd: write config: %w", err)
 	}
-	proc, err := StartProcess("vipd", filepath.Join(dir, "vipd.log"), bin, "--config", cfg)
+	proc, err := StartProcess("vipd", filepath.Join(dir, "vipd.log"), env, bin, "--config", cfg)
 	if err != nil {
 		return nil, err
 	}

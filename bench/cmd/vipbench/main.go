@@ -37,7 +37,9 @@ func run() int {
 		splice      = flag.Bool("haproxy-splice", false, "add 'option splice-auto' to HAProxy (Debian's default config has no splicing)")
 		keep        = flag.Bool("keep", false, "keep the scratch directory (configs, logs) and print its path")
 		out         = flag.String("out", "", "also write the report to this file")
+		vipdEnv     envList
 	)
+	flag.Var(&vipdEnv, "vipd-env", "KEY=value added to vipd's environment, repeatable (e.g. GOMAXPROCS=1, GODEBUG=...)")
 	flag.Parse()
 	if flag.NArg() > 0 || *rounds < 1 || *duration <= 0 || *concurrency < 1 || *idle < 1 {
 		fmt.Fprintln(os.Stderr, "vipbench: bad arguments: -rounds, -duration, -concurrency, -idle must be positive; no positional arguments")
@@ -115,7 +117,7 @@ func run() int {
 	rep, runErr := bench.Run(ctx, bench.Options{
 		Duration: *duration, Rounds: *rounds, Metrics: metrics, Targets: targetList,
 		Concurrency: *concurrency, IdleConns: *idle,
-		HAProxyBin: *haproxyBin, VipdBin: *vipdBin, HAProxySplice: *splice, MaxConn: maxConn,
+		HAProxyBin: *haproxyBin, VipdBin: *vipdBin, VipdEnv: vipdEnv, HAProxySplice: *splice, MaxConn: maxConn,
 		Dir: dir, Progress: os.Stderr,
 	})
 	if rep != nil {
@@ -128,7 +130,12 @@ func run() int {
 			}
 			w = io.MultiWriter(os.Stdout, f)
 		}
-		err = writeReport(w, rep, info, *rounds, *duration, *concurrency, *splice, time.Since(start))
+		setup := fmt.Sprintf("medians of %d interleaved rounds, %s per run, concurrency %d, bulk = client uploads to a sink, haproxy splice %v",
+			*rounds, *duration, *concurrency, *splice)
+		if len(vipdEnv) > 0 {
+			setup += ", vipd env " + vipdEnv.String()
+		}
+		err = writeReport(w, rep, setup, info, time.Since(start))
 		if f != nil {
 			err = errors.Join(err, f.Close())
 		}
@@ -144,14 +151,24 @@ func run() int {
 	return 0
 }
 
-func writeReport(w io.Writer, rep *bench.Report, info string, rounds int, d time.Duration, conc int, splice bool, took time.Duration) error {
-	spliceNote := "off"
-	if splice {
-		spliceNote = "on"
+// envList collects repeated KEY=value flags.
+type envList []string
+
+func (e *envList) String() string { return strings.Join(*e, " ") }
+
+func (e *envList) Set(v string) error {
+	if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+		return fmt.Errorf("want KEY=value, got %q", v)
 	}
+	*e = append(*e, v)
+	return nil
+}
+
+// writeReport writes the heading (setup and machine), the table of
+// medians, every run's values and the warnings.
+func writeReport(w io.Writer, rep *bench.Report, setup, info string, took time.Duration) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "vipbench %s: medians of %d interleaved rounds, %s per run, concurrency %d, bulk = client uploads to a sink, haproxy splice %s; took %s\n",
-		time.Now().UTC().Format(time.RFC3339), rounds, d, conc, spliceNote, took.Round(time.Second))
+	fmt.Fprintf(&b, "vipbench %s: %s; took %s\n", time.Now().UTC().Format(time.RFC3339), setup, took.Round(time.Second))
 	fmt.Fprintf(&b, "machine: %s\n\n", info)
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return err
