@@ -2,6 +2,7 @@ package election
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -43,7 +44,82 @@ func TestBootstrapExpectElectsExactlyOneLeader(t *testing.T) {
 	if ls := c.leaders(); len(ls) != 1 {
 		t.Fatalf("%d leaders after settling", len(ls))
 	}
+	for _, tn := range c.nodes {
+		want := 0.0
+		if tn == leader {
+			want = 1
+		}
+		if got := tn.metric(t, "vipd_election_is_leader"); got != want {
+			t.Errorf("%s is_leader %v, want %v", tn.opts.NodeName, got, want)
+		}
+		if got := tn.metric(t, "vipd_election_term"); got != float64(st.Term) {
+			t.Errorf("%s term %v, want %d", tn.opts.NodeName, got, st.Term)
+		}
+		if got := tn.metric(t, "vipd_election_members_alive"); got != 3 {
+			t.Errorf("%s members_alive %v", tn.opts.NodeName, got)
+		}
+		if got := tn.metric(t, "vipd_election_last_contact_seconds"); tn != leader && got > 1 {
+			t.Errorf("follower %s last contact %vs ago", tn.opts.NodeName, got)
+		}
+	}
+	if got := leader.metric(t, "vipd_election_leadership_changes_total"); got != 1 {
+		t.Errorf("leader reports %v leadership changes, want 1", got)
+	}
 	c.checkNoOverlap()
+}
+
+// TestCrashedNodeStaysVoterUntilRemoved stops a follower without leaving: it
+// stays a voter; Remove takes it out; after a restart it is added again.
+func TestCrashedNodeStaysVoterUntilRemoved(t *testing.T) {
+	c := newCluster(t, 3, 3, relaxedTiming, nil)
+	leader := c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	var crashed, other *tnode
+	for _, tn := range c.nodes {
+		switch {
+		case tn == leader:
+		case crashed == nil:
+			crashed = tn
+		default:
+			other = tn
+		}
+	}
+	c.stop(crashed)
+	// Gossip declares it dead (NotifyLeave, as for a departure) ...
+	eventually(t, 20*time.Second, func() error {
+		for _, m := range leader.Status().Members {
+			if m.Name == crashed.opts.NodeName && m.Alive {
+				return fmtErr("%s still alive in gossip", m.Name)
+			}
+		}
+		return nil
+	})
+	// ... and the leader leaves it a voter.
+	time.Sleep(time.Second)
+	c.waitVoters(time.Second, "n0", "n1", "n2")
+
+	if err := other.Remove(crashed.opts.NodeName); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("remove on a follower: %v", err)
+	}
+	if err := leader.Remove(leader.opts.NodeName); err == nil {
+		t.Fatal("the leader removed itself")
+	}
+	if err := leader.Remove(crashed.opts.NodeName); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	var rest []string
+	for _, tn := range c.nodes {
+		if tn != crashed {
+			rest = append(rest, tn.opts.NodeName)
+		}
+	}
+	c.waitVoters(5*time.Second, rest...)
+	if err := leader.Remove(crashed.opts.NodeName); err == nil {
+		t.Fatal("removing a non-member succeeded")
+	}
+
+	c.start(crashed)
+	c.waitVoters(15*time.Second, "n0", "n1", "n2")
 }
 
 // TestLeaderShutdownElectsNewLeader kills the leader (Shutdown, no leave)

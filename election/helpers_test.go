@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -198,6 +199,7 @@ type tnode struct {
 	rec  *recorder
 	cut  *cutLayer
 	logs *observer.ObservedLogs
+	reg  *prometheus.Registry
 	up   bool
 }
 
@@ -282,6 +284,8 @@ func (c *cluster) start(tn *tnode) {
 	o := tn.opts
 	o.Logger = zap.New(zapcore.NewTee(tl.Core(), core)).Named(o.NodeName)
 	tn.cut = nil
+	tn.reg = prometheus.NewRegistry()
+	o.Registerer = tn.reg
 	o.wrapStream = func(s raft.StreamLayer) raft.StreamLayer {
 		tn.cut = &cutLayer{StreamLayer: s, conns: map[net.Conn]struct{}{}}
 		return tn.cut
@@ -433,3 +437,24 @@ func fmtErr(format string, args ...any) error { return fmt.Errorf(format, args..
 func raftID(tn *tnode) raft.ServerID { return raft.ServerID(tn.opts.NodeName) }
 
 func raftAddr(tn *tnode) raft.ServerAddress { return raft.ServerAddress(tn.opts.RaftBind) }
+
+// metric returns the value of a gauge or counter the node registered.
+func (tn *tnode) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := tn.reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		if m.GetGauge() != nil {
+			return m.GetGauge().GetValue()
+		}
+		return m.GetCounter().GetValue()
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}

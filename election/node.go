@@ -51,7 +51,7 @@ func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
 // Status is a snapshot of this node's view of the cluster.
 type Status struct {
 	Node    string   `json:"node"`
-	State   string   `json:"state"` // leader | follower | candidate | witness | shutdown
+	State   string   `json:"state"` // leader | follower | candidate | witness | stopped
 	Leader  string   `json:"leader"`
 	Term    uint64   `json:"term"`
 	Members []Member `json:"members"`
@@ -375,27 +375,24 @@ func (n *Node) running() (*running, error) {
 	return rt, nil
 }
 
-// Status reports this node's view; before Start it has no members.
+// Status reports this node's view. State is "stopped" before Start and
+// after Shutdown; a witness reports "witness" unless it leads.
 func (n *Node) Status() Status {
-	st := Status{Node: n.opts.NodeName, State: "shutdown", Members: []Member{}}
+	st := Status{Node: n.opts.NodeName, State: "stopped", Members: []Member{}}
 	rt := n.rt.Load()
 	if rt == nil {
 		return st
 	}
-	state := rt.raft.State()
-	switch {
+	switch state := rt.raft.State(); {
 	case state == raft.Leader:
 		st.State = "leader"
 	case state == raft.Shutdown:
 	case n.opts.Role == RoleWitness:
 		st.State = "witness"
+	case state == raft.Candidate:
+		st.State = "candidate"
 	default:
-		st.State = state.String()
-		if state == raft.Follower {
-			st.State = "follower"
-		} else if state == raft.Candidate {
-			st.State = "candidate"
-		}
+		st.State = "follower"
 	}
 	_, id := rt.raft.LeaderWithID()
 	st.Leader = string(id)
