@@ -24,7 +24,9 @@ func (n *Node) joinLoop(ctx context.Context, rt *running) {
 	wait := 100 * time.Millisecond
 	for {
 		if !joined {
-			if c, err := rt.ml.Join(seeds); c > 0 {
+			// Contacting only ourselves (a seed naming this node in another
+			// form) is not a join.
+			if c, err := rt.ml.Join(seeds); c > 0 && rt.ml.NumMembers() > 1 {
 				joined = true
 				n.log.Info("joined gossip", zap.Int("contacted", c), zap.Strings("seeds", seeds))
 			} else {

@@ -129,7 +129,6 @@ func (n *Node) endWindow(rt *running, wp **window, why string) {
 }
 
 func (n *Node) emit(e Event) {
-	n.leading.Store(e.Leader)
 	n.metrics.leadership(e.Leader)
 	n.events.push(e)
 	n.log.Info("leadership event", zap.Bool("leader", e.Leader), zap.Uint64("term", e.Term))

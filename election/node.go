@@ -81,7 +81,6 @@ type Node struct {
 	started time.Time
 
 	rt          atomic.Pointer[running] // set once by Start
-	leading     atomic.Bool             // a confirmed gain was announced and not yet withdrawn
 	clustered   atomic.Bool             // Raft has state: bootstrapped or joined
 	stop        chan struct{}           // closed by Shutdown
 	wg          sync.WaitGroup          // goroutines started by Start
@@ -562,8 +561,16 @@ func (n *Node) Leave(ctx context.Context) error {
 	return waitErr
 }
 
-// waitRemoved polls until this node is out of the Raft configuration.
+// waitRemoved polls until this node is out of the Raft configuration. The
+// leader stops replicating to a server as soon as it removes it, and only
+// tries once to deliver that entry; so silence from the leader for
+// removedAfter heartbeats while leaving also counts as removed. Were that
+// wrong (Raft cut but gossip up), the leader still removes this node when
+// gossip reports it gone, since its last metadata says leaving.
 func (n *Node) waitRemoved(ctx context.Context, rt *running) error {
+	const removedAfter = 5
+	silence := removedAfter * n.opts.Timing.Heartbeat
+	start := time.Now()
 	t := time.NewTicker(n.opts.Timing.Heartbeat / 2)
 	defer t.Stop()
 	for {
@@ -572,12 +579,15 @@ func (n *Node) waitRemoved(ctx context.Context, rt *running) error {
 			return fmt.Errorf("leave: read configuration: %w", err)
 		}
 		c := f.Configuration()
-		if !inConfig(c, n.opts.NodeName) {
+		switch {
+		case !inConfig(c, n.opts.NodeName):
 			n.log.Info("removed from raft configuration")
 			return nil
-		}
-		if voters(c) == 1 {
+		case voters(c) == 1:
 			n.log.Warn("leaving as the only voter: the configuration keeps this node")
+			return nil
+		case rt.raft.State() != raft.Leader && time.Since(start) > silence && time.Since(rt.raft.LastContact()) > silence:
+			n.log.Info("leader no longer contacts this node; taking it as removed", zap.Duration("silence", time.Since(rt.raft.LastContact())))
 			return nil
 		}
 		select {

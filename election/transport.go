@@ -92,6 +92,16 @@ type trackedConn struct {
 	layer *tcpLayer
 }
 
+// Read reports a connection closed by Close as a plain end of stream, so
+// raft does not log every connection cut at shutdown as a decode error.
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil && errors.Is(err, net.ErrClosed) {
+		err = io.EOF
+	}
+	return n, err
+}
+
 func (c *trackedConn) Close() error {
 	c.layer.mu.Lock()
 	delete(c.layer.conns, c)
