@@ -40,7 +40,8 @@ const (
 // fsm is the Raft state machine holding the Intent. Raft calls Apply,
 // Snapshot and Restore from its own goroutines; readers use intent().
 type fsm struct {
-	changes chan Intent // latest value, buffered 1
+	changes  chan Intent // latest value, buffered 1
+	onChange func()      // called after every change, outside the lock
 
 	mu          sync.Mutex
 	drained     map[BackendRef]struct{}
@@ -49,9 +50,10 @@ type fsm struct {
 
 var _ raft.FSM = (*fsm)(nil)
 
-func newFSM() *fsm {
+func newFSM(onChange func()) *fsm {
 	return &fsm{
 		changes:     make(chan Intent, 1),
+		onChange:    onChange,
 		drained:     map[BackendRef]struct{}{},
 		maintenance: map[string]struct{}{},
 	}
@@ -94,6 +96,7 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 
 // publish replaces any unread value in changes with in.
 func (f *fsm) publish(in Intent) {
+	f.onChange()
 	for {
 		select {
 		case f.changes <- in:

@@ -116,7 +116,6 @@ func New(opts Options) (*Node, error) {
 	n := &Node{
 		opts:        opts,
 		log:         opts.Logger.Named("election").With(zap.String("node", opts.NodeName)),
-		fsm:         newFSM(),
 		started:     time.Now(),
 		stop:        make(chan struct{}),
 		reconcileCh: make(chan struct{}, 1),
@@ -125,6 +124,7 @@ func New(opts Options) (*Node, error) {
 		fitness:     Fitness{LinkUp: true},
 		unreachable: map[raft.ServerID]time.Time{},
 	}
+	n.fsm = newFSM(n.pokeReconcile) // maintenance changes: the leader re-checks at once
 	n.gossip = newGossip(n.log.Named("gossip"), n.localMeta, n.pokeReconcile)
 	worst := n.localMeta()
 	worst.Pools, worst.Healthy, worst.Started, worst.LinkUp, worst.Leaving, worst.Clustered = math.MaxInt64, math.MaxInt64, math.MaxInt64, true, true, true

@@ -118,7 +118,7 @@ func TestEventQueueNeverHidesALoss(t *testing.T) {
 }
 
 func TestFSMSnapshotRestoresIntent(t *testing.T) {
-	f := newFSM()
+	f := newFSM(func() {})
 	apply := func(c command) {
 		t.Helper()
 		data, err := json.Marshal(c)
@@ -143,7 +143,7 @@ func TestFSMSnapshotRestoresIntent(t *testing.T) {
 	if err := snap.Persist(sink); err != nil {
 		t.Fatal(err)
 	}
-	g := newFSM()
+	g := newFSM(func() {})
 	if err := g.Restore(sink.reader()); err != nil {
 		t.Fatal(err)
 	}
