@@ -117,8 +117,8 @@ func (p *Proc) Tail(n int) string {
 	return string(bytes.Join(lines, []byte("\n")))
 }
 
-// Procs returns every process the bed has started, in start order.
-func (b *Bed) Procs() []*Proc {
+// procList returns every process the bed has started, in start order.
+func (b *Bed) procList() []*Proc {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]*Proc(nil), b.procs...)
@@ -129,7 +129,7 @@ func (b *Bed) Procs() []*Proc {
 func (b *Bed) Tails(n int) string {
 	var buf bytes.Buffer
 	seen := map[string]bool{}
-	for _, p := range b.Procs() {
+	for _, p := range b.procList() {
 		if seen[p.LogPath] {
 			continue
 		}

@@ -236,6 +236,9 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 		}
 	}
 	r.leftover = strings.Join(leftovers, " ")
+	if len(leftovers) > 1 && strings.HasPrefix(leftovers[0], "≥") && slices.Equal(leftovers, slices.Repeat(leftovers[:1], len(leftovers))) {
+		r.leftover = fmt.Sprintf("%s, every trial", leftovers[0])
+	}
 	r.lifetime = "forever"
 	var most uint32
 	for _, n := range nodes {
