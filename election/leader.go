@@ -323,11 +323,28 @@ func (n *Node) pickTarget(rt *running, requireFit bool, avoid func(raft.ServerID
 
 func (n *Node) transferTo(rt *running, s raft.Server, reason string) error {
 	start := time.Now()
-	if err := rt.raft.LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil {
+	if err := rt.raft.LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil && !steppedDown(rt.raft, transferSettle) {
 		return fmt.Errorf("transfer leadership to %s: %w", s.ID, err)
 	}
 	n.log.Info("leadership transferred", zap.String("to", string(s.ID)), zap.String("reason", reason), zap.Duration("took", time.Since(start)))
 	return nil
+}
+
+// transferSettle is how long a transfer that raft reported as timed out may
+// still take effect. raft gives up after one election timeout, but under load
+// the target often wins a little later: the transfer worked after all.
+const transferSettle = time.Second
+
+// steppedDown reports whether r leaves the leader state within d.
+func steppedDown(r *raft.Raft, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for r.State() == raft.Leader {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
 
 func sortMembers(m []Member) {

@@ -134,8 +134,8 @@ func (d *daemon) adminHandler() http.Handler {
 	}))
 	mux.HandleFunc("POST /v1/leave", func(w http.ResponseWriter, _ *http.Request) {
 		d.log.Info("leave requested through the admin API")
-		d.requestLeave()
 		writeJSON(w, http.StatusAccepted, map[string]string{"result": "leaving: releasing the VIP, handing over, draining"})
+		d.requestLeave()
 	})
 	return mux
 }

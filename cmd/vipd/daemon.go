@@ -37,12 +37,12 @@ type daemon struct {
 	node *election.Node
 	vips *vip.Manager // nil when the config has no VIP
 
-	linkUp       atomic.Bool   // the VIP interface's link, from vip's watcher
-	holdFailed   atomic.Bool   // the last claim attempt failed: unfit to lead
-	fitnessKick  chan struct{} // wakes the fitness loop; never blocks the sender
-	leaveReq     chan struct{} // closed (once) by the admin API's /v1/leave
-	leaveOnce    sync.Once
-	ready        atomic.Bool
+	linkUp      atomic.Bool   // the VIP interface's link, from vip's watcher
+	holdFailed  atomic.Bool   // the last claim attempt failed: unfit to lead
+	fitnessKick chan struct{} // wakes the fitness loop; never blocks the sender
+	leaveReq    chan struct{} // closed (once) by the admin API's /v1/leave
+	leaveOnce   sync.Once
+	ready       atomic.Bool
 }
 
 func newDaemon(cfg *config.Config, log *zap.Logger) (*daemon, error) {
@@ -128,7 +128,7 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	if err := d.node.Start(ctx); err != nil {
 		d.shutdownBalancer()
-		admin.Close()
+		closeAdmin(admin)
 		return fmt.Errorf("start election: %w", err)
 	}
 
@@ -173,7 +173,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if err := d.node.Shutdown(); err != nil {
 		d.log.Warn("stop election", zap.Error(err))
 	}
-	admin.Close()
+	closeAdmin(admin)
 	d.log.Info("vipd stopped")
 	return runErr
 }
@@ -208,6 +208,16 @@ func (d *daemon) startAdmin() (*http.Server, <-chan error, error) {
 	return srv, errc, nil
 }
 
+// closeAdmin lets admin calls in flight (a /v1/leave answering) finish
+// briefly, then closes the server.
+func closeAdmin(srv *http.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if srv.Shutdown(ctx) != nil {
+		srv.Close()
+	}
+}
+
 // leadershipLoop is the only owner of the VIP: it holds it exactly while the
 // election reports this node as the confirmed leader. A loss stops the hold,
 // whose deferred release deletes the address before anything else.
@@ -224,7 +234,10 @@ func (d *daemon) leadershipLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case ev := <-d.node.Events():
+		case ev, ok := <-d.node.Events():
+			if !ok {
+				return // the election stopped: the deferred release runs
+			}
 			d.log.Info("leadership", zap.Bool("leader", ev.Leader), zap.Uint64("term", ev.Term))
 			if !ev.Leader {
 				release()
