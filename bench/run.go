@@ -34,20 +34,26 @@ const settle = 300 * time.Millisecond
 
 // Options says what to measure and with which binaries.
 type Options struct {
-	Duration      time.Duration // length of each run
-	Rounds        int
-	Metrics       []string // subset of AllMetrics, in any order
-	Targets       []string // subset of AllTargets, in any order
-	Concurrency   int      // workers of the connection-rate run, connections of the pairs run
-	IdleConns     int      // connections of the idle-memory run
-	HAProxyBin    string
-	VipdBin       string
-	VipdEnv       []string // added to vipd's environment, "KEY=value"
+	Duration    time.Duration // length of each run
+	Rounds      int
+	Metrics     []string // subset of AllMetrics, in any order
+	Targets     []string // subset of AllTargets, in any order
+	Concurrency int      // workers of the connection-rate run, connections of the pairs run
+	IdleConns   int      // connections of the idle-memory run
+	HAProxyBin  string
+	VipdBin     string
+	VipdEnv     []string // added to vipd's environment, "KEY=value"
+	// Builds are more vipd binaries measured as targets of their own, to
+	// compare variants (a copy strategy, say) in the same interleaved run.
+	Builds        []Build
 	HAProxySplice bool
 	MaxConn       int       // connection limit of both proxies (HAProxy maxconn, vipd max_connections)
 	Dir           string    // scratch directory for configurations, logs and vipd's data
 	Progress      io.Writer // one line per run; nil means none
 }
+
+// Build is a vipd binary measured as a target named Name.
+type Build struct{ Name, Bin string }
 
 // Report is what Run measured.
 type Report struct {
@@ -174,6 +180,14 @@ func startTargets(ctx context.Context, o Options, backend string) ([]*Target, er
 		o.progress("started %s on %s", name, t.Addr)
 		targets = append(targets, t)
 	}
+	for _, b := range o.Builds {
+		t, err := startTarget(ctx, o, b.Name, backend)
+		if err != nil {
+			return targets, err
+		}
+		o.progress("started %s (%s) on %s", b.Name, b.Bin, t.Addr)
+		targets = append(targets, t)
+	}
 	return targets, nil
 }
 
@@ -190,7 +204,13 @@ func startTarget(ctx context.Context, o Options, name, backend string) (*Target,
 	if name == "haproxy" {
 		return StartHAProxy(ctx, o.HAProxyBin, dir, backend, o.HAProxySplice, o.MaxConn)
 	}
-	return StartVipd(ctx, o.VipdBin, dir, backend, o.MaxConn, o.VipdEnv)
+	bin := o.VipdBin
+	for _, b := range o.Builds {
+		if b.Name == name {
+			bin = b.Bin
+		}
+	}
+	return StartVipd(ctx, name, bin, dir, backend, o.MaxConn, o.VipdEnv)
 }
 
 // rotate returns targets shifted left by round, so that no target always

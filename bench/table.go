@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -31,20 +32,20 @@ func (r *Row) Median(target string) float64 {
 	return Median(valid(r.Values[target]))
 }
 
-// Ratio is the median of vipd over the median of haproxy, NaN when either
-// is missing or haproxy's is zero.
-func (r *Row) Ratio() float64 {
-	v, h := r.Median("vipd"), r.Median("haproxy")
+// Ratio is the median of target over the median of haproxy, NaN when
+// either is missing or haproxy's is zero.
+func (r *Row) Ratio(target string) float64 {
+	v, h := r.Median(target), r.Median("haproxy")
 	if math.IsNaN(v) || math.IsNaN(h) || h == 0 {
 		return math.NaN()
 	}
 	return v / h
 }
 
-// Verdict compares the ratio with the row's target: "" when the row has no
-// target or no ratio, else the target and "met" or "MISSED".
+// Verdict compares vipd/haproxy with the row's target: "" when the row has
+// no target or no ratio, else the target and "met" or "MISSED".
 func (r *Row) Verdict() string {
-	ratio := r.Ratio()
+	ratio := r.Ratio("vipd")
 	if r.Target == 0 || math.IsNaN(ratio) {
 		return ""
 	}
@@ -84,10 +85,26 @@ func FormatValue(v float64) string {
 	}
 }
 
-// RenderTable writes the medians as a Markdown table: one column per target,
-// then vipd/haproxy and the target verdict.
+// RenderTable writes the medians as a Markdown table: one column per
+// target, then each vipd build's ratio to haproxy (vipd/haproxy first), and
+// the verdict on vipd/haproxy.
 func RenderTable(w io.Writer, targets []string, rows []Row) error {
-	header := append(append([]string{"metric"}, targets...), "vipd/haproxy", "target")
+	var compared []string // targets shown as a ratio to haproxy
+	if slices.Contains(targets, "haproxy") {
+		for _, t := range targets {
+			if t != "direct" && t != "haproxy" {
+				compared = append(compared, t)
+			}
+		}
+	}
+	if len(compared) == 0 {
+		compared = []string{"vipd"} // the column stays, empty
+	}
+	header := append([]string{"metric"}, targets...)
+	for _, t := range compared {
+		header = append(header, t+"/haproxy")
+	}
+	header = append(header, "target")
 	cells := [][]string{header}
 	for i := range rows {
 		r := &rows[i]
@@ -95,11 +112,14 @@ func RenderTable(w io.Writer, targets []string, rows []Row) error {
 		for _, t := range targets {
 			line = append(line, FormatValue(r.Median(t)))
 		}
-		ratio := "-"
-		if x := r.Ratio(); !math.IsNaN(x) {
-			ratio = fmt.Sprintf("%.2f", x)
+		for _, t := range compared {
+			ratio := "-"
+			if x := r.Ratio(t); !math.IsNaN(x) {
+				ratio = fmt.Sprintf("%.2f", x)
+			}
+			line = append(line, ratio)
 		}
-		line = append(line, ratio, r.Verdict())
+		line = append(line, r.Verdict())
 		cells = append(cells, line)
 	}
 	widths := make([]int, len(header))

@@ -60,6 +60,27 @@ func TestRenderTableShowsMediansRatioAndVerdict(t *testing.T) {
 	}
 }
 
+func TestRenderTableAddsARatioColumnPerExtraVipdBuild(t *testing.T) {
+	rows := sampleRows()
+	for _, v := range []float64{500, 500, 500} {
+		rows[0].Add("vipd-buf", v)
+	}
+	var b strings.Builder
+	if err := RenderTable(&b, []string{"haproxy", "vipd", "vipd-buf"}, rows); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(b.String(), "\n")
+	header := cells(lines[0])
+	want := []string{"metric", "haproxy", "vipd", "vipd-buf", "vipd/haproxy", "vipd-buf/haproxy", "target"}
+	if strings.Join(header, "|") != strings.Join(want, "|") {
+		t.Fatalf("header = %q, want %q", header, want)
+	}
+	bulk := cells(lines[2])
+	if bulk[4] != "1.25" || bulk[5] != "0.50" || bulk[6] != ">= 1.10 met" {
+		t.Errorf("bulk row = %q, want vipd 1.25, vipd-buf 0.50, verdict on vipd", bulk)
+	}
+}
+
 func cells(line string) []string {
 	parts := strings.Split(strings.Trim(line, "|"), "|")
 	for i := range parts {
@@ -71,18 +92,18 @@ func cells(line string) []string {
 func TestRatioAndVerdictNeedBothProxies(t *testing.T) {
 	r := Row{Name: "x", Higher: true, Target: 1}
 	r.Add("vipd", 5)
-	if !math.IsNaN(r.Ratio()) || r.Verdict() != "" {
-		t.Errorf("without haproxy: ratio %v verdict %q, want NaN and empty", r.Ratio(), r.Verdict())
+	if !math.IsNaN(r.Ratio("vipd")) || r.Verdict() != "" {
+		t.Errorf("without haproxy: ratio %v verdict %q, want NaN and empty", r.Ratio("vipd"), r.Verdict())
 	}
 	r.Add("haproxy", 0)
-	if !math.IsNaN(r.Ratio()) {
-		t.Errorf("haproxy at 0: ratio %v, want NaN", r.Ratio())
+	if !math.IsNaN(r.Ratio("vipd")) {
+		t.Errorf("haproxy at 0: ratio %v, want NaN", r.Ratio("vipd"))
 	}
 	noTarget := Row{Name: "y"}
 	noTarget.Add("vipd", 1)
 	noTarget.Add("haproxy", 2)
-	if noTarget.Ratio() != 0.5 || noTarget.Verdict() != "" {
-		t.Errorf("no target: ratio %v verdict %q, want 0.5 and empty", noTarget.Ratio(), noTarget.Verdict())
+	if noTarget.Ratio("vipd") != 0.5 || noTarget.Verdict() != "" {
+		t.Errorf("no target: ratio %v verdict %q, want 0.5 and empty", noTarget.Ratio("vipd"), noTarget.Verdict())
 	}
 }
 

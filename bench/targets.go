@@ -20,7 +20,7 @@ const startTimeout = 30 * time.Second
 
 // Target is one way for the client to reach the backend.
 type Target struct {
-	Name string   // "direct", "haproxy" or "vipd"
+	Name string   // "direct", "haproxy", "vipd" or the name of another vipd build
 	Addr string   // where the client connects
 	Proc *Process // the proxy process; nil for direct
 }
@@ -156,11 +156,11 @@ func VipdConfig(p VipdParams) string {
 	return b.String()
 }
 
-// StartVipd writes the configuration into dir, runs "vipd --config F" with
+// StartVipd writes the configuration into dir, runs "bin --config F" with
 // env added to its environment (GOMAXPROCS, GODEBUG, GOGC experiments),
 // waits for /readyz on its admin port and for a connection through it to
-// reach the backend.
-func StartVipd(ctx context.Context, bin, dir, backend string, maxConn int, env []string) (*Target, error) {
+// reach the backend. name names the target ("vipd", or another build).
+func StartVipd(ctx context.Context, name, bin, dir, backend string, maxConn int, env []string) (*Target, error) {
 	var ports [4]string
 	for i := range ports {
 		port, err := FreePort()
@@ -177,11 +177,11 @@ func StartVipd(ctx context.Context, bin, dir, backend string, maxConn int, env [
 	if err := os.WriteFile(cfg, []byte(VipdConfig(p)), 0o644); err != nil {
 		return nil, fmt.Errorf("vipd: write config: %w", err)
 	}
-	proc, err := StartProcess("vipd", filepath.Join(dir, "vipd.log"), env, bin, "--config", cfg)
+	proc, err := StartProcess(name, filepath.Join(dir, "vipd.log"), env, bin, "--config", cfg)
 	if err != nil {
 		return nil, err
 	}
-	t := &Target{Name: "vipd", Addr: p.Listen, Proc: proc}
+	t := &Target{Name: name, Addr: p.Listen, Proc: proc}
 	ready := func(ctx context.Context) bool {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.Admin+"/readyz", nil)
 		if err != nil {

@@ -38,7 +38,9 @@ func run() int {
 		keep        = flag.Bool("keep", false, "keep the scratch directory (configs, logs) and print its path")
 		out         = flag.String("out", "", "also write the report to this file")
 		vipdEnv     envList
+		builds      buildList
 	)
+	flag.Var(&builds, "compare", "NAME=PATH: also measure another vipd binary as target NAME, repeatable (compare variants in one run)")
 	flag.Var(&vipdEnv, "vipd-env", "KEY=value added to vipd's environment, repeatable (e.g. GOMAXPROCS=1, GODEBUG=...)")
 	flag.Parse()
 	if flag.NArg() > 0 || *rounds < 1 || *duration <= 0 || *concurrency < 1 || *idle < 1 {
@@ -117,7 +119,7 @@ func run() int {
 	rep, runErr := bench.Run(ctx, bench.Options{
 		Duration: *duration, Rounds: *rounds, Metrics: metrics, Targets: targetList,
 		Concurrency: *concurrency, IdleConns: *idle,
-		HAProxyBin: *haproxyBin, VipdBin: *vipdBin, VipdEnv: vipdEnv, HAProxySplice: *splice, MaxConn: maxConn,
+		HAProxyBin: *haproxyBin, VipdBin: *vipdBin, VipdEnv: vipdEnv, Builds: builds, HAProxySplice: *splice, MaxConn: maxConn,
 		Dir: dir, Progress: os.Stderr,
 	})
 	if rep != nil {
@@ -135,6 +137,9 @@ func run() int {
 		if len(vipdEnv) > 0 {
 			setup += ", vipd env " + vipdEnv.String()
 		}
+		if len(builds) > 0 {
+			setup += ", other vipd builds " + builds.String()
+		}
 		err = writeReport(w, rep, setup, info, time.Since(start))
 		if f != nil {
 			err = errors.Join(err, f.Close())
@@ -149,6 +154,32 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// buildList collects repeated -compare NAME=PATH flags.
+type buildList []bench.Build
+
+func (l *buildList) String() string {
+	var s []string
+	for _, b := range *l {
+		s = append(s, b.Name+"="+b.Bin)
+	}
+	return strings.Join(s, " ")
+}
+
+func (l *buildList) Set(v string) error {
+	name, bin, ok := strings.Cut(v, "=")
+	if !ok || name == "" || bin == "" || strings.ContainsAny(name, " |/") {
+		return fmt.Errorf("want NAME=PATH with a plain NAME, got %q", v)
+	}
+	if slices.Contains(bench.AllTargets, name) || slices.ContainsFunc(*l, func(b bench.Build) bool { return b.Name == name }) {
+		return fmt.Errorf("target name %q is taken", name)
+	}
+	if st, err := os.Stat(bin); err != nil || st.IsDir() {
+		return fmt.Errorf("%s: not a file", bin)
+	}
+	*l = append(*l, bench.Build{Name: name, Bin: bin})
+	return nil
 }
 
 // envList collects repeated KEY=value flags.
