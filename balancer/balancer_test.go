@@ -41,8 +41,15 @@ func startBackend(t testing.TB, handle func(c *net.TCPConn)) string {
 	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
-			if err != nil {
+			if errors.Is(err, net.ErrClosed) {
 				return
+			}
+			if err != nil {
+				// EMFILE while a test cuts the file table: Linux allocates
+				// the descriptor before it waits, so an idle accept fails
+				// too. A real server retries; so does this one.
+				time.Sleep(5 * time.Millisecond)
+				continue
 			}
 			mu.Lock()
 			conns = append(conns, c)
