@@ -31,8 +31,9 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// namedBackend answers every connection with its name and closes.
-func namedBackend(t *testing.T, name string) string {
+// namedBackend answers every connection with its name and closes. Closing
+// its listener (stop) makes it a dead backend: connects are refused.
+func namedBackend(t *testing.T, name string) (addr string, stop func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -49,20 +50,29 @@ func namedBackend(t *testing.T, name string) string {
 			c.Close()
 		}
 	}()
-	return ln.Addr().String()
+	return ln.Addr().String(), func() { ln.Close() }
 }
 
 type testNode struct {
+	d               *daemon
 	frontend, admin string
 	backends        []string
+	killBackend     []func()
 	stop            func() error
 }
 
-// startNode runs a single-node daemon on loopback, in process.
-func startNode(t *testing.T) *testNode {
+const fastHealth = "{type: tcp, interval: 100ms, rise: 1, fall: 1, initial: healthy}"
+
+// startNode runs a single-node daemon on loopback, in process, with two
+// backends "a" and "b" checked as health says.
+func startNode(t *testing.T, health string) *testNode {
 	t.Helper()
 	n := &testNode{frontend: freePort(t), admin: freePort(t)}
-	n.backends = []string{namedBackend(t, "a"), namedBackend(t, "b")}
+	for _, name := range []string{"a", "b"} {
+		addr, kill := namedBackend(t, name)
+		n.backends = append(n.backends, addr)
+		n.killBackend = append(n.killBackend, kill)
+	}
 	doc := fmt.Sprintf(`
 node: {name: solo, shutdown_grace: 1s}
 cluster: {raft_bind: %s, gossip_bind: %s, bootstrap_expect: 1, data_dir: %s}
@@ -70,9 +80,9 @@ frontends: [{name: web, listen: %s, pool: web}]
 pools:
   - name: web
     backends: [{address: %s}, {address: %s}]
-    health: {type: tcp, interval: 100ms, rise: 1, fall: 1, initial: healthy}
+    health: %s
 admin: {listen: %s}
-`, freePort(t), freePort(t), t.TempDir(), n.frontend, n.backends[0], n.backends[1], n.admin)
+`, freePort(t), freePort(t), t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin)
 	cfg, err := config.Parse([]byte(doc))
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -81,6 +91,7 @@ admin: {listen: %s}
 	if err != nil {
 		t.Fatalf("newDaemon: %v", err)
 	}
+	n.d = d
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- d.run(ctx) }()
@@ -157,7 +168,7 @@ func (n *testNode) answer(t *testing.T) string {
 }
 
 func TestStatusCarriesTheContractFields(t *testing.T) {
-	n := startNode(t)
+	n := startNode(t, fastHealth)
 	resp, err := http.Get("http://" + n.admin + "/status")
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +197,7 @@ func TestStatusCarriesTheContractFields(t *testing.T) {
 }
 
 func TestTrafficFlowsAndDrainIsApplied(t *testing.T) {
-	n := startNode(t)
+	n := startNode(t, fastHealth)
 	seen := map[string]int{}
 	for i := 0; i < 10; i++ {
 		seen[n.answer(t)]++
@@ -219,7 +230,7 @@ func TestTrafficFlowsAndDrainIsApplied(t *testing.T) {
 }
 
 func TestBadAdminCallsAreRefusedWithAReason(t *testing.T) {
-	n := startNode(t)
+	n := startNode(t, fastHealth)
 	cases := []struct {
 		path, body string
 		code       int
@@ -255,7 +266,7 @@ func TestBadAdminCallsAreRefusedWithAReason(t *testing.T) {
 }
 
 func TestMetricsExposeProxyCounters(t *testing.T) {
-	n := startNode(t)
+	n := startNode(t, fastHealth)
 	n.answer(t)
 	resp, err := http.Get("http://" + n.admin + "/metrics")
 	if err != nil {
@@ -272,7 +283,7 @@ func TestMetricsExposeProxyCounters(t *testing.T) {
 }
 
 func TestLeaveStopsTheDaemon(t *testing.T) {
-	n := startNode(t)
+	n := startNode(t, fastHealth)
 	if code, out := n.post(t, "/v1/leave", ""); code != http.StatusAccepted {
 		t.Fatalf("leave: HTTP %d %s", code, out)
 	}
@@ -300,5 +311,57 @@ func TestCheckFlagValidatesOnly(t *testing.T) {
 	errOut.Reset()
 	if code := run([]string{"--check", "--config", "/nonexistent.yaml"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "nonexistent.yaml") {
 		t.Errorf("--check of a missing file: exit %d, %q", code, errOut.String())
+	}
+}
+
+// counter reads one labelled counter from the daemon's registry.
+func (n *testNode) counter(t *testing.T, name, backend string) float64 {
+	t.Helper()
+	families, err := n.d.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "backend" && l.GetValue() == backend {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{backend=%q}", name, backend)
+	return 0
+}
+
+// A backend dies under traffic: clients never see a failed connection (a
+// refused connect is retried on the next backend), and once health marked it
+// down after `fall` failures the proxy stops dialling it.
+func TestBackendDeathUnderTrafficCostsClientsNothing(t *testing.T) {
+	const fall = 3
+	// Active checks are slow here, so the proxy's own failed connects
+	// (passive health) are what takes the backend out.
+	n := startNode(t, fmt.Sprintf("{type: tcp, interval: 10s, timeout: 1s, rise: 1, fall: %d, initial: healthy}", fall))
+	dead := n.backends[0]
+	n.killBackend[0]()
+
+	for i := 0; i < 60; i++ {
+		if got := n.answer(t); got != "b" {
+			t.Fatalf("connection %d after a died got %q, want b's answer", i, got)
+		}
+	}
+	var st Status
+	n.getJSON(t, "/status", &st)
+	if st.Pools[0].Backends[0].Healthy {
+		t.Errorf("dead backend %s still healthy after 60 connections", dead)
+	}
+	if errs := n.counter(t, "vipd_backend_connect_errors_total", dead); errs != fall {
+		t.Errorf("proxy dialled the dead backend %v times; want exactly fall=%d, then never again", errs, fall)
+	}
+	if st.Health.HealthyPools != 1 || !st.Health.Fit {
+		t.Errorf("health summary = %+v; the pool still has b", st.Health)
 	}
 }
