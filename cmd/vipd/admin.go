@@ -64,7 +64,7 @@ func (d *daemon) status() Status {
 	sum := d.mon.Summary()
 	st := Status{
 		Node: es.Node, State: es.State, Leader: es.Leader, Term: es.Term,
-		Ready: d.ready.Load(), VIPs: []vip.Status{}, Members: es.Members,
+		Ready: d.ready.Load(), VIPs: []vip.Status{}, Members: es.Members, Pools: []PoolStatus{},
 		Health: HealthSummary{Summary: sum, Fit: sum.Fit()}, Intent: d.node.Intent(),
 	}
 	if d.vips != nil {
