@@ -74,7 +74,7 @@ func (f *frontend) handle(client *net.TCPConn) {
 func (f *frontend) connect(client *net.TCPConn) (*backend, *net.TCPConn) {
 	p := f.pool
 	key := clientKey(client.RemoteAddr())
-	d := net.Dialer{Timeout: p.connectTimeout, KeepAliveConfig: keepAliveConfig()}
+	d := net.Dialer{Timeout: p.connectTimeout, KeepAlive: -1}
 	d.SetMultipathTCP(false)
 	var t tried
 	for {

@@ -11,12 +11,18 @@ import (
 	"go.uber.org/zap"
 )
 
-// keepAliveConfig is the TCP keepalive of client and backend sockets: probes
-// after 30 s of silence, every 10 s, give up after 3, so dead peers free
-// their connection slots.
-func keepAliveConfig() net.KeepAliveConfig {
-	return net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3}
-}
+// Client-side TCP keepalive: probes after 30 s of silence, every 10 s, give
+// up after 3, so dead clients free their connection slots. It is set once on
+// the listening socket, which accepted sockets inherit on Linux: per
+// connection that saves the four setsockopt calls Go would make (measured
+// 13-23 µs of a ~200 µs connection in bench/). Backend sockets carry no
+// keepalive, as in HAProxy without srvtcpka: a dead client ends the pair,
+// and idle_timeout ends a pair whose backend went silent.
+const (
+	keepAliveIdle     = 30 * time.Second
+	keepAliveInterval = 10 * time.Second
+	keepAliveCount    = 3
+)
 
 // Accept-error backoff bounds: temporary errors such as EMFILE are retried
 // after a pause that doubles from acceptBackoffMin up to acceptBackoffMax.
@@ -47,7 +53,7 @@ func newFrontend(b *Balancer, fc FrontendConfig, p *pool) *frontend {
 
 // listen binds the frontend's address.
 func (f *frontend) listen() error {
-	lc := net.ListenConfig{Control: listenControl, KeepAliveConfig: keepAliveConfig()}
+	lc := net.ListenConfig{Control: listenControl, KeepAlive: -1} // keepalive comes from the listener
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp", f.cfg.Listen)
 	if err != nil {

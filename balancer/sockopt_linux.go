@@ -9,23 +9,29 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// listenControl sets SO_REUSEADDR (rebind at once after a restart) and
-// IP_FREEBIND / IPV6_FREEBIND (bind the VIP before this node holds it).
+// listenControl sets SO_REUSEADDR (rebind at once after a restart),
+// IP_FREEBIND / IPV6_FREEBIND (bind the VIP before this node holds it) and
+// the client keepalive that accepted sockets inherit.
 func listenControl(network, address string, c syscall.RawConn) error {
+	freebind := sockopt{unix.SOL_IP, unix.IP_FREEBIND, 1, "IP_FREEBIND"}
+	if network == "tcp6" {
+		freebind = sockopt{unix.SOL_IPV6, unix.IPV6_FREEBIND, 1, "IPV6_FREEBIND"}
+	}
+	opts := []sockopt{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR"},
+		freebind,
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAliveIdle / time.Second), "TCP_KEEPIDLE"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAliveInterval / time.Second), "TCP_KEEPINTVL"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount, "TCP_KEEPCNT"},
+	}
 	var serr error
 	err := c.Control(func(fd uintptr) {
-		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
-			serr = fmt.Errorf("set SO_REUSEADDR: %w", serr)
-			return
-		}
-		if network == "tcp6" {
-			if serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1); serr != nil {
-				serr = fmt.Errorf("set IPV6_FREEBIND: %w", serr)
+		for _, o := range opts {
+			if serr = unix.SetsockoptInt(int(fd), o.level, o.name, o.value); serr != nil {
+				serr = fmt.Errorf("set %s: %w", o.label, serr)
+				return
 			}
-			return
-		}
-		if serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1); serr != nil {
-			serr = fmt.Errorf("set IP_FREEBIND: %w", serr)
 		}
 	})
 	if err != nil {
@@ -35,6 +41,11 @@ func listenControl(network, address string, c syscall.RawConn) error {
 		return fmt.Errorf("listen %s: %w", address, serr)
 	}
 	return nil
+}
+
+type sockopt struct {
+	level, name, value int
+	label              string
 }
 
 // quietFor asks the kernel (TCP_INFO) how long ago data last went either way
