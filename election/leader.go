@@ -49,8 +49,22 @@ func (n *Node) monitor(rt *running) {
 				n.pokeMeta()
 			}
 		}
+		n.notePrevLeader(rt)
 		n.check(rt, &w)
 	}
+}
+
+// notePrevLeader remembers the last other node seen leading. When this node
+// wins because that leader died, gossip may still call it alive and Raft has
+// not failed a heartbeat to it yet; a hand-off must not pick it first.
+func (n *Node) notePrevLeader(rt *running) {
+	_, id := rt.raft.LeaderWithID()
+	if id == "" || string(id) == n.opts.NodeName {
+		return
+	}
+	n.mu.Lock()
+	n.prevLeader = id
+	n.mu.Unlock()
 }
 
 // noteHeartbeat tracks which peers this leader cannot reach, so a hand-off
@@ -164,7 +178,7 @@ func (n *Node) leaderLoop(rt *running, w *window) {
 	}
 	t := time.NewTicker(n.opts.Timing.Heartbeat)
 	defer t.Stop()
-	h := handoff{}
+	h := n.newHandoff()
 	for {
 		n.reconcile(rt)
 		n.handOff(rt, &h)
@@ -256,11 +270,20 @@ func (n *Node) handOff(rt *running, h *handoff) {
 	}
 	if err := n.transferTo(rt, target, reason); err != nil {
 		n.log.Warn("leadership transfer failed; will retry", zap.String("reason", reason), zap.Error(err))
-		if h.failed == nil {
-			h.failed = map[raft.ServerID]time.Time{}
-		}
 		h.failed[target.ID] = time.Now()
 	}
+}
+
+// newHandoff starts a leadership window's hand-off state: the leader this
+// node replaced is tried last, as if a transfer to it had just failed.
+func (n *Node) newHandoff() handoff {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	h := handoff{failed: map[raft.ServerID]time.Time{}}
+	if n.prevLeader != "" {
+		h.failed[n.prevLeader] = time.Now()
+	}
+	return h
 }
 
 // avoid reports whether a transfer to id failed so recently that another
@@ -323,19 +346,17 @@ func (n *Node) pickTarget(rt *running, requireFit bool, avoid func(raft.ServerID
 
 func (n *Node) transferTo(rt *running, s raft.Server, reason string) error {
 	start := time.Now()
-	if err := rt.raft.LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil && !steppedDown(rt.raft, transferSettle) {
+	if err := rt.raft.LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil && !steppedDown(rt.raft, 2*n.opts.Timing.Election) {
 		return fmt.Errorf("transfer leadership to %s: %w", s.ID, err)
 	}
 	n.log.Info("leadership transferred", zap.String("to", string(s.ID)), zap.String("reason", reason), zap.Duration("took", time.Since(start)))
 	return nil
 }
 
-// transferSettle is how long a transfer that raft reported as timed out may
-// still take effect. raft gives up after one election timeout, but under load
-// the target often wins a little later: the transfer worked after all.
-const transferSettle = time.Second
-
-// steppedDown reports whether r leaves the leader state within d.
+// steppedDown reports whether r leaves the leader state within d. raft
+// gives up on a transfer after one election timeout, but under load the
+// target often wins a little later: the transfer worked after all. A dead
+// target never wins, so the wait stays short.
 func steppedDown(r *raft.Raft, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for r.State() == raft.Leader {

@@ -93,6 +93,7 @@ type Node struct {
 	leavingOn   bool
 	startedOn   bool
 	unreachable map[raft.ServerID]time.Time // leader's failed heartbeats: peer -> last failure
+	prevLeader  raft.ServerID               // the last other node seen leading
 
 	shutdownOnce sync.Once
 	shutdownErr  error
