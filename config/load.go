@@ -311,18 +311,23 @@ func (v *validator) validateVIPs(vips []VIP) {
 	}
 }
 
+// uniqueName checks that name is set and not yet in seen, then adds it.
+func (v *validator) uniqueName(path, name, kind string, seen map[string]bool) {
+	switch {
+	case name == "":
+		v.bad(path, "", "required")
+	case seen[name]:
+		v.bad(path, name, "duplicate %s name", kind)
+	}
+	seen[name] = true
+}
+
 // validatePools checks the pools and returns their names.
 func (v *validator) validatePools(pools []Pool) map[string]bool {
 	names := map[string]bool{}
 	for i, p := range pools {
 		path := fmt.Sprintf("pools[%d]", i)
-		switch {
-		case p.Name == "":
-			v.bad(path+".name", "", "required")
-		case names[p.Name]:
-			v.bad(path+".name", p.Name, "duplicate pool name")
-		}
-		names[p.Name] = true
+		v.uniqueName(path+".name", p.Name, "pool", names)
 		v.oneOf(path+".algorithm", p.Algorithm, AlgorithmRoundRobin, AlgorithmLeastConn, AlgorithmRandom2, AlgorithmSourceHash)
 		v.positive(path+".connect_timeout", p.ConnectTimeout)
 		v.oneOf(path+".proxy_protocol", p.ProxyProtocol, "none", "v1", "v2")
@@ -397,13 +402,7 @@ func (v *validator) validateFrontends(frontends []Frontend, pools map[string]boo
 	listens := map[string]string{}
 	for i, fe := range frontends {
 		path := fmt.Sprintf("frontends[%d]", i)
-		switch {
-		case fe.Name == "":
-			v.bad(path+".name", "", "required")
-		case names[fe.Name]:
-			v.bad(path+".name", fe.Name, "duplicate frontend name")
-		}
-		names[fe.Name] = true
+		v.uniqueName(path+".name", fe.Name, "frontend", names)
 		v.hostPort(path+".listen", fe.Listen)
 		if other, ok := listens[fe.Listen]; ok && fe.Listen != "" {
 			v.bad(path+".listen", fe.Listen, "already used by %s", other)

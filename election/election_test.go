@@ -160,13 +160,7 @@ func TestRestartedNodeRejoinsWithoutBootstrap(t *testing.T) {
 	c := newCluster(t, 3, 3, relaxedTiming, nil)
 	leader := c.waitLeader(15 * time.Second)
 	c.waitVoters(5*time.Second, "n0", "n1", "n2")
-	var follower *tnode
-	for _, tn := range c.nodes {
-		if tn != leader {
-			follower = tn
-			break
-		}
-	}
+	follower := c.follower(leader)
 	term := follower.raft().CurrentTerm()
 	c.stop(follower)
 	if err := leader.SetDrained("web", "10.0.0.1:80", true); err != nil {

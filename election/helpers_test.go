@@ -415,6 +415,17 @@ func (c *cluster) waitLeader(timeout time.Duration, except ...*tnode) *tnode {
 }
 
 // waitVoters waits until the leader's configuration has exactly these voters.
+// follower returns a node other than leader.
+func (c *cluster) follower(leader *tnode) *tnode {
+	for _, tn := range c.nodes {
+		if tn != leader {
+			return tn
+		}
+	}
+	c.t.Fatal("no follower in the cluster")
+	return nil
+}
+
 func (c *cluster) waitVoters(timeout time.Duration, names ...string) {
 	c.t.Helper()
 	eventually(c.t, timeout, func() error {

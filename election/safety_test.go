@@ -162,12 +162,7 @@ func TestDrainedIntentSurvivesLeaderFailover(t *testing.T) {
 	c := newCluster(t, 3, 3, relaxedTiming, nil)
 	leader := c.waitLeader(15 * time.Second)
 	c.waitVoters(5*time.Second, "n0", "n1", "n2")
-	var follower *tnode
-	for _, tn := range c.nodes {
-		if tn != leader {
-			follower = tn
-		}
-	}
+	follower := c.follower(leader)
 	err := follower.SetDrained("web", "b1", true)
 	var nl *NotLeaderError
 	if !errors.Is(err, ErrNotLeader) || !errors.As(err, &nl) || nl.LeaderAdmin != leader.opts.AdminAddr || nl.Leader != leader.opts.NodeName {
