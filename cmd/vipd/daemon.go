@@ -230,6 +230,10 @@ func (d *daemon) leadershipLoop(ctx context.Context) {
 		}
 	}
 	defer release()
+	var (
+		holdEnded <-chan struct{} // the running hold's done; nil without one
+		retry     <-chan time.Time
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -241,12 +245,27 @@ func (d *daemon) leadershipLoop(ctx context.Context) {
 			d.log.Info("leadership", zap.Bool("leader", ev.Leader), zap.Uint64("term", ev.Term))
 			if !ev.Leader {
 				release()
+				holdEnded, retry = nil, nil
 			} else if hold == nil && d.vips != nil {
 				hold = d.startHold(ctx)
+				holdEnded = hold.done
 			}
+		case <-holdEnded:
+			// The hold failed while this node still leads (it reported
+			// itself unfit, so leadership may move). If no peer takes over,
+			// try the VIP again rather than lead without it.
+			holdEnded, retry = nil, time.After(holdRetry)
+		case <-retry:
+			retry = nil
+			release()
+			hold = d.startHold(ctx)
+			holdEnded = hold.done
 		}
 	}
 }
+
+// holdRetry is the pause before a leader whose VIP claim failed tries again.
+const holdRetry = time.Second
 
 // vipHold is one running vip.Manager.Hold.
 type vipHold struct {
