@@ -56,6 +56,7 @@ func namedBackend(t *testing.T, name string) (addr string, stop func()) {
 type testNode struct {
 	d               *daemon
 	frontend, admin string
+	raft, gossip    string
 	backends        []string
 	killBackend     []func()
 	stop            func() error
@@ -67,7 +68,7 @@ const fastHealth = "{type: tcp, interval: 100ms, rise: 1, fall: 1, initial: heal
 // backends "a" and "b" checked as health says.
 func startNode(t *testing.T, health string) *testNode {
 	t.Helper()
-	n := &testNode{frontend: freePort(t), admin: freePort(t)}
+	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t)}
 	for _, name := range []string{"a", "b"} {
 		addr, kill := namedBackend(t, name)
 		n.backends = append(n.backends, addr)
@@ -82,7 +83,7 @@ pools:
     backends: [{address: %s}, {address: %s}]
     health: %s
 admin: {listen: %s}
-`, freePort(t), freePort(t), t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin)
+`, n.raft, n.gossip, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin)
 	cfg, err := config.Parse([]byte(doc))
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -363,5 +364,33 @@ func TestBackendDeathUnderTrafficCostsClientsNothing(t *testing.T) {
 	}
 	if st.Health.HealthyPools != 1 || !st.Health.Fit {
 		t.Errorf("health summary = %+v; the pool still has b", st.Health)
+	}
+}
+
+// Garbage on every port the daemon listens on is dropped; the node keeps
+// leading and serving.
+func TestGarbageOnEveryPortChangesNothing(t *testing.T) {
+	n := startNode(t, fastHealth)
+	garbage := bytes.Repeat([]byte("\x00\xff GARBAGE \r\n\x16\x03\x01"), 512)
+	for _, addr := range []string{n.raft, n.gossip, n.admin} {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			t.Fatalf("dial %s: %v", addr, err)
+		}
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		c.Write(garbage)
+		io.Copy(io.Discard, c) // until the daemon closes it or the deadline
+		c.Close()
+	}
+	if u, err := net.Dial("udp", n.gossip); err == nil {
+		u.Write(garbage[:1024])
+		u.Close()
+	}
+	var st Status
+	if code := n.getJSON(t, "/status", &st); code != 200 || st.State != "leader" || !st.Ready {
+		t.Fatalf("after garbage: HTTP %d, status %+v", code, st)
+	}
+	if got := n.answer(t); got != "a" && got != "b" {
+		t.Errorf("after garbage the frontend answered %q", got)
 	}
 }
