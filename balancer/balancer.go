@@ -89,10 +89,11 @@ type Balancer struct {
 	// stopAccept is closed when Shutdown begins: accept loops and their
 	// backoff sleeps end.
 	stopAccept chan struct{}
-	// hardCtx is cancelled when the shutdown grace runs out: live
-	// connections and pending dials are closed.
+	// hardCtx is cancelled when the shutdown grace runs out: pending dials
+	// end. live holds the relaying pairs, cut at the same moment.
 	hardCtx    context.Context
 	hardCancel context.CancelFunc
+	live       liveSet
 
 	acceptWG sync.WaitGroup // accept loops
 	connWG   sync.WaitGroup // connection goroutines
@@ -228,6 +229,7 @@ func (b *Balancer) Shutdown(ctx context.Context) error {
 		}
 	}
 	b.hardCancel()
+	b.live.cutAll()
 	<-drained
 	return err
 }

@@ -1,7 +1,6 @@
 package balancer
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -27,19 +26,11 @@ func (f *frontend) handle(client *net.TCPConn) {
 		return
 	}
 	defer be.active.Add(-1)
-	// Past the grace period, Shutdown cancels hardCtx: cut both sockets.
-	// If the cut has begun, wait for it so no goroutine outlives handle.
-	cut := make(chan struct{})
-	stop := context.AfterFunc(f.b.hardCtx, func() {
-		defer close(cut)
-		_ = client.Close()
-		_ = server.Close()
-	})
-	defer func() {
-		if !stop() {
-			<-cut
-		}
-	}()
+	// Past the grace period, Shutdown cuts every live pair; remove waits for
+	// a cut in progress, so no close outlives handle.
+	lp := &livePair{client: client, server: server}
+	f.b.live.add(lp)
+	defer f.b.live.remove(lp)
 
 	if f.pool.proxyVersion != 0 {
 		h := proxyproto.HeaderProxyFromAddrs(f.pool.proxyVersion, client.RemoteAddr(), client.LocalAddr())

@@ -34,7 +34,7 @@ func BenchmarkPipe(b *testing.B) {
 }
 
 // tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(b *testing.B, ln *net.TCPListener) (near, far *net.TCPConn) {
+func tcpPair(b testing.TB, ln *net.TCPListener) (near, far *net.TCPConn) {
 	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
 	if err != nil {
 		b.Fatal(err)
