@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
@@ -102,8 +103,11 @@ func (f *frontend) connect(client *net.TCPConn) (*backend, *net.TCPConn) {
 }
 
 // relay copies both ways between client and server until both directions
-// end. A direction that reaches EOF half-closes its destination
-// (CloseWrite) so the peer sees the end while the other direction goes on; a
+// end. The first direction to reach EOF half-closes its destination
+// (CloseWrite) so the peer sees the end while the other direction goes on.
+// The second leaves its FIN to the final Close: the first direction has read
+// that socket to EOF, so its receive queue is empty and close(2) sends the
+// same FIN as shutdown(2) would, one syscall fewer per connection. A
 // direction that fails closes both sockets, which ends the other one too.
 // up counts client→server bytes, down server→client.
 func relay(client, server *net.TCPConn, idle time.Duration) (up, down int64, err error) {
@@ -114,9 +118,10 @@ func relay(client, server *net.TCPConn, idle time.Duration) (up, down int64, err
 			_ = server.Close()
 		})
 	}
+	var ended atomic.Int32 // directions that reached EOF
 	half := func(dst, src *net.TCPConn) (int64, error) {
 		n, err := copyIdle(dst, src, client, idle)
-		if err == nil {
+		if err == nil && ended.Add(1) == 1 {
 			err = dst.CloseWrite()
 		}
 		if err != nil {

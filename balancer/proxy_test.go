@@ -84,7 +84,11 @@ func TestHalfCloseFromClientBackendStillAnswers(t *testing.T) {
 }
 
 func TestHalfCloseFromBackendClientStillSends(t *testing.T) {
-	late := make(chan string, 1)
+	type lateRead struct {
+		got string
+		err error
+	}
+	late := make(chan lateRead, 1)
 	be := startBackend(t, func(c *net.TCPConn) {
 		if _, err := io.WriteString(c, "banner"); err != nil {
 			return
@@ -92,8 +96,8 @@ func TestHalfCloseFromBackendClientStillSends(t *testing.T) {
 		if err := c.CloseWrite(); err != nil {
 			return
 		}
-		got, _ := io.ReadAll(c)
-		late <- string(got)
+		got, err := io.ReadAll(c) // a clean FIN ends it, a reset fails it
+		late <- lateRead{string(got), err}
 	})
 	b, _ := startBalancer(t, poolOf("round_robin", be), FrontendConfig{}, nil)
 	c := dial(t, b)
@@ -106,9 +110,9 @@ func TestHalfCloseFromBackendClientStillSends(t *testing.T) {
 	}
 	_ = c.CloseWrite()
 	select {
-	case got := <-late:
-		if got != "after-eof" {
-			t.Fatalf("backend read %q after its half-close, want after-eof", got)
+	case r := <-late:
+		if r.got != "after-eof" || r.err != nil {
+			t.Fatalf("backend read %q, %v after its half-close, want after-eof then EOF", r.got, r.err)
 		}
 	case <-time.After(ioWait):
 		t.Fatal("backend never got the client's data")
