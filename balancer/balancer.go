@@ -89,6 +89,9 @@ type Balancer struct {
 	// stopAccept is closed when Shutdown begins: accept loops and their
 	// backoff sleeps end.
 	stopAccept chan struct{}
+	// acceptDone is closed once every accept loop has ended: idle
+	// connection workers end.
+	acceptDone chan struct{}
 	// hardCtx is cancelled when the shutdown grace runs out: pending dials
 	// end. live holds the relaying pairs, cut at the same moment.
 	hardCtx    context.Context
@@ -115,6 +118,7 @@ func New(opts Options) (*Balancer, error) {
 		reporter:   opts.Reporter,
 		poolByNm:   make(map[string]*pool, len(opts.Pools)),
 		stopAccept: make(chan struct{}),
+		acceptDone: make(chan struct{}),
 	}
 	b.hardCtx, b.hardCancel = context.WithCancel(context.Background())
 	b.metrics = newMetrics()
@@ -212,6 +216,7 @@ func (b *Balancer) Shutdown(ctx context.Context) error {
 		b.drained = make(chan struct{})
 		go func() { // ends once every connection has, which hardCancel guarantees
 			b.acceptWG.Wait()
+			close(b.acceptDone)
 			b.connWG.Wait()
 			close(b.drained)
 		}()

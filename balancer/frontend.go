@@ -45,10 +45,14 @@ type frontend struct {
 	refusedNoBackend atomic.Uint64
 	acceptErrors     atomic.Uint64
 	idleClosed       atomic.Uint64
+
+	idle        chan *net.TCPConn // unbuffered: serve hands a connection to a waiting worker
+	idleWorkers atomic.Int32      // workers committed to receive on idle
 }
 
 func newFrontend(b *Balancer, fc FrontendConfig, p *pool) *frontend {
-	return &frontend{b: b, cfg: fc, pool: p, log: b.log.With(zap.String("frontend", fc.Name))}
+	return &frontend{b: b, cfg: fc, pool: p, log: b.log.With(zap.String("frontend", fc.Name)),
+		idle: make(chan *net.TCPConn)}
 }
 
 // listen binds the frontend's address.
@@ -93,7 +97,44 @@ func (f *frontend) serve() {
 			reset(c)
 			continue
 		}
-		f.b.connWG.Go(func() { f.handle(c) })
+		if f.idleWorkers.Load() > 0 {
+			// Each count is a worker committed to receive one connection,
+			// and only serve takes counts, so this send cannot block long.
+			f.idleWorkers.Add(-1)
+			f.idle <- c
+		} else {
+			f.b.connWG.Go(func() { f.work(c) })
+		}
+	}
+}
+
+// maxIdleWorkers bounds the connection goroutines kept waiting for the next
+// connection on a frontend.
+const maxIdleWorkers = 64
+
+// work serves c, then, while fewer than maxIdleWorkers others wait, waits
+// for the next connection until every accept loop has ended. Reusing a
+// goroutine skips creating one and regrowing its stack: a new goroutine
+// starts with 2 KiB, and connect's call chain made the runtime copy it
+// larger for every connection.
+func (f *frontend) work(c *net.TCPConn) {
+	for {
+		f.handle(c)
+		for {
+			n := f.idleWorkers.Load()
+			if n >= maxIdleWorkers {
+				return
+			}
+			if f.idleWorkers.CompareAndSwap(n, n+1) {
+				break
+			}
+		}
+		select {
+		case c = <-f.idle: // serve took the count
+		case <-f.b.acceptDone: // no serve left to send
+			f.idleWorkers.Add(-1)
+			return
+		}
 	}
 }
 

@@ -517,3 +517,26 @@ func TestConnectTimeoutMovesToNextBackend(t *testing.T) {
 		t.Fatalf("black-holed backend reported %d failures, want 1", failed)
 	}
 }
+
+func TestWorkerServesNextConnectionAndEndsAtShutdown(t *testing.T) {
+	be := startBackend(t, namedEcho("a"))
+	b, _ := startBalancer(t, poolOf("round_robin", be), FrontendConfig{}, nil)
+	f := b.frontends[0]
+	c1, r1, _ := greeting(t, b)
+	echo(t, c1, r1, "first")
+	_ = c1.Close()
+	waitFor(t, func() bool { return f.idleWorkers.Load() == 1 })
+	c2, r2, _ := greeting(t, b)
+	if n := f.idleWorkers.Load(); n != 0 {
+		t.Fatalf("%d idle workers while the second connection is live, want 0: the idle one took it", n)
+	}
+	echo(t, c2, r2, "second")
+	_ = c2.Close()
+	waitFor(t, func() bool { return f.idleWorkers.Load() == 1 })
+	if err := b.Shutdown(context.Background()); err != nil { // waits for the idle worker
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if n := f.idleWorkers.Load(); n != 0 {
+		t.Fatalf("%d idle workers after Shutdown, want 0", n)
+	}
+}
