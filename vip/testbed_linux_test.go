@@ -34,10 +34,17 @@ var (
 )
 
 // families runs a test once per address family.
+// ownA and ownB are nodes a's and b's own addresses in the family, and
+// bits the family's subnet prefix.
 var families = []struct {
-	name string
-	vip  netip.Addr
-}{{"ipv4", vip4}, {"ipv6", vip6}}
+	name       string
+	vip        netip.Addr
+	ownA, ownB netip.Addr
+	bits       int
+}{
+	{"ipv4", vip4, netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.3"), 24},
+	{"ipv6", vip6, netip.MustParseAddr("2001:2::2"), netip.MustParseAddr("2001:2::3"), 64},
+}
 
 func needRoot(t *testing.T) {
 	t.Helper()

@@ -139,7 +139,7 @@ func TestReleaseDeletesVIP(t *testing.T) {
 			if a := tb.a.addrOf(t, f.vip); a != nil {
 				t.Fatalf("%s still on %s after release: %v", f.vip, tb.a.ifname, a)
 			}
-			if tb.a.addrOf(t, map[bool]netip.Addr{true: netip.MustParseAddr("198.18.0.2"), false: netip.MustParseAddr("2001:2::2")}[f.vip.Is4()]) == nil {
+			if tb.a.addrOf(t, f.ownA) == nil {
 				t.Fatal("release deleted the node's own address")
 			}
 		})
@@ -161,7 +161,7 @@ func TestTakeoverMovesNeighbourToNewHolder(t *testing.T) {
 
 			// B has no address of its own in the VIP's family: announcing must
 			// not depend on one (arp.Dial would refuse such an interface).
-			own := tb.b.addrOf(t, map[bool]netip.Addr{true: netip.MustParseAddr("198.18.0.3"), false: netip.MustParseAddr("2001:2::3")}[f.vip.Is4()])
+			own := tb.b.addrOf(t, f.ownB)
 			must(t, tb.b.h.AddrDel(tb.b.link(t), own))
 
 			// No more traffic from the neighbour: only B's announcements can
@@ -252,10 +252,9 @@ func TestRemoveStaleDeletesLeftoverVIP(t *testing.T) {
 	for _, f := range families {
 		t.Run(f.name, func(t *testing.T) {
 			tb := newTestbed(t)
-			own := map[bool]netip.Addr{true: netip.MustParseAddr("198.18.0.2"), false: netip.MustParseAddr("2001:2::2")}[f.vip.Is4()]
 			// A leftover as an operator or keepalived would leave it:
 			// permanent, and not even a host prefix.
-			tb.a.addAddr(t, map[bool]string{true: f.vip.String() + "/24", false: f.vip.String() + "/64"}[f.vip.Is4()])
+			tb.a.addAddr(t, netip.PrefixFrom(f.vip, f.bits).String())
 			c := startChild(t, tb.a, "removestale", f.vip)
 			if e := c.waitLog(t, "helper removestale returned", 10*time.Second); e["error"] != nil {
 				t.Fatalf("RemoveStale: %v", e["error"])
@@ -264,7 +263,7 @@ func TestRemoveStaleDeletesLeftoverVIP(t *testing.T) {
 			if a := tb.a.addrOf(t, f.vip); a != nil {
 				t.Fatalf("leftover %v still there", a)
 			}
-			if tb.a.addrOf(t, own) == nil {
+			if tb.a.addrOf(t, f.ownA) == nil {
 				t.Fatal("RemoveStale deleted the node's own address")
 			}
 		})
