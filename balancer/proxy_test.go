@@ -348,13 +348,7 @@ func TestDrainedBackendGetsNoNewConnectionsLiveOneContinues(t *testing.T) {
 	if err := b.SetDrained("p", a, true); err != nil {
 		t.Fatal(err)
 	}
-	for range 4 {
-		c, _, name := greeting(t, b)
-		if name != "b" {
-			t.Fatalf("new connection reached drained backend %s", name)
-		}
-		_ = c.Close()
-	}
+	allReach(t, b, 4, "b")
 	echo(t, live, liveR, "live on drained backend")
 	st := b.Status()[0].Backends[0]
 	if !st.Drained || st.ActiveConnections != 1 || st.TotalConnections != 1 {
@@ -381,13 +375,7 @@ func TestSetHealthyFalseRemovesFromRotation(t *testing.T) {
 	if err := b.SetHealthy("p", bAddr, false); err != nil {
 		t.Fatal(err)
 	}
-	for range 4 {
-		c, _, name := greeting(t, b)
-		if name != "a" {
-			t.Fatalf("connection reached unhealthy backend %s", name)
-		}
-		_ = c.Close()
-	}
+	allReach(t, b, 4, "a")
 	if st := b.Status()[0].Backends[1]; st.Healthy {
 		t.Fatalf("status %+v, want unhealthy", st)
 	}
@@ -538,5 +526,18 @@ func TestWorkerServesNextConnectionAndEndsAtShutdown(t *testing.T) {
 	}
 	if n := f.idleWorkers.Load(); n != 0 {
 		t.Fatalf("%d idle workers after Shutdown, want 0", n)
+	}
+}
+
+// allReach makes n connections and fails unless every one reaches the
+// backend named want.
+func allReach(t *testing.T, b *Balancer, n int, want string) {
+	t.Helper()
+	for i := range n {
+		c, _, name := greeting(t, b)
+		_ = c.Close()
+		if name != want {
+			t.Fatalf("connection %d reached %s, want only %s", i, name, want)
+		}
 	}
 }
