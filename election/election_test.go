@@ -11,9 +11,7 @@ import (
 )
 
 func TestBootstrapExpectElectsExactlyOneLeader(t *testing.T) {
-	c := newCluster(t, 3, 3, relaxedTiming, nil)
-	leader := c.waitLeader(15 * time.Second)
-	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	c, leader := formedCluster(t)
 	bootstrapped := 0
 	for _, tn := range c.nodes {
 		bootstrapped += tn.logs.FilterMessage("bootstrapped raft cluster").Len()
@@ -71,9 +69,7 @@ func TestBootstrapExpectElectsExactlyOneLeader(t *testing.T) {
 // TestCrashedNodeStaysVoterUntilRemoved stops a follower without leaving: it
 // stays a voter; Remove takes it out; after a restart it is added again.
 func TestCrashedNodeStaysVoterUntilRemoved(t *testing.T) {
-	c := newCluster(t, 3, 3, relaxedTiming, nil)
-	leader := c.waitLeader(15 * time.Second)
-	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	c, leader := formedCluster(t)
 	var crashed, other *tnode
 	for _, tn := range c.nodes {
 		switch {
@@ -157,9 +153,7 @@ func TestLeaderShutdownElectsNewLeader(t *testing.T) {
 // DataDir: it keeps its term and log, never bootstraps again, and catches up
 // with what was committed while it was down.
 func TestRestartedNodeRejoinsWithoutBootstrap(t *testing.T) {
-	c := newCluster(t, 3, 3, relaxedTiming, nil)
-	leader := c.waitLeader(15 * time.Second)
-	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	c, leader := formedCluster(t)
 	follower := c.follower(leader)
 	term := follower.raft().CurrentTerm()
 	c.stop(follower)

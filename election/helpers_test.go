@@ -415,6 +415,16 @@ func (c *cluster) waitLeader(timeout time.Duration, except ...*tnode) *tnode {
 }
 
 // waitVoters waits until the leader's configuration has exactly these voters.
+// formedCluster starts three nodes with relaxed timing and returns once one
+// leads and all three are voters.
+func formedCluster(t *testing.T) (*cluster, *tnode) {
+	t.Helper()
+	c := newCluster(t, 3, 3, relaxedTiming, nil)
+	leader := c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	return c, leader
+}
+
 // follower returns a node other than leader.
 func (c *cluster) follower(leader *tnode) *tnode {
 	for _, tn := range c.nodes {

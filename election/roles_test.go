@@ -65,9 +65,7 @@ func TestWitnessNeverStaysLeaderAndTwoVotersSurviveOneLoss(t *testing.T) {
 // TestMaintenanceNodeNeverLeads puts the leader in maintenance: it withdraws
 // at once and hands off; forced back into leadership it never announces.
 func TestMaintenanceNodeNeverLeads(t *testing.T) {
-	c := newCluster(t, 3, 3, relaxedTiming, nil)
-	leader := c.waitLeader(15 * time.Second)
-	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	c, leader := formedCluster(t)
 	gains := leader.rec.gains()
 	if err := leader.SetMaintenance(leader.opts.NodeName, true); err != nil {
 		t.Fatalf("set maintenance: %v", err)

@@ -159,9 +159,7 @@ func spin(d time.Duration) {
 // follower refuses with the leader's admin address, and finds the intent on
 // the next leader after the first one dies.
 func TestDrainedIntentSurvivesLeaderFailover(t *testing.T) {
-	c := newCluster(t, 3, 3, relaxedTiming, nil)
-	leader := c.waitLeader(15 * time.Second)
-	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	c, leader := formedCluster(t)
 	follower := c.follower(leader)
 	err := follower.SetDrained("web", "b1", true)
 	var nl *NotLeaderError
