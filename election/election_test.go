@@ -186,6 +186,47 @@ func TestRestartedNodeRejoinsWithoutBootstrap(t *testing.T) {
 	}
 }
 
+// TestMembersBelievedDeadAreReconnected restarts a crashed follower with no
+// join seeds, as after a long partition: memberlist alone never probes a dead
+// member again, so only the reconnect loop lets both sides see each other.
+func TestMembersBelievedDeadAreReconnected(t *testing.T) {
+	c, leader := formedCluster(t)
+	follower := c.follower(leader)
+	c.stop(follower)
+	eventually(t, 15*time.Second, func() error {
+		if alive(leader, follower.opts.NodeName) {
+			return fmtErr("%s still sees %s alive", leader.opts.NodeName, follower.opts.NodeName)
+		}
+		return nil
+	})
+	follower.opts.Join = nil
+	c.start(follower)
+	eventually(t, 10*time.Second, func() error {
+		for _, tn := range c.nodes {
+			for _, m := range c.nodes {
+				if !alive(tn, m.opts.NodeName) {
+					return fmtErr("%s sees %s dead", tn.opts.NodeName, m.opts.NodeName)
+				}
+			}
+		}
+		return nil
+	})
+	if n := follower.logs.FilterMessage("gossip reconnected to a member believed dead").Len() +
+		leader.logs.FilterMessage("gossip reconnected to a member believed dead").Len(); n == 0 {
+		t.Fatal("the views converged without a reconnect: the test did not exercise it")
+	}
+}
+
+// alive reports whether tn's status lists member as alive.
+func alive(tn *tnode, member string) bool {
+	for _, m := range tn.Status().Members {
+		if m.Name == member {
+			return m.Alive
+		}
+	}
+	return false
+}
+
 // TestFiveNodesAddAndLeaveWhileEventsRun grows a 5-node cluster by one and
 // then lets a follower and the leader leave on purpose, checking the voter
 // set and that announced leaderships never overlap.

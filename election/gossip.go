@@ -38,6 +38,7 @@ func (m meta) fit() bool { return m.Role == RoleVoter && m.fitness().Fit() }
 type peer struct {
 	meta  meta
 	alive bool
+	addr  string // gossip address, for reconnecting after a partition
 }
 
 // gossip keeps the cluster view built from memberlist events. memberlist
@@ -95,7 +96,7 @@ func (g *gossip) update(n *memberlist.Node, alive bool) {
 		delete(g.tombstones, n.Name) // the removed node restarted: it may join again
 	}
 	old, known := g.peers[n.Name]
-	g.peers[n.Name] = peer{meta: m, alive: alive}
+	g.peers[n.Name] = peer{meta: m, alive: alive, addr: n.Address()}
 	g.mu.Unlock()
 	if !known || old.alive != alive {
 		g.log.Info("gossip member changed", zap.String("member", n.Name), zap.Bool("alive", alive),
@@ -129,6 +130,19 @@ func (g *gossip) tombstone(name string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.tombstones[name] = g.peers[name].meta.Started
+}
+
+// lost returns the gossip addresses of members believed dead that did not
+// leave on purpose: the ones worth reconnecting to.
+func (g *gossip) lost() []string {
+	var out []string
+	for _, p := range g.snapshot() {
+		if !p.alive && !p.meta.Leaving && p.addr != "" {
+			out = append(out, p.addr)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (g *gossip) aliveCount() int {

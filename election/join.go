@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -117,4 +118,38 @@ func (n *Node) maybeBootstrap(rt *running, b *bootstrapper) bool {
 	n.pokeMeta()
 	n.log.Info("bootstrapped raft cluster", zap.Strings("servers", names))
 	return true
+}
+
+// reconnectLoop periodically pushes state to members gossip believes dead.
+// memberlist never probes a dead member again, so after a partition longer
+// than its suspicion timeout each side would keep the other dead until a
+// restart (Serf's reconnector solves the same problem). One exchange is
+// enough: the returning node hears it was declared dead and refutes it.
+func (n *Node) reconnectLoop(rt *running) {
+	defer n.wg.Done()
+	every := ioTimeout(n.opts.Timing) // 1 s on lan, longer on slower profiles
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-time.After(every):
+		}
+		n.reconnect(rt, n.gossip.lost())
+	}
+}
+
+// reconnect tries every address at once, so one blackholed member delays
+// neither the others nor Shutdown by more than one gossip TCP timeout.
+func (n *Node) reconnect(rt *running, addrs []string) {
+	var wg sync.WaitGroup
+	for _, a := range addrs {
+		wg.Go(func() {
+			if _, err := rt.ml.Join([]string{a}); err != nil {
+				n.log.Debug("gossip reconnect failed", zap.String("addr", a), zap.Error(err))
+				return
+			}
+			n.log.Info("gossip reconnected to a member believed dead", zap.String("addr", a))
+		})
+	}
+	wg.Wait()
 }

@@ -256,10 +256,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.log.Info("election started", zap.String("raft", n.opts.RaftBind), zap.String("gossip", n.opts.GossipBind),
 		zap.String("role", string(n.opts.Role)), zap.Bool("existing_state", hasState), zap.Int("bootstrap_expect", n.opts.BootstrapExpect))
 
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.monitor(rt)
 	go n.metaLoop(rt)
 	go n.joinLoop(ctx, rt)
+	go n.reconnectLoop(rt)
 	return nil
 }
 
@@ -279,6 +280,9 @@ func (n *Node) memberlistConfig() *memberlist.Config {
 	}
 	// Metadata (fitness) should spread within a few hundred milliseconds.
 	c.GossipInterval = 100 * time.Millisecond
+	// Push-pull and reconnect attempts give up on a silent peer as Raft does,
+	// instead of memberlist's 10 s, so Shutdown is never held long.
+	c.TCPTimeout = ioTimeout(n.opts.Timing)
 	c.Delegate = n.gossip
 	c.Events = n.gossip
 	c.LogOutput = &levelWriter{z: n.log.Named("memberlist")}
