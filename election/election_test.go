@@ -186,21 +186,29 @@ func TestRestartedNodeRejoinsWithoutBootstrap(t *testing.T) {
 	}
 }
 
-// TestMembersBelievedDeadAreReconnected restarts a crashed follower with no
-// join seeds, as after a long partition: memberlist alone never probes a dead
-// member again, so only the reconnect loop lets both sides see each other.
-func TestMembersBelievedDeadAreReconnected(t *testing.T) {
+// TestHealedGossipPartitionMergesViews cuts a follower's gossip until it and
+// the others believe each other dead, then heals the cut. memberlist alone
+// never probes a dead member again, so without the reconnect loop both views
+// would stay split until a 30 s push-pull happened to pick the right node.
+func TestHealedGossipPartitionMergesViews(t *testing.T) {
 	c, leader := formedCluster(t)
-	follower := c.follower(leader)
-	c.stop(follower)
-	eventually(t, 15*time.Second, func() error {
-		if alive(leader, follower.opts.NodeName) {
-			return fmtErr("%s still sees %s alive", leader.opts.NodeName, follower.opts.NodeName)
+	cutOff := c.follower(leader)
+	cutOff.gcut.cut.Store(true)
+	eventually(t, 20*time.Second, func() error {
+		for _, tn := range c.nodes {
+			for _, m := range c.nodes {
+				if tn != m && (tn == cutOff || m == cutOff) && alive(tn, m.opts.NodeName) {
+					return fmtErr("%s still sees %s alive", tn.opts.NodeName, m.opts.NodeName)
+				}
+			}
 		}
 		return nil
 	})
-	follower.opts.Join = nil
-	c.start(follower)
+	// Let the dead-member broadcasts spend their retransmissions on the cut,
+	// so only a reconnect can bring the sides together again.
+	time.Sleep(time.Second)
+	cutOff.gcut.cut.Store(false)
+	healed := time.Now()
 	eventually(t, 10*time.Second, func() error {
 		for _, tn := range c.nodes {
 			for _, m := range c.nodes {
@@ -211,9 +219,13 @@ func TestMembersBelievedDeadAreReconnected(t *testing.T) {
 		}
 		return nil
 	})
-	if n := follower.logs.FilterMessage("gossip reconnected to a member believed dead").Len() +
-		leader.logs.FilterMessage("gossip reconnected to a member believed dead").Len(); n == 0 {
-		t.Fatal("the views converged without a reconnect: the test did not exercise it")
+	t.Logf("views merged %s after the heal", time.Since(healed).Round(time.Millisecond))
+	reconnects := 0
+	for _, tn := range c.nodes {
+		reconnects += tn.logs.FilterMessage("gossip reconnected to a member believed dead").Len()
+	}
+	if reconnects == 0 {
+		t.Fatal("the views merged without a reconnect: the test did not exercise it")
 	}
 }
 

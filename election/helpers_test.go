@@ -9,9 +9,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
@@ -132,6 +134,81 @@ func (c *cutLayer) setCut(cut bool) {
 	}
 }
 
+// cutGossip is a memberlist transport a test can cut: while cut, packets
+// are lost in both directions and streams are refused in both directions,
+// like a partition that leaves the Raft transport alone.
+type cutGossip struct {
+	*memberlist.NetTransport
+	cut     atomic.Bool
+	packets chan *memberlist.Packet
+	streams chan net.Conn
+	done    chan struct{}
+	wg      sync.WaitGroup
+}
+
+func newCutGossip(nt *memberlist.NetTransport) *cutGossip {
+	c := &cutGossip{NetTransport: nt, packets: make(chan *memberlist.Packet), streams: make(chan net.Conn), done: make(chan struct{})}
+	c.wg.Add(2)
+	go forwardUncut(c, nt.PacketCh(), c.packets, func(*memberlist.Packet) {})
+	go forwardUncut(c, nt.StreamCh(), c.streams, func(conn net.Conn) { _ = conn.Close() })
+	return c
+}
+
+// forwardUncut passes what arrives on in to out, dropping it while c is cut,
+// until c shuts down.
+func forwardUncut[T any](c *cutGossip, in <-chan T, out chan<- T, drop func(T)) {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.done:
+			return
+		case v := <-in:
+			if c.cut.Load() {
+				drop(v)
+				continue
+			}
+			select {
+			case out <- v:
+			case <-c.done:
+				drop(v)
+				return
+			}
+		}
+	}
+}
+
+func (c *cutGossip) PacketCh() <-chan *memberlist.Packet { return c.packets }
+func (c *cutGossip) StreamCh() <-chan net.Conn           { return c.streams }
+
+func (c *cutGossip) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	if c.cut.Load() {
+		return time.Now(), nil // lost on the wire, as UDP would be
+	}
+	return c.NetTransport.WriteToAddress(b, a)
+}
+
+func (c *cutGossip) WriteTo(b []byte, addr string) (time.Time, error) {
+	return c.WriteToAddress(b, memberlist.Address{Addr: addr})
+}
+
+func (c *cutGossip) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	if c.cut.Load() {
+		return nil, errors.New("test partition: gossip dial refused")
+	}
+	return c.NetTransport.DialAddressTimeout(a, timeout)
+}
+
+func (c *cutGossip) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	return c.DialAddressTimeout(memberlist.Address{Addr: addr}, timeout)
+}
+
+func (c *cutGossip) Shutdown() error {
+	err := c.NetTransport.Shutdown()
+	close(c.done)
+	c.wg.Wait()
+	return err
+}
+
 // interval is one announced leadership of one node.
 type interval struct {
 	node       string
@@ -217,6 +294,7 @@ type tnode struct {
 	opts Options
 	rec  *recorder
 	cut  *cutLayer
+	gcut *cutGossip
 	logs *observer.ObservedLogs
 	reg  *prometheus.Registry
 	up   bool
@@ -330,12 +408,16 @@ func (c *cluster) start(tn *tnode) {
 	tl := zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), c.sink, zapcore.WarnLevel)
 	o := tn.opts
 	o.Logger = zap.New(zapcore.NewTee(tl, core)).Named(o.NodeName)
-	tn.cut = nil
+	tn.cut, tn.gcut = nil, nil
 	tn.reg = prometheus.NewRegistry()
 	o.Registerer = tn.reg
 	o.wrapStream = func(s raft.StreamLayer) raft.StreamLayer {
 		tn.cut = &cutLayer{StreamLayer: s, conns: map[net.Conn]struct{}{}}
 		return tn.cut
+	}
+	o.wrapGossip = func(nt *memberlist.NetTransport) memberlist.NodeAwareTransport {
+		tn.gcut = newCutGossip(nt)
+		return tn.gcut
 	}
 	node, err := New(o)
 	if err != nil {

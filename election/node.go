@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
 	"math"
 	"net"
 	"os"
@@ -248,7 +249,17 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	})
 	rt.raft.RegisterObserver(rt.observer)
 
-	rt.ml, err = memberlist.Create(n.memberlistConfig())
+	mc := n.memberlistConfig()
+	if n.opts.wrapGossip != nil {
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: log.New(mc.LogOutput, "", 0),
+		})
+		if err != nil {
+			return fmt.Errorf("start gossip on %s: %w", n.opts.GossipBind, err)
+		}
+		mc.Transport = n.opts.wrapGossip(nt)
+	}
+	rt.ml, err = memberlist.Create(mc)
 	if err != nil {
 		return fmt.Errorf("start gossip on %s: %w", n.opts.GossipBind, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -101,6 +102,8 @@ type Options struct {
 
 	// wrapStream lets tests put a cuttable layer around the Raft transport.
 	wrapStream func(raft.StreamLayer) raft.StreamLayer
+	// wrapGossip does the same for the gossip transport.
+	wrapGossip func(*memberlist.NetTransport) memberlist.NodeAwareTransport
 }
 
 // validate checks opts and fills defaults; it returns a copy.
