@@ -79,6 +79,10 @@ type Options struct {
 	// OnLinkChange is called by Watch, from its goroutine, whenever LinkUp
 	// changes. It must not block for long.
 	OnLinkChange func(up bool)
+	// OnHolding is called by Hold, from its goroutine, once every VIP is
+	// claimed and announcing: from then on that Hold can no longer fail and
+	// runs until its context ends. It must not block for long.
+	OnHolding func()
 }
 
 // Status reports one VIP.
@@ -95,6 +99,7 @@ type Manager struct {
 	log          *zap.Logger
 	metrics      *metrics
 	onLinkChange func(up bool)
+	onHolding    func()
 
 	holding atomic.Bool // a Hold is running
 
@@ -118,6 +123,7 @@ func New(opts Options) (*Manager, error) {
 	m := &Manager{
 		log:          log.Named("vip"),
 		onLinkChange: opts.OnLinkChange,
+		onHolding:    opts.OnHolding,
 		linkUp:       make(map[string]bool),
 	}
 	seen := make(map[netip.Addr]bool)

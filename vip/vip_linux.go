@@ -204,6 +204,9 @@ func (m *Manager) Hold(ctx context.Context) error {
 	tick := time.NewTicker(refresh)
 	defer tick.Stop()
 	m.log.Info("vip hold started", zap.Int("vips", len(vips)))
+	if m.onHolding != nil {
+		m.onHolding()
+	}
 	for {
 		select {
 		case <-ctx.Done():

@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -30,12 +31,15 @@ func TestHelperProcess(t *testing.T) {
 	}
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.Lock(os.Stdout), zapcore.DebugLevel))
 	var m *Manager
+	var holding atomic.Bool
 	m, err := New(Options{
 		VIPs:   []Config{{Address: netip.MustParseAddr(os.Getenv("VIPD_VIP_ADDR")), Interface: os.Getenv("VIPD_VIP_IF")}},
 		Logger: log,
 		OnLinkChange: func(up bool) {
 			log.Info("helper link change", zap.Bool("up", up), zap.Bool("link_up", m.LinkUp()))
 		},
+		// Records whether the VIP was held when Hold reported holding.
+		OnHolding: func() { holding.Store(m.Status()[0].Held) },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +63,7 @@ func TestHelperProcess(t *testing.T) {
 		err := m.Hold(ctx)
 		stop() // Hold may have failed on its own: end Watch too
 		wg.Wait()
-		log.Info("helper hold returned", zap.Error(err), zap.Bool("held", m.Status()[0].Held))
+		log.Info("helper hold returned", zap.Error(err), zap.Bool("held", m.Status()[0].Held), zap.Bool("holding_reported", holding.Load()))
 		v := m.vips[0].cfg
 		l := []string{v.Address.String(), v.Interface}
 		log.Info("helper metrics",
@@ -125,8 +129,8 @@ func TestReleaseDeletesVIP(t *testing.T) {
 			rel := c.waitLog(t, "vip released", 10*time.Second)
 			t.Logf("SIGTERM to address deleted: %v", logTime(t, rel).Sub(signalled))
 			end := c.waitLog(t, "helper hold returned", 10*time.Second)
-			if end["error"] != nil || end["held"] != false {
-				t.Fatalf("hold ended with %v", end)
+			if end["error"] != nil || end["held"] != false || end["holding_reported"] != true {
+				t.Fatalf("hold ended with %v, want no error, not held, and holding reported once claimed", end)
 			}
 			met := c.waitLog(t, "helper metrics", 10*time.Second)
 			if met["held"] != 0.0 || met["claims"] != 1.0 || met["releases"] != 1.0 || met["announcements"].(float64) < 1 {
@@ -307,6 +311,9 @@ func TestMissingCapabilityIsNamed(t *testing.T) {
 				msg, _ := e["error"].(string)
 				if !strings.Contains(msg, "operation not permitted (needs "+c.capability+")") {
 					t.Fatalf("Hold error %q does not name %s", msg, c.capability)
+				}
+				if e["holding_reported"] != false {
+					t.Fatal("a Hold that failed reported holding")
 				}
 				t.Logf("error: %s", msg)
 				ch.waitExit(t)

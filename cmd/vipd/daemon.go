@@ -81,6 +81,7 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (*daemon, error) {
 		vopts := vipOptions(cfg)
 		vopts.Logger, vopts.Registerer = log, d.reg
 		vopts.OnLinkChange = d.onLinkChange
+		vopts.OnHolding = d.onHolding
 		if d.vips, err = vip.New(vopts); err != nil {
 			return nil, fmt.Errorf("vip: %w", err)
 		}
@@ -97,6 +98,15 @@ func (d *daemon) onTransition(t health.Transition) {
 func (d *daemon) onLinkChange(up bool) {
 	d.linkUp.Store(up)
 	d.kickFitness()
+}
+
+// onHolding clears a failed claim once a retried hold succeeds, so the
+// leader stops reporting itself unfit and keeps the VIP it now holds.
+func (d *daemon) onHolding() {
+	if d.holdFailed.Swap(false) {
+		d.log.Info("VIP claim succeeded after a failure: fit again")
+		d.kickFitness()
+	}
 }
 
 func (d *daemon) kickFitness() {
