@@ -21,7 +21,7 @@ func newMetrics(reg prometheus.Registerer, term, lastContact, membersAlive func(
 	m := &metrics{
 		reg: reg,
 		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "vipd_election_is_leader", Help: "1 while this node is the confirmed Raft leader.",
+			Name: "vipd_election_is_leader", Help: "1 while this node is the confirmed leader that holds the VIPs; 0 on a witness or a node in maintenance even while it holds Raft leadership, which it hands over.",
 		}),
 		changes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vipd_election_leadership_changes_total", Help: "Leadership gains and losses reported by this node.",
