@@ -163,24 +163,31 @@ func newTestbed(t *testing.T) *testbed {
 	must(t, tb.nbr.h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}, MulticastSnooping: &off}))
 	br := tb.nbr.link(t)
 	for i, n := range []*node{tb.a, tb.b} {
-		port := "p" + n.name[strings.LastIndex(n.name, "-")+1:]
-		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(n.ns))}
-		if err := tb.nbr.h.LinkAdd(veth); err != nil {
-			t.Fatalf("add veth %s: %v", port, err)
-		}
-		p, err := tb.nbr.h.LinkByName(port)
-		must(t, err)
-		must(t, tb.nbr.h.LinkSetMaster(p, br))
-		must(t, tb.nbr.h.LinkSetUp(p))
-		n.addAddr(t, fmt.Sprintf("198.18.0.%d/24", 2+i))
-		n.addAddr(t, fmt.Sprintf("2001:2::%d/64", 2+i))
-		must(t, n.h.LinkSetUp(n.link(t)))
-		n.mac = n.link(t).Attrs().HardwareAddr
+		tb.plug(t, n, i)
 	}
 	tb.nbr.addAddr(t, "198.18.0.1/24")
 	tb.nbr.addAddr(t, "2001:2::1/64")
 	must(t, tb.nbr.h.LinkSetUp(br))
 	return tb
+}
+
+// plug connects n (the i-th node) to the bridge with a new veth pair whose
+// end in n is eth0, with n's own addresses, and brings it up.
+func (tb *testbed) plug(t *testing.T, n *node, i int) {
+	t.Helper()
+	port := "p" + n.name[strings.LastIndex(n.name, "-")+1:]
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(n.ns))}
+	if err := tb.nbr.h.LinkAdd(veth); err != nil {
+		t.Fatalf("add veth %s: %v", port, err)
+	}
+	p, err := tb.nbr.h.LinkByName(port)
+	must(t, err)
+	must(t, tb.nbr.h.LinkSetMaster(p, tb.nbr.link(t)))
+	must(t, tb.nbr.h.LinkSetUp(p))
+	n.addAddr(t, fmt.Sprintf("198.18.0.%d/24", 2+i))
+	n.addAddr(t, fmt.Sprintf("2001:2::%d/64", 2+i))
+	must(t, n.h.LinkSetUp(n.link(t)))
+	n.mac = n.link(t).Attrs().HardwareAddr
 }
 
 // addrOf returns ip as configured on n's interface, or nil.

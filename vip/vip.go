@@ -80,8 +80,9 @@ type Options struct {
 	// changes. It must not block for long.
 	OnLinkChange func(up bool)
 	// OnHolding is called by Hold, from its goroutine, once every VIP is
-	// claimed and announcing: from then on that Hold can no longer fail and
-	// runs until its context ends. It must not block for long.
+	// claimed and announcing: from then on that Hold runs until its context
+	// ends, unless a VIP's interface is deleted or recreated. It must not
+	// block for long.
 	OnHolding func()
 }
 

@@ -118,8 +118,9 @@ func (v *held) trigger(burst bool) {
 // the address deletion comes first and nothing waits before it — and returns
 // only after that, with every goroutine it started ended. It returns an error
 // when a VIP cannot be claimed or announced (after releasing what it claimed;
-// a permission error names the missing capability) or when another Hold is
-// running. Failed sends while holding are logged, not fatal.
+// a permission error names the missing capability), when a VIP's interface
+// is deleted or recreated while held, or when another Hold is running.
+// Failed sends while holding are logged, not fatal.
 func (m *Manager) Hold(ctx context.Context) error {
 	if !m.holding.CompareAndSwap(false, true) {
 		return ErrHoldActive
@@ -221,15 +222,27 @@ func (m *Manager) Hold(ctx context.Context) error {
 					m.restore(h, v, "address vanished")
 				}
 			}
-		case u := <-links.C:
+		case <-links.C:
+			// Re-read every VIP interface, as Watch does: immune to lost
+			// messages, and it sees an interface deleted or recreated under
+			// the same name, which this Hold's address and announcer no
+			// longer reach. Ending the Hold makes the caller claim anew.
 			for _, v := range vips {
-				if u.Link != nil && u.Link.Attrs().Index == v.link.Attrs().Index {
-					up := isUp(u.Link.Attrs())
-					if up && !v.linkUp {
-						m.restore(h, v, "link came up")
-					}
-					v.linkUp = up
+				link, err := h.LinkByName(v.st.cfg.Interface)
+				var notFound netlink.LinkNotFoundError
+				switch {
+				case errors.As(err, &notFound) || (err == nil && link.Attrs().Index != v.link.Attrs().Index):
+					return fmt.Errorf("hold %s: interface %s was deleted or recreated: the VIP must be claimed again",
+						v.st.cfg.Address, v.st.cfg.Interface)
+				case err != nil:
+					v.log.Warn("vip interface re-read failed", zap.Error(err))
+					continue
 				}
+				up := isUp(link.Attrs())
+				if up && !v.linkUp {
+					m.restore(h, v, "link came up")
+				}
+				v.linkUp = up
 			}
 		case c := <-conflicts:
 			m.conflict(c)
@@ -333,6 +346,8 @@ func (m *Manager) release(h *netlink.Handle, vips []*held) {
 		switch {
 		case err == nil, errors.Is(err, syscall.EADDRNOTAVAIL):
 			v.log.Info("vip released")
+		case errors.Is(err, syscall.ENODEV):
+			v.log.Info("vip released with its interface") // deleted along with it
 		default:
 			v.log.Error("vip release failed; the kernel drops it when its lifetime ends",
 				zap.Error(needsCap(err, "CAP_NET_ADMIN")))

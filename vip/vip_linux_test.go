@@ -229,6 +229,33 @@ func TestFlushedVIPIsRestored(t *testing.T) {
 	}
 }
 
+// TestRecreatedInterfaceEndsTheHold deletes the held VIP's interface and
+// plugs in a new one under the same name: the Hold's address and announcer
+// are bound to the old one, so it must end with an error that says so (the
+// daemon then claims again), not keep renewing a link that is gone.
+func TestRecreatedInterfaceEndsTheHold(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			tb := newTestbed(t)
+			c := startChild(t, tb.a, "hold", f.vip)
+			c.waitLog(t, "vip announced", 10*time.Second)
+			must(t, tb.a.h.LinkDel(tb.a.link(t)))
+			tb.plug(t, tb.a, 0)
+			end := c.waitLog(t, "helper hold returned", 10*time.Second)
+			if msg, _ := end["error"].(string); !strings.Contains(msg, "interface eth0 was deleted or recreated") {
+				t.Fatalf("Hold ended with %v, want the recreated interface named", end)
+			}
+			c.waitExit(t)
+			if !strings.Contains(c.output(), `"msg":"vip released with its interface"`) {
+				t.Errorf("the release of an address whose interface is gone was not logged as such:\n%s", c.output())
+			}
+			if a := tb.a.addrOf(t, f.vip); a != nil {
+				t.Fatalf("the ended Hold left %s on the new interface: %v", f.vip, a)
+			}
+		})
+	}
+}
+
 func TestLinkDownAndUpReachOnLinkChange(t *testing.T) {
 	for _, f := range families {
 		t.Run(f.name, func(t *testing.T) {
