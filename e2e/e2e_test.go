@@ -466,6 +466,32 @@ func TestLeaderSIGTERMHandsOverQuickly(t *testing.T) {
 	e.target("SIGTERM handover outage max", out.max(), targetHandover)
 }
 
+// SIGHUP is the reload signal of keepalived and HAProxy, so operators send
+// it out of habit. Go's default would end vipd at once, leaving its VIP until
+// the lifetime ran out; vipd checks its config file instead and nothing moves.
+func TestSIGHUPOnTheLeaderMovesNothing(t *testing.T) {
+	e := setup(t, "")
+	leader := e.holder()
+	at := time.Now()
+	if err := e.cluster.Proc(leader).Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if e.cluster.Proc(leader).Exited() {
+		t.Fatalf("SIGHUP stopped vipd on %s", leader)
+	}
+	if h := e.holder(); h != leader {
+		t.Fatalf("SIGHUP moved the VIP from %s to %s", leader, h)
+	}
+	o, err := e.client.Outage(at, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Failed > 0 {
+		t.Errorf("SIGHUP cost %d failed requests (longest gap %s)", o.Failed, o.Gap)
+	}
+}
+
 // Scenario 5: every backend becomes unreachable from the leader only; the
 // leader is unfit and leadership moves to a node that sees healthy backends.
 func TestLeaderWithoutHealthyBackendsHandsOver(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +44,10 @@ type daemon struct {
 	leaveReq    chan struct{} // closed (once) by the admin API's /v1/leave
 	leaveOnce   sync.Once
 	ready       atomic.Bool
+
+	configPath    string           // the file cfg came from; empty for the embedded default
+	hup           <-chan os.Signal // SIGHUP from main: check the config file (nil in tests that do not)
+	configMetrics *configMetrics
 }
 
 func newDaemon(cfg *config.Config, log *zap.Logger) (*daemon, error) {
@@ -52,6 +57,7 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (*daemon, error) {
 	}
 	d.linkUp.Store(true)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.configMetrics = newConfigMetrics(d.reg)
 
 	hopts := healthOptions(cfg)
 	hopts.Logger, hopts.Registerer = log, d.reg
@@ -157,12 +163,20 @@ func (d *daemon) run(ctx context.Context) error {
 	d.ready.Store(true)
 	d.log.Info("vipd running", zap.String("node", d.cfg.Node.Name), zap.Int("frontends", len(d.cfg.Frontends)), zap.Int("vips", len(d.cfg.VIPs)))
 	var runErr error
-	select {
-	case <-ctx.Done():
-		d.log.Info("stopping on signal")
-	case <-d.leaveReq:
-		d.log.Info("stopping on leave request")
-	case runErr = <-adminErr:
+serve:
+	for {
+		select {
+		case <-ctx.Done():
+			d.log.Info("stopping on signal")
+			break serve
+		case <-d.leaveReq:
+			d.log.Info("stopping on leave request")
+			break serve
+		case runErr = <-adminErr:
+			break serve
+		case <-d.hup:
+			d.checkConfigFile()
+		}
 	}
 	d.ready.Store(false)
 

@@ -8,7 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,6 +63,8 @@ type testNode struct {
 	backends        []string
 	killBackend     []func()
 	stop            func() error
+	configPath      string         // the file the daemon was started from
+	hup             chan os.Signal // stands in for SIGHUP
 }
 
 const fastHealth = "{type: tcp, interval: 100ms, rise: 1, fall: 1, initial: healthy}"
@@ -84,7 +89,11 @@ pools:
     health: %s
 admin: {listen: %s}
 `, n.raft, n.gossip, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin)
-	cfg, err := config.Parse([]byte(doc))
+	n.configPath = filepath.Join(t.TempDir(), "vipd.yaml")
+	if err := os.WriteFile(n.configPath, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(n.configPath)
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
@@ -92,6 +101,8 @@ admin: {listen: %s}
 	if err != nil {
 		t.Fatalf("newDaemon: %v", err)
 	}
+	n.hup = make(chan os.Signal)
+	d.configPath, d.hup = n.configPath, n.hup
 	n.d = d
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -315,8 +326,84 @@ func TestCheckFlagValidatesOnly(t *testing.T) {
 	}
 }
 
-// counter reads one labelled counter from the daemon's registry.
-func (n *testNode) counter(t *testing.T, name, backend string) float64 {
+// SIGHUP is keepalived's and HAProxy's reload signal. vipd checks the config
+// file instead: it says whether a restart would change anything, refuses an
+// invalid file, and changes nothing in the running daemon either way.
+func TestSIGHUPChecksTheConfigFileAndChangesNothing(t *testing.T) {
+	n := startNode(t, fastHealth)
+	orig, err := os.ReadFile(n.configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	weighted := strings.Replace(string(orig), "{address: "+n.backends[1]+"}", "{address: "+n.backends[1]+", weight: 3}", 1)
+	if weighted == string(orig) {
+		t.Fatal("test bug: the edit did not apply")
+	}
+	counts := map[configCheck]float64{}
+	for _, step := range []struct {
+		file    string
+		doc     string
+		result  configCheck
+		pending float64
+	}{
+		{"the file it started from", string(orig), configUnchanged, 0},
+		{"a backend weight edited", weighted, configChanged, 1},
+		{"an invalid file", string(orig) + "bogus: 1\n", configInvalid, 1}, // pending stays as it was
+		{"the original again", string(orig), configUnchanged, 0},
+	} {
+		if err := os.WriteFile(n.configPath, []byte(step.doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		n.hup <- syscall.SIGHUP
+		counts[step.result]++
+		waitFor(t, step.file+" checked", func() bool {
+			return n.metric(t, "vipd_config_checks_total", "result", string(step.result)) == counts[step.result]
+		})
+		if got := n.metric(t, "vipd_config_restart_pending", "", ""); got != step.pending {
+			t.Errorf("%s: vipd_config_restart_pending = %v, want %v", step.file, got, step.pending)
+		}
+	}
+	var st Status
+	if n.getJSON(t, "/status", &st) != 200 || st.State != "leader" || !st.Ready {
+		t.Fatalf("after the checks: state %q ready %v", st.State, st.Ready)
+	}
+	for _, p := range st.Pools {
+		for _, b := range p.Backends {
+			if b.Weight != 1 {
+				t.Errorf("backend %s has weight %d: a SIGHUP changed the running config", b.Address, b.Weight)
+			}
+		}
+	}
+	if got := n.answer(t); got == "" {
+		t.Error("no answer through the frontend after the checks")
+	}
+}
+
+func TestChangedSectionsNamesWhatARestartWouldChange(t *testing.T) {
+	running, err := config.Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := config.Parse([]byte("log: {level: debug}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := changedSections(running, running); len(got) != 0 {
+		t.Errorf("a config against itself: %v", got)
+	}
+	if got := strings.Join(changedSections(running, next), ","); got != "log" {
+		t.Errorf("log level changed: sections %q, want log", got)
+	}
+	keyed := *running
+	keyed.Cluster.SecretKey = []byte("another key")
+	if got := strings.Join(changedSections(running, &keyed), ","); got != "cluster" {
+		t.Errorf("secret content changed: sections %q, want cluster", got)
+	}
+}
+
+// metric reads a counter or gauge from the daemon's registry: the series
+// whose label has value, or the unlabelled one when label is "".
+func (n *testNode) metric(t *testing.T, name, label, value string) float64 {
 	t.Helper()
 	families, err := n.d.reg.Gather()
 	if err != nil {
@@ -327,14 +414,16 @@ func (n *testNode) counter(t *testing.T, name, backend string) float64 {
 			continue
 		}
 		for _, m := range f.GetMetric() {
+			match := label == ""
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "backend" && l.GetValue() == backend {
-					return m.GetCounter().GetValue()
-				}
+				match = match || (l.GetName() == label && l.GetValue() == value)
+			}
+			if match {
+				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
 			}
 		}
 	}
-	t.Fatalf("no %s{backend=%q}", name, backend)
+	t.Fatalf("no %s{%s=%q}", name, label, value)
 	return 0
 }
 
@@ -359,7 +448,7 @@ func TestBackendDeathUnderTrafficCostsClientsNothing(t *testing.T) {
 	if st.Pools[0].Backends[0].Healthy {
 		t.Errorf("dead backend %s still healthy after 60 connections", dead)
 	}
-	if errs := n.counter(t, "vipd_backend_connect_errors_total", dead); errs != fall {
+	if errs := n.metric(t, "vipd_backend_connect_errors_total", "backend", dead); errs != fall {
 		t.Errorf("proxy dialled the dead backend %v times; want exactly fall=%d, then never again", errs, fall)
 	}
 	if st.Health.HealthyPools != 1 || !st.Health.Fit {

@@ -57,11 +57,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	defer log.Sync()
 
+	// Caught before anything is built: Go's default for SIGHUP is to exit
+	// at once, which would leave the VIP behind until its lifetime ends.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	d, err := newDaemon(cfg, log)
 	if err != nil {
 		log.Error("start", zap.Error(err))
 		return 1
 	}
+	d.configPath, d.hup = *configPath, hup
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := d.run(ctx); err != nil {
