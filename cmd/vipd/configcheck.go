@@ -47,7 +47,8 @@ func newConfigMetrics(reg prometheus.Registerer) *configMetrics {
 // it was started with and says whether a restart would change anything and
 // what. Without this, SIGHUP (keepalived's and HAProxy's reload signal) would
 // kill the daemon without releasing the VIP. It never changes the running
-// state and never logs config values, which may include the cluster secret.
+// state, and it names the sections that differ, never their values: the
+// cluster secret is one of them.
 func (d *daemon) checkConfigFile() configCheck {
 	if d.configPath == "" {
 		d.log.Warn("SIGHUP: running the embedded default config, there is no file to check")
