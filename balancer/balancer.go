@@ -149,7 +149,7 @@ func New(opts Options) (*Balancer, error) {
 		}
 		b.frontends = append(b.frontends, newFrontend(b, fc, p))
 	}
-	b.metrics.frontends, b.metrics.pools = b.frontends, b.pools
+	b.metrics.frontends, b.metrics.pools, b.metrics.live = b.frontends, b.pools, &b.live
 	if opts.Registerer != nil {
 		if err := b.metrics.register(opts.Registerer); err != nil {
 			return nil, fmt.Errorf("register balancer metrics: %w", err)

@@ -27,15 +27,26 @@ func (f *frontend) handle(client *net.TCPConn) {
 		return
 	}
 	defer be.active.Add(-1)
-	// Past the grace period, Shutdown cuts every live pair; remove waits for
-	// a cut in progress, so no close outlives handle.
-	lp := &livePair{client: client, server: server}
-	f.b.live.add(lp)
-	defer f.b.live.remove(lp)
-
+	var header []byte
 	if f.pool.proxyVersion != 0 {
 		h := proxyproto.HeaderProxyFromAddrs(f.pool.proxyVersion, client.RemoteAddr(), client.LocalAddr())
-		if _, err := h.WriteTo(server); err != nil {
+		var err error
+		if header, err = h.Format(); err != nil {
+			f.log.Warn("build PROXY header failed", zap.String("backend", be.addr), zap.Error(err))
+			_ = server.Close()
+			reset(client)
+			return
+		}
+	}
+	// Past the grace period, Shutdown cuts every live pair; finish waits for
+	// a cut in progress, so no close outlives handle.
+	lp := &livePair{client: client, server: server, be: be, header: uint64(len(header))}
+	f.b.live.add(lp)
+	var up, down int64
+	defer func() { f.b.live.finish(lp, up, down) }()
+
+	if header != nil {
+		if _, err := server.Write(header); err != nil {
 			f.log.Warn("write PROXY header failed", zap.String("backend", be.addr), zap.Error(err))
 			_ = server.Close()
 			reset(client)
@@ -48,8 +59,6 @@ func (f *frontend) handle(client *net.TCPConn) {
 		start = time.Now()
 	}
 	up, down, err := relay(client, server, f.cfg.IdleTimeout)
-	be.bytesUp.Add(uint64(up))
-	be.bytesDown.Add(uint64(down))
 	if errors.Is(err, errIdle) {
 		f.idleClosed.Add(1)
 	}

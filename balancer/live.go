@@ -3,13 +3,19 @@ package balancer
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // livePair is one relayed client/backend socket pair, linked into a
 // liveSet while it relays.
 type livePair struct {
 	client, server *net.TCPConn
-	prev, next     *livePair
+	be             *backend // nil in tests of the list alone
+	header         uint64   // PROXY header bytes written to server before the relay
+	// What the peers acknowledged so far in each direction, as last sampled:
+	// never more than the relay's final counts.
+	ackedUp, ackedDown atomic.Uint64
+	prev, next         *livePair
 }
 
 // close closes both sockets, which ends the relay's copies.
@@ -31,7 +37,7 @@ type liveSet struct {
 }
 
 // add links lp. If cutAll has already run, lp is closed instead and add
-// reports false; the caller still calls remove (a no-op then).
+// reports false; the caller still calls finish.
 func (s *liveSet) add(lp *livePair) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -48,17 +54,84 @@ func (s *liveSet) add(lp *livePair) bool {
 	return true
 }
 
-// remove unlinks lp. It takes the mutex, so when cutAll is closing sockets
+// finish unlinks lp and adds its relay's byte counts to its backend in one
+// step under the mutex, so relayed never counts a byte both live and
+// finished, or neither. It takes the mutex, so when cutAll is closing sockets
 // it waits until cutAll is done: no close outlives the connection's
 // goroutine.
-func (s *liveSet) remove(lp *livePair) {
+func (s *liveSet) finish(lp *livePair, up, down int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if lp.be != nil {
+		lp.be.bytesUp.Add(uint64(up))
+		lp.be.bytesDown.Add(uint64(down))
+	}
 	if lp.next == nil {
 		return
 	}
 	lp.prev.next, lp.next.prev = lp.next, lp.prev
 	lp.prev, lp.next = nil, nil
+}
+
+// byteCounts are bytes relayed client→backend (up) and backend→client (down).
+type byteCounts struct{ up, down uint64 }
+
+// relayed returns the bytes each backend of pools has relayed: those of
+// ended connections plus what the peers of live ones acknowledged so far,
+// so a connection that runs for hours shows up while it runs. Each total
+// only grows from one call to the next. The TCP_INFO reads happen outside
+// the mutex, so connections come and go meanwhile; the sums are taken under
+// it, consistent with finish.
+func (s *liveSet) relayed(pools []*pool) map[*backend]byteCounts {
+	s.mu.Lock()
+	var pairs []*livePair
+	s.each(func(lp *livePair) { pairs = append(pairs, lp) })
+	s.mu.Unlock()
+	for _, lp := range pairs {
+		if up, err := bytesAcked(lp.server); err == nil && up > lp.header+seqControl {
+			storeMax(&lp.ackedUp, up-lp.header-seqControl)
+		}
+		if down, err := bytesAcked(lp.client); err == nil && down > seqControl {
+			storeMax(&lp.ackedDown, down-seqControl)
+		}
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[*backend]byteCounts)
+	for _, p := range pools {
+		for _, be := range p.backends {
+			out[be] = byteCounts{be.bytesUp.Load(), be.bytesDown.Load()}
+		}
+	}
+	s.each(func(lp *livePair) {
+		if c, ok := out[lp.be]; ok {
+			out[lp.be] = byteCounts{c.up + lp.ackedUp.Load(), c.down + lp.ackedDown.Load()}
+		}
+	})
+	return out
+}
+
+// seqControl is what TCP_INFO's bytes_acked counts beyond data: the SYN (on
+// the side that connected) and the FIN, one sequence number each. Leaving
+// both out keeps a live count at most the relay's final one, up to two
+// bytes under it while the connection runs.
+const seqControl = 2
+
+// each calls f for every linked pair; s.mu must be held.
+func (s *liveSet) each(f func(*livePair)) {
+	if s.head.next == nil {
+		return
+	}
+	for lp := s.head.next; lp != &s.head; lp = lp.next {
+		f(lp)
+	}
+}
+
+// storeMax raises a to v if v is larger.
+func storeMax(a *atomic.Uint64, v uint64) {
+	for old := a.Load(); v > old && !a.CompareAndSwap(old, v); old = a.Load() {
+	}
 }
 
 // cutAll closes every linked pair and every pair added after it. It is safe
@@ -67,10 +140,5 @@ func (s *liveSet) cutAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cut = true
-	if s.head.next == nil {
-		return
-	}
-	for lp := s.head.next; lp != &s.head; lp = lp.next {
-		lp.close()
-	}
+	s.each((*livePair).close)
 }

@@ -32,7 +32,7 @@ func TestLiveSetCutClosesLinkedPairsOnly(t *testing.T) {
 	if !s.add(linked) || !s.add(ended) {
 		t.Fatal("add before the cut refused")
 	}
-	s.remove(ended)
+	s.finish(ended, 0, 0)
 	s.cutAll()
 	if !isClosed(linked.client) || !isClosed(linked.server) {
 		t.Fatal("a linked pair survived the cut")
@@ -40,9 +40,9 @@ func TestLiveSetCutClosesLinkedPairsOnly(t *testing.T) {
 	if isClosed(ended.client) || isClosed(ended.server) {
 		t.Fatal("the cut closed a pair already removed")
 	}
-	s.remove(linked) // after the cut, as handle does
-	s.remove(linked) // and a second time is harmless
-	s.cutAll()       // a second Shutdown
+	s.finish(linked, 0, 0) // after the cut, as handle does
+	s.finish(linked, 0, 0) // and a second time is harmless
+	s.cutAll()             // a second Shutdown
 }
 
 func TestLiveSetAddAfterCutClosesAtOnce(t *testing.T) {
@@ -55,5 +55,5 @@ func TestLiveSetAddAfterCutClosesAtOnce(t *testing.T) {
 	if !isClosed(late.client) || !isClosed(late.server) {
 		t.Fatal("a pair added after the cut is still open")
 	}
-	s.remove(late)
+	s.finish(late, 0, 0)
 }

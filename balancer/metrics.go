@@ -12,6 +12,7 @@ import (
 type metrics struct {
 	frontends []*frontend // set once by New
 	pools     []*pool     // set once by New
+	live      *liveSet    // set once by New: bytes of connections still relaying
 
 	connectTime *prometheus.HistogramVec
 
@@ -36,7 +37,7 @@ func newMetrics() *metrics {
 		feIdleClosed:    prometheus.NewDesc("vipd_frontend_idle_timeouts_total", "Connections closed after idle_timeout without data either way.", fe, nil),
 		beActive:        prometheus.NewDesc("vipd_backend_active_connections", "Connections open (or being opened) to a backend.", be, nil),
 		beTotal:         prometheus.NewDesc("vipd_backend_connections_total", "Connections established to a backend.", be, nil),
-		beBytes:         prometheus.NewDesc("vipd_backend_bytes_total", "Bytes relayed through a backend's ended connection directions, by direction (client_to_backend, backend_to_client).", []string{"pool", "backend", "direction"}, nil),
+		beBytes:         prometheus.NewDesc("vipd_backend_bytes_total", "Bytes relayed through a backend, by direction (client_to_backend, backend_to_client); connections still open count what their peers acknowledged so far.", []string{"pool", "backend", "direction"}, nil),
 		beConnectErrors: prometheus.NewDesc("vipd_backend_connect_errors_total", "Failed connection attempts to a backend.", be, nil),
 		beHealthy:       prometheus.NewDesc("vipd_backend_healthy", "1 when the backend is healthy.", be, nil),
 		beDrained:       prometheus.NewDesc("vipd_backend_drained", "1 when the backend is drained.", be, nil),
@@ -67,13 +68,14 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.feAcceptErrors, counter, float64(f.acceptErrors.Load()), n)
 		ch <- prometheus.MustNewConstMetric(m.feIdleClosed, counter, float64(f.idleClosed.Load()), n)
 	}
+	relayed := m.live.relayed(m.pools)
 	for _, p := range m.pools {
 		for _, be := range p.backends {
 			l := []string{p.name, be.addr}
 			ch <- prometheus.MustNewConstMetric(m.beActive, gauge, float64(be.active.Load()), l...)
 			ch <- prometheus.MustNewConstMetric(m.beTotal, counter, float64(be.total.Load()), l...)
-			ch <- prometheus.MustNewConstMetric(m.beBytes, counter, float64(be.bytesUp.Load()), p.name, be.addr, "client_to_backend")
-			ch <- prometheus.MustNewConstMetric(m.beBytes, counter, float64(be.bytesDown.Load()), p.name, be.addr, "backend_to_client")
+			ch <- prometheus.MustNewConstMetric(m.beBytes, counter, float64(relayed[be].up), p.name, be.addr, "client_to_backend")
+			ch <- prometheus.MustNewConstMetric(m.beBytes, counter, float64(relayed[be].down), p.name, be.addr, "backend_to_client")
 			ch <- prometheus.MustNewConstMetric(m.beConnectErrors, counter, float64(be.connectErrors.Load()), l...)
 			ch <- prometheus.MustNewConstMetric(m.beHealthy, gauge, boolFloat(be.healthy.Load()), l...)
 			ch <- prometheus.MustNewConstMetric(m.beDrained, gauge, boolFloat(be.drained.Load()), l...)

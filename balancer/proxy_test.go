@@ -29,7 +29,7 @@ func TestRelaysRoundRobinAndCountsBytes(t *testing.T) {
 	if got := strings.Join(names, ""); got != "abab" {
 		t.Fatalf("backends %s, want abab", got)
 	}
-	// Byte counters move when a connection ends: wait for the last one.
+	// The exact counts are final once the last connection has ended.
 	waitFor(t, func() bool { return b.Status()[0].Backends[1].ActiveConnections == 0 })
 	lb := map[string]string{"pool": "p", "backend": bAddr}
 	up := metricValue(t, reg, "vipd_backend_bytes_total", map[string]string{"pool": "p", "backend": bAddr, "direction": "client_to_backend"})
@@ -332,6 +332,71 @@ func TestProxyProtocolHeaderCarriesClientAddress(t *testing.T) {
 			reply, err := bufio.NewReader(c).ReadString('\n')
 			if err != nil || reply != "payload:hello\n" {
 				t.Fatalf("reply %q, %v", reply, err)
+			}
+		})
+	}
+}
+
+// TestLiveConnectionBytesCountWhileItRuns keeps one connection open after an
+// exchange: its bytes show in vipd_backend_bytes_total while it runs (what
+// the peers acknowledged, less the PROXY header and TCP's SYN and FIN
+// sequence numbers), every sample taken
+// meanwhile is at most the next one, and closing it leaves exactly the
+// relayed counts, nothing counted twice.
+func TestLiveConnectionBytesCountWhileItRuns(t *testing.T) {
+	for _, version := range []string{"none", "v2"} {
+		t.Run(version, func(t *testing.T) {
+			be := startBackend(t, func(c *net.TCPConn) {
+				r := bufio.NewReader(c)
+				if version != "none" {
+					if _, err := proxyproto.Read(r); err != nil {
+						t.Errorf("read PROXY header: %v", err)
+						return
+					}
+				}
+				_, _ = io.Copy(c, r) // echo
+			})
+			pc := poolOf("round_robin", be)
+			pc.ProxyProtocol = version
+			b, reg := startBalancer(t, pc, FrontendConfig{}, nil)
+			bytes := func(dir string) float64 {
+				return metricValue(t, reg, "vipd_backend_bytes_total", map[string]string{"pool": "p", "backend": be, "direction": dir})
+			}
+			var samples [][2]float64
+			sample := func() { samples = append(samples, [2]float64{bytes("client_to_backend"), bytes("backend_to_client")}) }
+
+			const chunk, chunks = 64 << 10, 8
+			c := dial(t, b)
+			buf := make([]byte, chunk)
+			for range chunks {
+				if _, err := c.Write(buf); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					t.Fatal(err)
+				}
+				sample()
+			}
+			const total = chunk * chunks
+			waitFor(t, func() bool { // up to seqControl bytes under, while open
+				sample()
+				last := samples[len(samples)-1]
+				return last[0] >= total-seqControl && last[1] >= total-seqControl
+			})
+			if n := b.Status()[0].Backends[0].ActiveConnections; n != 1 {
+				t.Fatalf("%d active connections, want the one still open", n)
+			}
+			_ = c.Close()
+			waitFor(t, func() bool { return b.Status()[0].Backends[0].ActiveConnections == 0 })
+			sample()
+			for i, s := range samples {
+				if s[0] > total || s[1] > total || (i > 0 && (s[0] < samples[i-1][0] || s[1] < samples[i-1][1])) {
+					t.Fatalf("sample %d of %d is %v after %v: the counter went back or beyond the %d bytes relayed",
+						i, len(samples), s, samples[max(i-1, 0)], total)
+				}
+			}
+			if last := samples[len(samples)-1]; last != [2]float64{total, total} {
+				t.Fatalf("after the close: %v, want %d each way", last, total)
 			}
 		})
 	}

@@ -51,20 +51,39 @@ type sockopt struct {
 // quietFor asks the kernel (TCP_INFO) how long ago data last went either way
 // on c. Reading it does not touch the socket's data path, so splice stays on.
 func quietFor(c *net.TCPConn) (time.Duration, error) {
+	info, err := tcpInfo(c)
+	if err != nil {
+		return 0, err
+	}
+	ms := min(info.Last_data_recv, info.Last_data_sent)
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
+// bytesAcked is how many bytes written to c its peer has acknowledged
+// (TCP_INFO): never more than the writer has written, so it can stand in
+// for a copy's byte count while the copy is still running.
+func bytesAcked(c *net.TCPConn) (uint64, error) {
+	info, err := tcpInfo(c)
+	if err != nil {
+		return 0, err
+	}
+	return info.Bytes_acked, nil
+}
+
+func tcpInfo(c *net.TCPConn) (*unix.TCPInfo, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return 0, fmt.Errorf("tcp info: %w", err)
+		return nil, fmt.Errorf("tcp info: %w", err)
 	}
 	var info *unix.TCPInfo
 	var ierr error
 	if err := rc.Control(func(fd uintptr) {
 		info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO)
 	}); err != nil {
-		return 0, fmt.Errorf("tcp info: %w", err)
+		return nil, fmt.Errorf("tcp info: %w", err)
 	}
 	if ierr != nil {
-		return 0, fmt.Errorf("tcp info: %w", ierr)
+		return nil, fmt.Errorf("tcp info: %w", ierr)
 	}
-	ms := min(info.Last_data_recv, info.Last_data_sent)
-	return time.Duration(ms) * time.Millisecond, nil
+	return info, nil
 }
