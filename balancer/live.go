@@ -10,8 +10,8 @@ import (
 // liveSet while it relays.
 type livePair struct {
 	client, server *net.TCPConn
-	be             *backend // nil in tests of the list alone
-	header         uint64   // PROXY header bytes written to server before the relay
+	be             *backend
+	header         uint64 // PROXY header bytes written to server before the relay
 	// What the peers acknowledged so far in each direction, as last sampled:
 	// never more than the relay's final counts.
 	ackedUp, ackedDown atomic.Uint64
@@ -62,10 +62,8 @@ func (s *liveSet) add(lp *livePair) bool {
 func (s *liveSet) finish(lp *livePair, up, down int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if lp.be != nil {
-		lp.be.bytesUp.Add(uint64(up))
-		lp.be.bytesDown.Add(uint64(down))
-	}
+	lp.be.bytesUp.Add(uint64(up))
+	lp.be.bytesDown.Add(uint64(down))
 	if lp.next == nil {
 		return
 	}

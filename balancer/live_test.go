@@ -15,7 +15,7 @@ func openPair(t *testing.T) *livePair {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	lp := &livePair{}
+	lp := &livePair{be: &backend{}}
 	lp.client, lp.server = tcpPair(t, ln)
 	t.Cleanup(lp.close)
 	return lp

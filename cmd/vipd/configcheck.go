@@ -71,12 +71,11 @@ func (d *daemon) checkConfigFile() configCheck {
 		}
 	}
 	d.configMetrics.checks.WithLabelValues(string(result)).Inc()
-	if result != configInvalid {
-		pending := 0.0
-		if result == configChanged {
-			pending = 1
-		}
-		d.configMetrics.restartPending.Set(pending)
+	switch result { // an invalid file says nothing about a pending restart
+	case configChanged:
+		d.configMetrics.restartPending.Set(1)
+	case configUnchanged:
+		d.configMetrics.restartPending.Set(0)
 	}
 	return result
 }
