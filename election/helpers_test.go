@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -53,25 +54,40 @@ func verifyNoLeaks() int {
 	}
 }
 
-// freePort returns a loopback port free for both TCP and UDP (gossip uses both).
+// freePort returns a loopback port free for both TCP and UDP (gossip uses
+// both), never the same one twice in this process. It draws from below
+// Linux's default ephemeral range (32768-60999): a ":0" port is an ephemeral
+// one, and the cluster's own outgoing connections (Raft, gossip retries)
+// could take it before the node meant to bind it starts.
 func freePort(t *testing.T) int {
 	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("listen: %v", err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		if portsGiven[port] {
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
 		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
 		_ = l.Close()
 		if err == nil {
 			_ = u.Close()
+			portsGiven[port] = true
 			return port
 		}
 	}
 	t.Fatal("no free port")
 	return 0
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // cutLayer is a Raft StreamLayer a test can cut: while cut, dials fail,
 // accepted connections are closed at once and live ones are closed.
