@@ -60,20 +60,31 @@ func (f *fakeHolder) Hold(ctx context.Context) error {
 
 var _ Holder = (*fakeHolder)(nil)
 
-// fakeClock hands the loop a timer that fires when the test says so. Each
-// request waits until the test has taken it.
+// fakeClock hands the loop a timer that fires when the test says so. The
+// loop waits in After until the test has taken the request (asked) and let
+// it go on (resume), so the test can line up what the loop sees next.
 type fakeClock struct {
-	asked chan time.Duration
-	timer chan time.Time
+	asked  chan time.Duration
+	resume chan struct{}
+	timer  chan time.Time
 }
 
 func newFakeClock() *fakeClock {
-	return &fakeClock{asked: make(chan time.Duration), timer: make(chan time.Time, 1)}
+	return &fakeClock{asked: make(chan time.Duration), resume: make(chan struct{}), timer: make(chan time.Time, 1)}
 }
 
 func (c *fakeClock) after(d time.Duration) <-chan time.Time {
 	c.asked <- d
+	<-c.resume
 	return c.timer
+}
+
+// pause takes the loop's request for a pause and lets the loop go on.
+func (c *fakeClock) pause(t *testing.T) time.Duration {
+	t.Helper()
+	d := recv(t, c.asked, "the retry pause")
+	c.resume <- struct{}{}
+	return d
 }
 
 func (c *fakeClock) fire() { c.timer <- time.Time{} }
@@ -166,10 +177,11 @@ func TestALossBeatsADueRetry(t *testing.T) {
 	r := start(t, f, c, 1)
 	send(t, r.events, Event{Leader: true, Term: 1})
 	recv(t, f.started, "the first hold").fail <- errors.New("claim refused")
-	recv(t, c.asked, "the retry pause") // the loop waits in After until here
+	recv(t, c.asked, "the retry pause")
 	// Both ready before the loop selects again: the loss, and the retry.
 	r.events <- Event{Leader: false, Term: 1}
 	c.fire()
+	c.resume <- struct{}{}
 	// The loop takes the second loss only once it has handled the first,
 	// and the third once it has handled the second, so by then a retry
 	// taken before the loss would have started (and released) a hold.
@@ -201,7 +213,7 @@ func TestAFailedHoldRetriesAfterThePauseUntilItHolds(t *testing.T) {
 		if !r.o.Failed() {
 			t.Fatalf("attempt %d: a failed hold is not reported", attempt)
 		}
-		if d := recv(t, c.asked, "the retry pause"); d != 7*time.Second {
+		if d := c.pause(t); d != 7*time.Second {
 			t.Errorf("attempt %d: retry after %v, want the configured 7s", attempt, d)
 		}
 		if n := f.calls.Load(); n != int32(attempt) {
