@@ -48,7 +48,7 @@ type Options struct {
 	// OnFailedChange is called, from the goroutine that changed it, whenever
 	// Failed changes. It must not block.
 	OnFailedChange func()
-	Logger *zap.Logger // nil: no logs
+	Logger         *zap.Logger // nil: no logs
 }
 
 // Owner runs the holds of one Holder. Create with New, run with Run.

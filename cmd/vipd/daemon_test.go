@@ -62,16 +62,31 @@ type testNode struct {
 	raft, gossip    string
 	backends        []string
 	killBackend     []func()
-	stop            func() error
+	stop            func() error   // cancels run's context and returns its result
+	exited          chan struct{}  // closed when run has returned
+	runErr          error          // what run returned; read after exited
 	configPath      string         // the file the daemon was started from
 	hup             chan os.Signal // stands in for SIGHUP
 }
 
 const fastHealth = "{type: tcp, interval: 100ms, rise: 1, fall: 1, initial: healthy}"
 
+// absentVIP is a VIP on an interface that does not exist: the daemon lists
+// it in /status and fails to claim it, and nothing on the host changes.
+const absentVIP = "vips: [{address: 198.18.0.100, interface: vipd-absent0}]"
+
 // startNode runs a single-node daemon on loopback, in process, with two
-// backends "a" and "b" checked as health says.
-func startNode(t *testing.T, health string) *testNode {
+// backends "a" and "b" checked as health says, and the extra top-level
+// config sections given.
+func startNode(t *testing.T, health string, extra ...string) *testNode {
+	t.Helper()
+	n, cfg := newTestNode(t, health, extra...)
+	n.start(t, cfg)
+	return n
+}
+
+// newTestNode writes and loads the config that startNode runs.
+func newTestNode(t *testing.T, health string, extra ...string) (*testNode, *config.Config) {
 	t.Helper()
 	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t)}
 	for _, name := range []string{"a", "b"} {
@@ -88,7 +103,8 @@ pools:
     backends: [{address: %s}, {address: %s}]
     health: %s
 admin: {listen: %s}
-`, n.raft, n.gossip, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin)
+%s
+`, n.raft, n.gossip, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin, strings.Join(extra, "\n"))
 	n.configPath = filepath.Join(t.TempDir(), "vipd.yaml")
 	if err := os.WriteFile(n.configPath, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -97,6 +113,12 @@ admin: {listen: %s}
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
+	return n, cfg
+}
+
+// start runs the daemon until the test ends and waits until it leads.
+func (n *testNode) start(t *testing.T, cfg *config.Config) {
+	t.Helper()
 	d, err := newDaemon(cfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatalf("newDaemon: %v", err)
@@ -105,23 +127,18 @@ admin: {listen: %s}
 	d.configPath, d.hup = n.configPath, n.hup
 	n.d = d
 	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- d.run(ctx) }()
-	var once bool
+	n.exited = make(chan struct{})
+	go func() { defer close(n.exited); n.runErr = d.run(ctx) }()
 	n.stop = func() error {
-		if once {
-			return nil
-		}
-		once = true
 		cancel()
-		return <-errc
+		<-n.exited
+		return n.runErr
 	}
 	t.Cleanup(func() { n.stop() })
 	waitFor(t, "leader and ready", func() bool {
 		var st Status
 		return n.getJSON(t, "/status", &st) == 200 && st.Ready && st.State == "leader"
 	})
-	return n
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -294,23 +311,64 @@ func TestMetricsExposeProxyCounters(t *testing.T) {
 	}
 }
 
+// /v1/leave alone stops the daemon: nothing cancels run's context.
 func TestLeaveStopsTheDaemon(t *testing.T) {
 	n := startNode(t, fastHealth)
 	if code, out := n.post(t, "/v1/leave", ""); code != http.StatusAccepted {
 		t.Fatalf("leave: HTTP %d %s", code, out)
 	}
-	done := make(chan error, 1)
-	go func() { done <- n.stop() }()
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run after leave: %v", err)
+	case <-n.exited:
+		if n.runErr != nil {
+			t.Errorf("run after leave: %v", n.runErr)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("daemon did not stop after /v1/leave")
 	}
-	if _, err := net.DialTimeout("tcp", n.frontend, time.Second); err == nil {
-		t.Error("frontend still accepts after leave")
+	for _, addr := range []string{n.frontend, n.admin, n.raft} {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still accepts after leave", addr)
+		}
+	}
+}
+
+// A daemon that fails to build or to start leaves no goroutine behind (the
+// election's event goroutine was the one left) and reports what failed.
+func TestAFailedStartLeavesNothingRunning(t *testing.T) {
+	occupy := func(t *testing.T, addr string) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+	}
+	for _, tc := range []struct {
+		name  string
+		extra string
+		setup func(t *testing.T, n *testNode)
+		want  string
+	}{
+		{"raft_bind taken", "", func(t *testing.T, n *testNode) { occupy(t, n.raft) }, "start election"},
+		{"admin listen taken", "", func(t *testing.T, n *testNode) { occupy(t, n.admin) }, "admin listener"},
+		// config accepts a 1s lifetime; vip.New wants at least 2s.
+		{"a VIP the vip package refuses", "vips: [{address: 198.18.0.100, interface: vipd-absent0, lifetime: 1s, refresh: 500ms}]", nil, "vip"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := goleak.IgnoreCurrent()
+			t.Cleanup(func() { goleak.VerifyNone(t, before) }) // last: after the backends stop
+			n, cfg := newTestNode(t, fastHealth, tc.extra)
+			if tc.setup != nil {
+				tc.setup(t, n)
+			}
+			d, err := newDaemon(cfg, zaptest.NewLogger(t))
+			if err == nil {
+				err = d.run(context.Background())
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("start: %v; want an error about %q", err, tc.want)
+			}
+		})
 	}
 }
 
