@@ -270,6 +270,9 @@ func TestBadAdminCallsAreRefusedWithAReason(t *testing.T) {
 		{"/v1/drain", `{"pool":"web","backend":"x","colour":1}`, 400, `unknown field "colour"`},
 		{"/v1/maintenance", `{"node":"solo"}`, 400, "node and on are required"},
 		{"/v1/remove", `{}`, 400, "name is required"},
+		{"/v1/remove", `{"name":"solo"}`, 400, "local node; use leave"},
+		{"/v1/remove", `{"name":"lb-9"}`, 400, "lb-9: not in the raft configuration"},
+		{"/v1/transfer", ``, 409, "no alive voter peer"},
 		{"/v1/drain", strings.Repeat(" ", maxAdminBody+1), 413, "too large"},
 	}
 	for _, tc := range cases {
