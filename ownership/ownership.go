@@ -177,7 +177,7 @@ func (o *Owner) startHold(ctx context.Context) *hold {
 		defer close(h.done)
 		err := o.holder.Hold(holdCtx)
 		if err != nil {
-			o.log.Error("hold", zap.Error(err))
+			o.log.Error("hold failed", zap.Error(err))
 		}
 		o.setFailed(err != nil)
 	}()
