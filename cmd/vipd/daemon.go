@@ -129,7 +129,7 @@ func (d *daemon) kickFitness() {
 func (d *daemon) requestLeave() { d.leaveOnce.Do(func() { close(d.leaveReq) }) }
 
 // run serves until ctx ends (a signal) or a leave is requested, then stops
-// in the order of DESIGN.md rule 9: release the VIP, hand over leadership,
+// in the order of docs/architecture.md rule 9: release the VIP, hand over leadership,
 // drain connections for the grace period.
 func (d *daemon) run(ctx context.Context) error {
 	admin, adminErr, err := d.start(ctx)

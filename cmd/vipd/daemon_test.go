@@ -520,22 +520,20 @@ func TestAFailedStartLeavesNothingRunning(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name  string
-		extra string
-		setup func(t *testing.T, n *testNode)
+		setup func(t *testing.T, n *testNode, cfg *config.Config)
 		want  string
 	}{
-		{"raft_bind taken", "", func(t *testing.T, n *testNode) { occupy(t, n.raft) }, "start election"},
-		{"admin listen taken", "", func(t *testing.T, n *testNode) { occupy(t, n.admin) }, "admin listener"},
-		// config accepts a 1s lifetime; vip.New wants at least 2s.
-		{"a VIP the vip package refuses", "vips: [{address: 198.18.0.100, interface: vipd-absent0, lifetime: 1s, refresh: 500ms}]", nil, "vip"},
+		{"raft_bind taken", func(t *testing.T, n *testNode, _ *config.Config) { occupy(t, n.raft) }, "start election"},
+		{"admin listen taken", func(t *testing.T, n *testNode, _ *config.Config) { occupy(t, n.admin) }, "admin listener"},
+		{"vip.New refuses the VIP", func(_ *testing.T, _ *testNode, cfg *config.Config) {
+			cfg.VIPs[0].Lifetime = time.Second // vip wants at least 2s (the kernel counts whole seconds)
+		}, "vip"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := goleak.IgnoreCurrent()
 			t.Cleanup(func() { goleak.VerifyNone(t, before) }) // last: after the backends stop
-			n, cfg := newTestNode(t, fastHealth, tc.extra)
-			if tc.setup != nil {
-				tc.setup(t, n)
-			}
+			n, cfg := newTestNode(t, fastHealth, absentVIP)
+			tc.setup(t, n, cfg)
 			d, err := newDaemon(cfg, zaptest.NewLogger(t))
 			if err == nil {
 				err = d.run(context.Background())
