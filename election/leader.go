@@ -1,7 +1,6 @@
 package election
 
 import (
-	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -296,9 +295,6 @@ func (h *handoff) avoid(id raft.ServerID) bool {
 // transferRetryAfter is how long a target whose transfer failed is tried last.
 const transferRetryAfter = 3 * time.Second
 
-// errNoTarget: no peer may take leadership now.
-var errNoTarget = errors.New("no alive voter peer may take leadership")
-
 // pickTarget chooses a voter peer that is alive in gossip, reachable over
 // Raft, has the voter role, is neither leaving nor in maintenance; fit peers
 // first, peers for which avoid is true last. With requireFit only fit peers
@@ -339,9 +335,9 @@ func (n *Node) pickTarget(rt *running, requireFit bool, avoid func(raft.ServerID
 	case !requireFit && len(other) > 0:
 		return other[0], nil
 	case requireFit && len(other) > 0:
-		return raft.Server{}, fmt.Errorf("%w: none reports itself fit", errNoTarget)
+		return raft.Server{}, fmt.Errorf("%w: none reports itself fit", ErrNoPeer)
 	}
-	return raft.Server{}, errNoTarget
+	return raft.Server{}, ErrNoPeer
 }
 
 func (n *Node) transferTo(rt *running, s raft.Server, reason string) error {

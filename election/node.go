@@ -525,7 +525,7 @@ func (n *Node) Remove(name string) error {
 		return err
 	}
 	if name == n.opts.NodeName {
-		return fmt.Errorf("remove %s: this is the local node; use leave", name)
+		return fmt.Errorf("remove %s: %w", name, ErrLocalNode)
 	}
 	if rt.raft.State() != raft.Leader {
 		return fmt.Errorf("remove %s: %w", name, n.notLeader(rt))
@@ -535,7 +535,7 @@ func (n *Node) Remove(name string) error {
 		return fmt.Errorf("remove %s: read configuration: %w", name, err)
 	}
 	if !inConfig(f.Configuration(), name) {
-		return fmt.Errorf("remove %s: not in the raft configuration", name)
+		return fmt.Errorf("remove %s: %w", name, ErrNotMember)
 	}
 	n.gossip.tombstone(name)
 	if err := rt.raft.RemoveServer(raft.ServerID(name), 0, n.opTimeout()).Error(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -63,21 +64,64 @@ func TestAdminErrorBecomesTheCommandsError(t *testing.T) {
 	}
 }
 
-func TestStatusTable(t *testing.T) {
-	status := `{"node":"lb-1","state":"leader","leader":"lb-1","term":7,"ready":true,
-	 "vips":[{"address":"198.18.0.100","interface":"eth0","held":true}],
-	 "members":[{"name":"lb-1","raft_addr":"198.18.0.11:7000","voter":true,"alive":true,"role":"voter","pools":1,"healthy_pools":1}],
-	 "pools":[{"name":"web","backends":[{"address":"198.18.0.21:9000","healthy":true,"drained":false,"weight":1,"active_connections":3,"total_connections":10,"last_check":"ok"}]}]}`
-	addr, _ := fakeAdmin(t, func(string, map[string]any) (int, string) { return 200, status })
+// testdata/status.json is a real daemon's /status, written by cmd/vipd's
+// TestStatusKeepsItsContract (which fails when the daemon stops answering a
+// key this file has). The table must show what it says, read here by the
+// daemon's exact keys.
+func TestStatusTableShowsARealStatus(t *testing.T) {
+	data, err := os.ReadFile("testdata/status.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st map[string]any
+	if err := json.Unmarshal(data, &st); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := fakeAdmin(t, func(string, map[string]any) (int, string) { return 200, string(data) })
 	var out, errOut bytes.Buffer
 	if code := run([]string{"--admin", addr, "status"}, &out, &errOut); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
-	for _, want := range []string{"state leader", "term 7", "198.18.0.100", "198.18.0.11:7000", "POOL web", "198.18.0.21:9000"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("status output lacks %q:\n%s", want, out.String())
+	want := []string{
+		"node " + field[string](t, st, "node"), "state " + field[string](t, st, "state"),
+		"leader " + field[string](t, st, "leader"), fmt.Sprintf("term %v", field[float64](t, st, "term")),
+	}
+	for _, v := range field[[]any](t, st, "vips") {
+		v := v.(map[string]any)
+		want = append(want, fmt.Sprintf("%s  %s  %t", field[string](t, v, "address"), field[string](t, v, "interface"), field[bool](t, v, "held")))
+	}
+	for _, m := range field[[]any](t, st, "members") {
+		m := m.(map[string]any)
+		want = append(want, fmt.Sprintf("%s  %s  %s  %t   %t  %v/%v", field[string](t, m, "name"), field[string](t, m, "raft_addr"),
+			field[string](t, m, "role"), field[bool](t, m, "voter"), field[bool](t, m, "alive"),
+			field[float64](t, m, "healthy_pools"), field[float64](t, m, "pools")))
+	}
+	for _, p := range field[[]any](t, st, "pools") {
+		p := p.(map[string]any)
+		want = append(want, "POOL "+field[string](t, p, "name"))
+		for _, b := range field[[]any](t, p, "backends") {
+			b := b.(map[string]any)
+			want = append(want, fmt.Sprintf("%s  %t  %t  %v  %v  %v  %s", field[string](t, b, "address"),
+				field[bool](t, b, "healthy"), field[bool](t, b, "drained"), field[float64](t, b, "weight"),
+				field[float64](t, b, "active_connections"), field[float64](t, b, "total_connections"), field[string](t, b, "last_check")))
 		}
 	}
+	table := strings.Join(strings.Fields(out.String()), "  ")
+	for _, w := range want {
+		if !strings.Contains(table, strings.Join(strings.Fields(w), "  ")) {
+			t.Errorf("status output lacks %q:\n%s", w, out.String())
+		}
+	}
+}
+
+// field is obj[key] as a T, failing the test when the key is missing.
+func field[T any](t *testing.T, obj map[string]any, key string) T {
+	t.Helper()
+	v, ok := obj[key].(T)
+	if !ok {
+		t.Fatalf("testdata/status.json: %q is %v, want a %T", key, obj[key], *new(T))
+	}
+	return v
 }
 
 func TestUsageErrors(t *testing.T) {

@@ -190,8 +190,10 @@ func (d *daemon) leaderCall(call func(*http.Request) error) http.HandlerFunc {
 			writeJSON(w, http.StatusOK, map[string]string{"result": "ok"})
 		case errors.As(err, &notLeader) && notLeader.LeaderAdmin != "" && r.Header.Get(forwardedHeader) == "":
 			d.forward(w, r, body, notLeader.LeaderAdmin)
-		case errors.As(err, new(badRequestError)):
+		case errors.As(err, new(badRequestError)), errors.Is(err, election.ErrLocalNode), errors.Is(err, election.ErrNotMember):
 			writeError(w, http.StatusBadRequest, err)
+		case errors.Is(err, election.ErrNoPeer): // the call is fine; the cluster cannot carry it out now
+			writeError(w, http.StatusConflict, err)
 		case errors.Is(err, election.ErrNotLeader):
 			writeError(w, http.StatusServiceUnavailable, err)
 		default:

@@ -19,6 +19,7 @@ import (
 	"github.com/vipd/vipd/config"
 	"github.com/vipd/vipd/election"
 	"github.com/vipd/vipd/health"
+	"github.com/vipd/vipd/ownership"
 	"github.com/vipd/vipd/vip"
 )
 
@@ -38,8 +39,9 @@ type daemon struct {
 	node *election.Node
 	vips *vip.Manager // nil when the config has no VIP
 
+	owner *ownership.Owner // holds the VIPs while this node leads
+
 	linkUp      atomic.Bool   // the VIP interface's link, from vip's watcher
-	holdFailed  atomic.Bool   // the last claim attempt failed: unfit to lead
 	fitnessKick chan struct{} // wakes the fitness loop; never blocks the sender
 	leaveReq    chan struct{} // closed (once) by the admin API's /v1/leave
 	leaveOnce   sync.Once
@@ -50,11 +52,18 @@ type daemon struct {
 	configMetrics *configMetrics
 }
 
-func newDaemon(cfg *config.Config, log *zap.Logger) (*daemon, error) {
+// newDaemon builds every component; only the election starts something
+// (its event goroutine). On error nothing is left running.
+func newDaemon(cfg *config.Config, log *zap.Logger) (_ *daemon, err error) {
 	d := &daemon{
 		cfg: cfg, log: log, reg: prometheus.NewRegistry(),
 		fitnessKick: make(chan struct{}, 1), leaveReq: make(chan struct{}),
 	}
+	defer func() {
+		if err != nil {
+			d.stopElection()
+		}
+	}()
 	d.linkUp.Store(true)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.configMetrics = newConfigMetrics(d.reg)
@@ -83,15 +92,18 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (*daemon, error) {
 		return nil, fmt.Errorf("election: %w", err)
 	}
 
+	oopts := ownership.Options{Logger: log.Named("ownership"), OnFailedChange: d.kickFitness}
 	if len(cfg.VIPs) > 0 {
 		vopts := vipOptions(cfg)
 		vopts.Logger, vopts.Registerer = log, d.reg
 		vopts.OnLinkChange = d.onLinkChange
-		vopts.OnHolding = d.onHolding
+		vopts.OnHolding = func() { d.owner.Holding() }
 		if d.vips, err = vip.New(vopts); err != nil {
 			return nil, fmt.Errorf("vip: %w", err)
 		}
+		oopts.Holder = d.vips
 	}
+	d.owner = ownership.New(oopts)
 	return d, nil
 }
 
@@ -106,15 +118,6 @@ func (d *daemon) onLinkChange(up bool) {
 	d.kickFitness()
 }
 
-// onHolding clears a failed claim once a retried hold succeeds, so the
-// leader stops reporting itself unfit and keeps the VIP it now holds.
-func (d *daemon) onHolding() {
-	if d.holdFailed.Swap(false) {
-		d.log.Info("VIP claim succeeded after a failure: fit again")
-		d.kickFitness()
-	}
-}
-
 func (d *daemon) kickFitness() {
 	select {
 	case d.fitnessKick <- struct{}{}:
@@ -126,26 +129,12 @@ func (d *daemon) kickFitness() {
 func (d *daemon) requestLeave() { d.leaveOnce.Do(func() { close(d.leaveReq) }) }
 
 // run serves until ctx ends (a signal) or a leave is requested, then stops
-// in the order of DESIGN.md rule 9: release the VIP, hand over leadership,
+// in the order of docs/architecture.md rule 9: release the VIP, hand over leadership,
 // drain connections for the grace period.
 func (d *daemon) run(ctx context.Context) error {
-	if d.vips != nil {
-		if err := d.vips.RemoveStale(); err != nil {
-			return fmt.Errorf("remove stale VIPs: %w", err)
-		}
-	}
-	if err := d.bal.Start(); err != nil {
-		return fmt.Errorf("start listeners: %w", err)
-	}
-	admin, adminErr, err := d.startAdmin()
+	admin, adminErr, err := d.start(ctx)
 	if err != nil {
-		d.shutdownBalancer()
 		return err
-	}
-	if err := d.node.Start(ctx); err != nil {
-		d.shutdownBalancer()
-		closeAdmin(admin)
-		return fmt.Errorf("start election: %w", err)
 	}
 
 	bg, stopBackground := context.WithCancel(context.Background())
@@ -157,8 +146,10 @@ func (d *daemon) run(ctx context.Context) error {
 	wg.Go(func() { d.fitnessLoop(bg) })
 	wg.Go(func() { d.intentLoop(bg) })
 	leading, stopLeading := context.WithCancel(bg)
-	leadershipDone := make(chan struct{})
-	go func() { defer close(leadershipDone); d.leadershipLoop(leading) }()
+	var leadingWG sync.WaitGroup
+	events := make(chan ownership.Event)
+	leadingWG.Go(func() { forwardLeadership(leading, d.node.Events(), events) })
+	leadingWG.Go(func() { d.owner.Run(leading, events) })
 
 	d.ready.Store(true)
 	d.log.Info("vipd running", zap.String("node", d.cfg.Node.Name), zap.Int("frontends", len(d.cfg.Frontends)), zap.Int("vips", len(d.cfg.VIPs)))
@@ -180,9 +171,9 @@ serve:
 	}
 	d.ready.Store(false)
 
-	// 1. The VIP goes first: the leadership loop releases it on exit.
+	// 1. The VIP goes first: the owner releases it on exit.
 	stopLeading()
-	<-leadershipDone
+	leadingWG.Wait()
 	// 2. Hand leadership over and leave the voter set on purpose.
 	leaveCtx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
 	if err := d.node.Leave(leaveCtx); err != nil {
@@ -194,12 +185,54 @@ serve:
 
 	stopBackground()
 	wg.Wait()
-	if err := d.node.Shutdown(); err != nil {
-		d.log.Warn("stop election", zap.Error(err))
-	}
+	d.stopElection()
 	closeAdmin(admin)
 	d.log.Info("vipd stopped")
 	return runErr
+}
+
+// start brings up what run serves with: stale VIPs removed, listeners, the
+// admin API, the election. If a step fails, everything started so far is
+// stopped, newest first, and the election is shut down (which New started),
+// so a failed start leaves nothing running.
+func (d *daemon) start(ctx context.Context) (_ *http.Server, _ <-chan error, err error) {
+	undo := []func(){d.stopElection}
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	if d.vips != nil {
+		if err := d.vips.RemoveStale(); err != nil {
+			return nil, nil, fmt.Errorf("remove stale VIPs: %w", err)
+		}
+	}
+	if err := d.bal.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start listeners: %w", err)
+	}
+	undo = append(undo, d.shutdownBalancer)
+	admin, adminErr, err := d.startAdmin()
+	if err != nil {
+		return nil, nil, err
+	}
+	undo = append(undo, func() { closeAdmin(admin) })
+	if err := d.node.Start(ctx); err != nil {
+		return nil, nil, fmt.Errorf("start election: %w", err)
+	}
+	return admin, adminErr, nil
+}
+
+// stopElection shuts the election down: what election.New started (the
+// event goroutine, the metrics) and what Start started. Safe to call twice.
+func (d *daemon) stopElection() {
+	if d.node == nil {
+		return
+	}
+	if err := d.node.Shutdown(); err != nil {
+		d.log.Warn("stop election", zap.Error(err))
+	}
 }
 
 func (d *daemon) shutdownBalancer() {
@@ -242,81 +275,27 @@ func closeAdmin(srv *http.Server) {
 	}
 }
 
-// leadershipLoop is the only owner of the VIP: it holds it exactly while the
-// election reports this node as the confirmed leader. A loss stops the hold,
-// whose deferred release deletes the address before anything else.
-func (d *daemon) leadershipLoop(ctx context.Context) {
-	var hold *vipHold
-	release := func() {
-		if hold != nil {
-			hold.stop()
-			hold = nil
-		}
-	}
-	defer release()
-	var (
-		holdEnded <-chan struct{} // the running hold's done; nil without one
-		retry     <-chan time.Time
-	)
+// forwardLeadership hands the election's leadership events to the owner
+// until ctx ends or the election closes them (then out is closed, which
+// releases). The hand-over is unbuffered, so the owner sees the events in
+// their order and as coalesced by the election.
+func forwardLeadership(ctx context.Context, in <-chan election.Event, out chan<- ownership.Event) {
+	defer close(out)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case ev, ok := <-d.node.Events():
+		case ev, ok := <-in:
 			if !ok {
-				return // the election stopped: the deferred release runs
+				return
 			}
-			d.log.Info("leadership", zap.Bool("leader", ev.Leader), zap.Uint64("term", ev.Term))
-			if !ev.Leader {
-				release()
-				holdEnded, retry = nil, nil
-			} else if hold == nil && d.vips != nil {
-				hold = d.startHold(ctx)
-				holdEnded = hold.done
+			select {
+			case out <- ownership.Event{Leader: ev.Leader, Term: ev.Term}:
+			case <-ctx.Done():
+				return
 			}
-		case <-holdEnded:
-			// The hold failed while this node still leads (it reported
-			// itself unfit, so leadership may move). If no peer takes over,
-			// try the VIP again rather than lead without it.
-			holdEnded, retry = nil, time.After(holdRetry)
-		case <-retry:
-			retry = nil
-			release()
-			hold = d.startHold(ctx)
-			holdEnded = hold.done
 		}
 	}
-}
-
-// holdRetry is the pause before a leader whose VIP claim failed tries again.
-const holdRetry = time.Second
-
-// vipHold is one running vip.Manager.Hold.
-type vipHold struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func (d *daemon) startHold(ctx context.Context) *vipHold {
-	holdCtx, cancel := context.WithCancel(ctx)
-	h := &vipHold{cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(h.done)
-		err := d.vips.Hold(holdCtx)
-		if err != nil {
-			d.log.Error("hold VIP", zap.Error(err))
-		}
-		// A leader that cannot hold the VIP is unfit and hands over.
-		d.holdFailed.Store(err != nil)
-		d.kickFitness()
-	}()
-	return h
-}
-
-// stop releases the VIP and returns once the address is gone.
-func (h *vipHold) stop() {
-	h.cancel()
-	<-h.done
 }
 
 // fitnessLoop tells the election how fit this node is to lead whenever the
@@ -329,7 +308,7 @@ func (d *daemon) fitnessLoop(ctx context.Context) {
 	for {
 		d.node.SetFitness(election.Fitness{
 			Pools: summary.Pools, HealthyPools: summary.HealthyPools,
-			LinkUp: d.linkUp.Load() && !d.holdFailed.Load(),
+			LinkUp: d.linkUp.Load() && !d.owner.Failed(),
 		})
 		select {
 		case <-ctx.Done():

@@ -4,17 +4,22 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 
@@ -62,16 +67,31 @@ type testNode struct {
 	raft, gossip    string
 	backends        []string
 	killBackend     []func()
-	stop            func() error
+	stop            func() error   // cancels run's context and returns its result
+	exited          chan struct{}  // closed when run has returned
+	runErr          error          // what run returned; read after exited
 	configPath      string         // the file the daemon was started from
 	hup             chan os.Signal // stands in for SIGHUP
 }
 
 const fastHealth = "{type: tcp, interval: 100ms, rise: 1, fall: 1, initial: healthy}"
 
+// absentVIP is a VIP on an interface that does not exist: the daemon lists
+// it in /status and fails to claim it, and nothing on the host changes.
+const absentVIP = "vips: [{address: 198.18.0.100, interface: vipd-absent0}]"
+
 // startNode runs a single-node daemon on loopback, in process, with two
-// backends "a" and "b" checked as health says.
-func startNode(t *testing.T, health string) *testNode {
+// backends "a" and "b" checked as health says, and the extra top-level
+// config sections given.
+func startNode(t *testing.T, health string, extra ...string) *testNode {
+	t.Helper()
+	n, cfg := newTestNode(t, health, extra...)
+	n.start(t, cfg)
+	return n
+}
+
+// newTestNode writes and loads the config that startNode runs.
+func newTestNode(t *testing.T, health string, extra ...string) (*testNode, *config.Config) {
 	t.Helper()
 	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t)}
 	for _, name := range []string{"a", "b"} {
@@ -88,7 +108,8 @@ pools:
     backends: [{address: %s}, {address: %s}]
     health: %s
 admin: {listen: %s}
-`, n.raft, n.gossip, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin)
+%s
+`, n.raft, n.gossip, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin, strings.Join(extra, "\n"))
 	n.configPath = filepath.Join(t.TempDir(), "vipd.yaml")
 	if err := os.WriteFile(n.configPath, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -97,6 +118,12 @@ admin: {listen: %s}
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
+	return n, cfg
+}
+
+// start runs the daemon until the test ends and waits until it leads.
+func (n *testNode) start(t *testing.T, cfg *config.Config) {
+	t.Helper()
 	d, err := newDaemon(cfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatalf("newDaemon: %v", err)
@@ -105,23 +132,18 @@ admin: {listen: %s}
 	d.configPath, d.hup = n.configPath, n.hup
 	n.d = d
 	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- d.run(ctx) }()
-	var once bool
+	n.exited = make(chan struct{})
+	go func() { defer close(n.exited); n.runErr = d.run(ctx) }()
 	n.stop = func() error {
-		if once {
-			return nil
-		}
-		once = true
 		cancel()
-		return <-errc
+		<-n.exited
+		return n.runErr
 	}
 	t.Cleanup(func() { n.stop() })
 	waitFor(t, "leader and ready", func() bool {
 		var st Status
 		return n.getJSON(t, "/status", &st) == 200 && st.Ready && st.State == "leader"
 	})
-	return n
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -179,31 +201,173 @@ func (n *testNode) answer(t *testing.T) string {
 	return string(data)
 }
 
-func TestStatusCarriesTheContractFields(t *testing.T) {
-	n := startNode(t, fastHealth)
-	resp, err := http.Get("http://" + n.admin + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var raw map[string]any
-	json.NewDecoder(resp.Body).Decode(&raw)
-	resp.Body.Close()
-	for _, key := range []string{"node", "state", "leader", "term", "vips", "members", "pools"} {
-		if _, ok := raw[key]; !ok {
-			t.Errorf("/status lacks %q: %v", key, raw)
+// statusContract is /status as DESIGN.md's "Admin API" promises it: every
+// field must be in the answer under exactly this key and with this JSON
+// type, so renaming a field of the Go structs behind /status fails
+// TestStatusKeepsItsContract.
+type statusContract struct {
+	Node   string `json:"node"`
+	State  string `json:"state"`
+	Leader string `json:"leader"`
+	Term   uint64 `json:"term"`
+	VIPs   []struct {
+		Address   string `json:"address"`
+		Interface string `json:"interface"`
+		Held      bool   `json:"held"`
+	} `json:"vips"`
+	Members []struct {
+		Name     string `json:"name"`
+		RaftAddr string `json:"raft_addr"`
+		Voter    bool   `json:"voter"`
+		Alive    bool   `json:"alive"`
+	} `json:"members"`
+	Pools []struct {
+		Name     string `json:"name"`
+		Backends []struct {
+			Address           string `json:"address"`
+			Healthy           bool   `json:"healthy"`
+			ActiveConnections int64  `json:"active_connections"`
+		} `json:"backends"`
+	} `json:"pools"`
+}
+
+// requireContract checks that v (decoded JSON) has every field of typ under
+// its exact key (encoding/json would match keys case-insensitively) with the
+// JSON type of the Go field, recursing into objects and every array element.
+// Arrays must not be empty, or their elements would go unchecked.
+func requireContract(t *testing.T, path string, v any, typ reflect.Type) {
+	t.Helper()
+	switch typ.Kind() {
+	case reflect.Struct:
+		obj, ok := v.(map[string]any)
+		if !ok {
+			t.Errorf("/status %s is %T, want an object", path, v)
+			return
+		}
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			key := strings.Split(f.Tag.Get("json"), ",")[0]
+			fv, ok := obj[key]
+			if !ok {
+				t.Errorf("/status %s lacks %q", path, key)
+				continue
+			}
+			requireContract(t, path+"."+key, fv, f.Type)
+		}
+	case reflect.Slice:
+		arr, ok := v.([]any)
+		if !ok || len(arr) == 0 {
+			t.Errorf("/status %s is %v, want a non-empty array", path, v)
+			return
+		}
+		for i, e := range arr {
+			requireContract(t, fmt.Sprintf("%s[%d]", path, i), e, typ.Elem())
+		}
+	case reflect.String:
+		if _, ok := v.(string); !ok {
+			t.Errorf("/status %s is %T, want a string", path, v)
+		}
+	case reflect.Bool:
+		if _, ok := v.(bool); !ok {
+			t.Errorf("/status %s is %T, want a boolean", path, v)
+		}
+	default: // numbers
+		if _, ok := v.(float64); !ok {
+			t.Errorf("/status %s is %T, want a number", path, v)
 		}
 	}
-	var st Status
-	n.getJSON(t, "/status", &st)
-	if st.Node != "solo" || st.Leader != "solo" || len(st.Members) != 1 || !st.Members[0].Voter {
-		t.Errorf("status = %+v", st)
+}
+
+// keyPaths lists every object key of v by its path ("pools[].backends[].address").
+func keyPaths(prefix string, v any, out map[string]bool) {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			out[prefix+"."+k] = true
+			keyPaths(prefix+"."+k, e, out)
+		}
+	case []any:
+		for _, e := range v {
+			keyPaths(prefix+"[]", e, out)
+		}
 	}
-	if len(st.Pools) != 1 || len(st.Pools[0].Backends) != 2 {
-		t.Fatalf("pools = %+v", st.Pools)
+}
+
+var updateStatusGolden = flag.Bool("update-status-golden", false, "rewrite "+statusGolden+" from a real daemon's /status")
+
+// statusGolden is a real /status that vipctl's tests read: vipctl is tested
+// against what the daemon answers, not against a hand-written fixture.
+const statusGolden = "../vipctl/testdata/status.json"
+
+// A real daemon's /status carries every field of the contract, under its
+// exact name, with the values of this node; and every key vipctl's tests
+// rely on (the golden file, a real answer) is still there. Extending /status
+// passes; renaming a field fails here.
+func TestStatusKeepsItsContract(t *testing.T) {
+	n := startNode(t, fastHealth, absentVIP)
+	var body []byte
+	waitFor(t, "an active check of every backend", func() bool {
+		resp, err := http.Get("http://" + n.admin + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if body, err = io.ReadAll(resp.Body); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET /status: HTTP %d %v", resp.StatusCode, err)
+		}
+		var st Status
+		if err := json.Unmarshal(body, &st); err != nil {
+			t.Fatalf("decode /status: %v", err)
+		}
+		return len(st.Pools) == 1 && st.Pools[0].Backends[0].LastCheck != "" && st.Pools[0].Backends[1].LastCheck != ""
+	})
+	var raw map[string]any
+	if err := json.Unmarshal(body, &raw); err != nil {
+		t.Fatalf("decode /status: %v", err)
 	}
-	for _, b := range st.Pools[0].Backends {
-		if !b.Healthy {
-			t.Errorf("backend %s not healthy", b.Address)
+	requireContract(t, "", raw, reflect.TypeFor[statusContract]())
+
+	var st statusContract
+	if err := json.Unmarshal(body, &st); err != nil {
+		t.Fatalf("decode /status: %v", err)
+	}
+	if st.Node != "solo" || st.State != "leader" || st.Leader != "solo" || st.Term == 0 {
+		t.Errorf("node %q state %q leader %q term %d; want solo, leader, solo, a term", st.Node, st.State, st.Leader, st.Term)
+	}
+	if len(st.VIPs) != 1 || st.VIPs[0].Address != "198.18.0.100" || st.VIPs[0].Interface != "vipd-absent0" || st.VIPs[0].Held {
+		t.Errorf("vips = %+v; want 198.18.0.100 on vipd-absent0, not held (the interface does not exist)", st.VIPs)
+	}
+	if len(st.Members) != 1 || st.Members[0].Name != "solo" || st.Members[0].RaftAddr != n.raft || !st.Members[0].Voter || !st.Members[0].Alive {
+		t.Errorf("members = %+v; want solo at %s, voter, alive", st.Members, n.raft)
+	}
+	if len(st.Pools) != 1 || st.Pools[0].Name != "web" || len(st.Pools[0].Backends) != 2 {
+		t.Fatalf("pools = %+v; want web with two backends", st.Pools)
+	}
+	for i, b := range st.Pools[0].Backends {
+		if b.Address != n.backends[i] || !b.Healthy || b.ActiveConnections != 0 {
+			t.Errorf("backend %d = %+v; want %s healthy, no connection", i, b, n.backends[i])
+		}
+	}
+
+	if *updateStatusGolden {
+		if err := os.WriteFile(statusGolden, body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	golden, err := os.ReadFile(statusGolden)
+	if err != nil {
+		t.Fatalf("%v (go test ./cmd/vipd -run TestStatusKeepsItsContract -update-status-golden writes it)", err)
+	}
+	var old any
+	if err := json.Unmarshal(golden, &old); err != nil {
+		t.Fatalf("%s: %v", statusGolden, err)
+	}
+	want, got := map[string]bool{}, map[string]bool{}
+	keyPaths("", old, want)
+	keyPaths("", raw, got)
+	for k := range want {
+		if !got[k] {
+			t.Errorf("/status lost %s, which %s (a real answer) has: a field was renamed or removed", k, statusGolden)
 		}
 	}
 }
@@ -253,6 +417,9 @@ func TestBadAdminCallsAreRefusedWithAReason(t *testing.T) {
 		{"/v1/drain", `{"pool":"web","backend":"x","colour":1}`, 400, `unknown field "colour"`},
 		{"/v1/maintenance", `{"node":"solo"}`, 400, "node and on are required"},
 		{"/v1/remove", `{}`, 400, "name is required"},
+		{"/v1/remove", `{"name":"solo"}`, 400, "local node; use leave"},
+		{"/v1/remove", `{"name":"lb-9"}`, 400, "lb-9: not in the raft configuration"},
+		{"/v1/transfer", ``, 409, "no alive voter peer"},
 		{"/v1/drain", strings.Repeat(" ", maxAdminBody+1), 413, "too large"},
 	}
 	for _, tc := range cases {
@@ -277,40 +444,104 @@ func TestBadAdminCallsAreRefusedWithAReason(t *testing.T) {
 	}
 }
 
+// One connection through the frontend shows in /metrics, read as
+// Prometheus reads it, as exactly that: one accepted, one relayed by the
+// backend that answered, the bytes it sent, nothing on the other backend.
 func TestMetricsExposeProxyCounters(t *testing.T) {
 	n := startNode(t, fastHealth)
-	n.answer(t)
-	resp, err := http.Get("http://" + n.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	answered := n.answer(t)
+	addr := map[string]string{"a": n.backends[0], "b": n.backends[1]}
+	used, idle := addr[answered], addr[map[string]string{"a": "b", "b": "a"}[answered]]
+	if used == "" {
+		t.Fatalf("the frontend answered %q", answered)
 	}
-	defer resp.Body.Close()
-	var buf bytes.Buffer
-	io.Copy(&buf, resp.Body)
-	for _, name := range []string{"vipd_", "go_goroutines", "process_open_fds"} {
-		if !strings.Contains(buf.String(), name) {
-			t.Errorf("/metrics lacks %s", name)
+	// The relay ends just after the client sees EOF: wait until it has.
+	waitFor(t, "the connection to end", func() bool {
+		return n.metric(t, "vipd_frontend_active_connections", "frontend", "web") == 0
+	})
+	for _, m := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"vipd_frontend_connections_total", []string{"frontend", "web"}, 1},
+		{"vipd_backend_connections_total", []string{"pool", "web", "backend", used}, 1},
+		{"vipd_backend_connections_total", []string{"pool", "web", "backend", idle}, 0},
+		{"vipd_backend_connect_duration_seconds", []string{"pool", "web", "backend", used}, 1}, // a histogram: its count
+		{"vipd_backend_bytes_total", []string{"backend", used, "direction", "backend_to_client"}, float64(len(answered))},
+		{"vipd_backend_bytes_total", []string{"backend", used, "direction", "client_to_backend"}, 0},
+		{"vipd_backend_active_connections", []string{"backend", used}, 0},
+		{"vipd_backend_connect_errors_total", []string{"backend", used}, 0},
+		{"vipd_frontend_refused_connections_total", []string{"frontend", "web", "reason", "no_backend"}, 0},
+		{"vipd_election_is_leader", nil, 1},
+	} {
+		if got := n.metric(t, m.name, m.labels...); got != m.want {
+			t.Errorf("%s%v = %v, want %v", m.name, m.labels, got, m.want)
+		}
+	}
+	for _, name := range []string{"go_goroutines", "process_open_fds"} {
+		if got := n.metric(t, name); got <= 0 {
+			t.Errorf("%s = %v", name, got)
 		}
 	}
 }
 
+// /v1/leave alone stops the daemon: nothing cancels run's context.
 func TestLeaveStopsTheDaemon(t *testing.T) {
 	n := startNode(t, fastHealth)
 	if code, out := n.post(t, "/v1/leave", ""); code != http.StatusAccepted {
 		t.Fatalf("leave: HTTP %d %s", code, out)
 	}
-	done := make(chan error, 1)
-	go func() { done <- n.stop() }()
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run after leave: %v", err)
+	case <-n.exited:
+		if n.runErr != nil {
+			t.Errorf("run after leave: %v", n.runErr)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("daemon did not stop after /v1/leave")
 	}
-	if _, err := net.DialTimeout("tcp", n.frontend, time.Second); err == nil {
-		t.Error("frontend still accepts after leave")
+	for _, addr := range []string{n.frontend, n.admin, n.raft} {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still accepts after leave", addr)
+		}
+	}
+}
+
+// A daemon that fails to build or to start leaves no goroutine behind (the
+// election's event goroutine was the one left) and reports what failed.
+func TestAFailedStartLeavesNothingRunning(t *testing.T) {
+	occupy := func(t *testing.T, addr string) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+	}
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, n *testNode, cfg *config.Config)
+		want  string
+	}{
+		{"raft_bind taken", func(t *testing.T, n *testNode, _ *config.Config) { occupy(t, n.raft) }, "start election"},
+		{"admin listen taken", func(t *testing.T, n *testNode, _ *config.Config) { occupy(t, n.admin) }, "admin listener"},
+		{"vip.New refuses the VIP", func(_ *testing.T, _ *testNode, cfg *config.Config) {
+			cfg.VIPs[0].Lifetime = time.Second // vip wants at least 2s (the kernel counts whole seconds)
+		}, "vip"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := goleak.IgnoreCurrent()
+			t.Cleanup(func() { goleak.VerifyNone(t, before) }) // last: after the backends stop
+			n, cfg := newTestNode(t, fastHealth, absentVIP)
+			tc.setup(t, n, cfg)
+			d, err := newDaemon(cfg, zaptest.NewLogger(t))
+			if err == nil {
+				err = d.run(context.Background())
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("start: %v; want an error about %q", err, tc.want)
+			}
+		})
 	}
 }
 
@@ -359,7 +590,7 @@ func TestSIGHUPChecksTheConfigFileAndChangesNothing(t *testing.T) {
 		waitFor(t, step.file+" checked", func() bool {
 			return n.metric(t, "vipd_config_checks_total", "result", string(step.result)) == counts[step.result]
 		})
-		if got := n.metric(t, "vipd_config_restart_pending", "", ""); got != step.pending {
+		if got := n.metric(t, "vipd_config_restart_pending"); got != step.pending {
 			t.Errorf("%s: vipd_config_restart_pending = %v, want %v", step.file, got, step.pending)
 		}
 	}
@@ -401,30 +632,56 @@ func TestChangedSectionsNamesWhatARestartWouldChange(t *testing.T) {
 	}
 }
 
-// metric reads a counter or gauge from the daemon's registry: the series
-// whose label has value, or the unlabelled one when label is "".
-func (n *testNode) metric(t *testing.T, name, label, value string) float64 {
+// scrape reads /metrics as Prometheus does.
+func (n *testNode) scrape(t *testing.T) map[string]*dto.MetricFamily {
 	t.Helper()
-	families, err := n.d.reg.Gather()
+	resp, err := http.Get("http://" + n.admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			match := label == ""
-			for _, l := range m.GetLabel() {
-				match = match || (l.GetName() == label && l.GetValue() == value)
-			}
-			if match {
-				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
 	}
-	t.Fatalf("no %s{%s=%q}", name, label, value)
-	return 0
+	return families
+}
+
+// metric is the value of the one series of name in /metrics whose labels
+// include the given name, value pairs (a histogram's value: its count).
+func (n *testNode) metric(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	var found []float64
+	n.eachSeries(t, name, func(l map[string]string, v float64) {
+		for i := 0; i+1 < len(labels); i += 2 {
+			if l[labels[i]] != labels[i+1] {
+				return
+			}
+		}
+		found = append(found, v)
+	})
+	if len(found) != 1 {
+		t.Fatalf("%d series %s%v in /metrics, want one", len(found), name, labels)
+	}
+	return found[0]
+}
+
+// eachSeries calls f with the labels and value of every series of name.
+func (n *testNode) eachSeries(t *testing.T, name string, f func(labels map[string]string, value float64)) {
+	t.Helper()
+	fam := n.scrape(t)[name]
+	if fam == nil {
+		t.Fatalf("no %s in /metrics", name)
+	}
+	for _, m := range fam.GetMetric() {
+		l := map[string]string{}
+		for _, p := range m.GetLabel() {
+			l[p.GetName()] = p.GetValue()
+		}
+		v := m.GetCounter().GetValue() + m.GetGauge().GetValue() + m.GetUntyped().GetValue() + float64(m.GetHistogram().GetSampleCount())
+		f(l, v)
+	}
 }
 
 // A backend dies under traffic: clients never see a failed connection (a
@@ -433,9 +690,14 @@ func (n *testNode) metric(t *testing.T, name, label, value string) float64 {
 func TestBackendDeathUnderTrafficCostsClientsNothing(t *testing.T) {
 	const fall = 3
 	// Active checks are slow here, so the proxy's own failed connects
-	// (passive health) are what takes the backend out.
-	n := startNode(t, fmt.Sprintf("{type: tcp, interval: 10s, timeout: 1s, rise: 1, fall: %d, initial: healthy}", fall))
+	// (passive health) are what takes the backend out. The first active
+	// check comes at a random offset within the interval: wait for it while
+	// the backend lives, so the next one is 0.9 intervals away.
+	n := startNode(t, fmt.Sprintf("{type: tcp, interval: 5s, timeout: 1s, rise: 1, fall: %d, initial: healthy}", fall))
 	dead := n.backends[0]
+	waitFor(t, "the first active check of "+dead, func() bool {
+		return n.metric(t, "vipd_health_check_duration_seconds", "backend", dead) >= 1
+	})
 	n.killBackend[0]()
 
 	for i := 0; i < 60; i++ {
@@ -448,8 +710,21 @@ func TestBackendDeathUnderTrafficCostsClientsNothing(t *testing.T) {
 	if st.Pools[0].Backends[0].Healthy {
 		t.Errorf("dead backend %s still healthy after 60 connections", dead)
 	}
-	if errs := n.metric(t, "vipd_backend_connect_errors_total", "backend", dead); errs != fall {
-		t.Errorf("proxy dialled the dead backend %v times; want exactly fall=%d, then never again", errs, fall)
+	dials := n.metric(t, "vipd_backend_connect_errors_total", "backend", dead)
+	passive := n.metric(t, "vipd_health_check_failures_total", "backend", dead, "reason", "passive")
+	var active float64 // failed active checks: should a slow run reach the next one
+	n.eachSeries(t, "vipd_health_check_failures_total", func(l map[string]string, v float64) {
+		if l["backend"] == dead && l["reason"] != "passive" {
+			active += v
+		}
+	})
+	switch {
+	case passive != dials:
+		t.Errorf("the proxy failed %v connects but health heard of %v", dials, passive)
+	case active == 0 && dials != fall:
+		t.Errorf("proxy dialled the dead backend %v times; want exactly fall=%d, then never again", dials, fall)
+	case dials > fall || dials < fall-active:
+		t.Errorf("proxy dialled the dead backend %v times beside %v failed active checks; want fall=%d failures in all, then no dial", dials, active, fall)
 	}
 	if st.Health.HealthyPools != 1 || !st.Health.Fit {
 		t.Errorf("health summary = %+v; the pool still has b", st.Health)
