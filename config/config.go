@@ -159,7 +159,9 @@ type Health struct {
 	Timeout      time.Duration `yaml:"timeout"`
 	Rise         int           `yaml:"rise"`
 	Fall         int           `yaml:"fall"`
-	Initial      string        `yaml:"initial"`
+	// Initial is the state before the first check; empty for type none,
+	// whose backends are always available.
+	Initial string `yaml:"initial"`
 }
 
 // StatusRange is an inclusive range of HTTP status codes; in YAML a number

@@ -157,6 +157,12 @@ func TestConfigErrors(t *testing.T) {
 			[]string{"pools[0].health.timeout", "must not exceed interval"}},
 		{"tls option on tcp check", pool + "    health: {type: tcp, tls_skip_verify: true}\n",
 			[]string{"pools[0].health.tls_skip_verify", "only used by type https"}},
+		// type none runs no check: a starting state would be a second,
+		// contradicting answer to "may this backend take connections".
+		{"initial unhealthy with type none", pool + "    health: {type: none, initial: unhealthy}\n",
+			[]string{"line 4", "pools[0].health.initial", `"unhealthy"`, "not used by type none"}},
+		{"initial healthy with type none", pool + "    health: {type: none, initial: healthy}\n",
+			[]string{"line 4", "pools[0].health.initial", `"healthy"`, "not used by type none"}},
 		{"missing ca file", pool + "    health: {type: https, ca_file: /nonexistent/ca.pem}\n",
 			[]string{"pools[0].health.ca_file", "/nonexistent/ca.pem", "cannot read"}},
 		{"lease not shorter than heartbeat", "cluster:\n  timing: {heartbeat: 100ms, election: 100ms, lease: 100ms}\n",

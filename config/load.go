@@ -142,11 +142,9 @@ func (v *validator) applyDefaults(c *Config) {
 		setDefault(v, path+"timeout", &h.Timeout, min(DefaultCheckTimeout, h.Interval))
 		setDefault(v, path+"rise", &h.Rise, DefaultRise)
 		setDefault(v, path+"fall", &h.Fall, DefaultFall)
-		initial := InitialUnhealthy
-		if h.Type == CheckNone {
-			initial = InitialHealthy
+		if h.Type != CheckNone { // type none has no state to start in: always available
+			setDefault(v, path+"initial", &h.Initial, InitialUnhealthy)
 		}
-		setDefault(v, path+"initial", &h.Initial, initial)
 	}
 	setDefault(v, "admin.listen", &c.Admin.Listen, DefaultAdminListen)
 	setDefault(v, "log.level", &c.Log.Level, "info")
@@ -353,10 +351,13 @@ func (v *validator) validatePools(pools []Pool) map[string]bool {
 
 func (v *validator) validateHealth(path string, h *Health) {
 	v.oneOf(path+".type", h.Type, CheckTCP, CheckHTTP, CheckHTTPS, CheckNone)
-	v.oneOf(path+".initial", h.Initial, InitialHealthy, InitialUnhealthy)
 	if h.Type == CheckNone {
+		if v.set[path+".initial"] {
+			v.bad(path+".initial", h.Initial, "not used by type none: no check runs, so its backends always take connections; remove the key or choose a check type")
+		}
 		return
 	}
+	v.oneOf(path+".initial", h.Initial, InitialHealthy, InitialUnhealthy)
 	v.positive(path+".interval", h.Interval)
 	v.positive(path+".timeout", h.Timeout)
 	if h.Timeout > h.Interval {

@@ -13,11 +13,12 @@ import (
 // newTestProber builds the prober NewMonitor would build for addr.
 func newTestProber(t *testing.T, c Check, addr string) prober {
 	t.Helper()
-	c, err := c.withDefaults()
-	if err != nil {
+	c = complete(c)
+	if err := c.validate(); err != nil {
 		t.Fatal(err)
 	}
 	var base *tls.Config
+	var err error
 	if c.Kind == KindHTTPS {
 		if base, err = loadTLS(c); err != nil {
 			t.Fatal(err)
@@ -80,10 +81,10 @@ func TestHTTPProbeStatusRanges(t *testing.T) {
 		expect []StatusRange
 		want   string
 	}{
-		{200, nil, ReasonOK},
-		{302, nil, ReasonOK}, // default 200-399; redirects are not followed
-		{404, nil, ReasonStatus},
-		{503, nil, ReasonStatus},
+		{200, []StatusRange{{200, 399}}, ReasonOK},
+		{302, []StatusRange{{200, 399}}, ReasonOK}, // config's default; redirects are not followed
+		{404, []StatusRange{{200, 399}}, ReasonStatus},
+		{503, []StatusRange{{200, 399}}, ReasonStatus},
 		{200, []StatusRange{{200, 200}}, ReasonOK},
 		{204, []StatusRange{{200, 200}}, ReasonStatus},
 		{401, []StatusRange{{200, 299}, {401, 401}}, ReasonOK}, // e.g. an apiserver without anonymous auth
@@ -105,8 +106,8 @@ func TestHTTPProbeExpectBodyIsSearchedInABoundedPrefix(t *testing.T) {
 	}{
 		{"status: ready\n", ReasonOK},
 		{"starting", ReasonBody},
-		{strings.Repeat("x", DefaultMaxBody-5) + "ready", ReasonOK},
-		{strings.Repeat("x", DefaultMaxBody) + "ready", ReasonBody},
+		{strings.Repeat("x", MaxBody-5) + "ready", ReasonOK},
+		{strings.Repeat("x", MaxBody) + "ready", ReasonBody},
 	}
 	for _, tc := range cases {
 		s.body.Store(tc.body)

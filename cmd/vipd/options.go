@@ -14,7 +14,12 @@ import (
 // This file turns the validated config into each component's own options,
 // so that no component imports config or parses strings.
 
-func balancerOptions(cfg *config.Config) balancer.Options {
+// The balancer asks health's record of each backend at every pick.
+var _ balancer.Health = (*health.Backend)(nil)
+
+// balancerOptions gives every backend mon's record of it: health decides
+// which backends may take connections, the balancer asks.
+func balancerOptions(cfg *config.Config, mon *health.Monitor) (balancer.Options, error) {
 	var opts balancer.Options
 	for _, fe := range cfg.Frontends {
 		opts.Frontends = append(opts.Frontends, balancer.FrontendConfig{
@@ -26,14 +31,17 @@ func balancerOptions(cfg *config.Config) balancer.Options {
 		pc := balancer.PoolConfig{
 			Name: p.Name, Algorithm: p.Algorithm, ConnectTimeout: p.ConnectTimeout,
 			ProxyProtocol: p.ProxyProtocol, SlowStart: p.SlowStart,
-			StartHealthy: p.Health.Initial == config.InitialHealthy,
 		}
 		for _, b := range p.Backends {
-			pc.Backends = append(pc.Backends, balancer.BackendConfig{Address: b.Address, Weight: b.Weight})
+			h, err := mon.Backend(p.Name, b.Address)
+			if err != nil {
+				return balancer.Options{}, err
+			}
+			pc.Backends = append(pc.Backends, balancer.BackendConfig{Address: b.Address, Weight: b.Weight, Health: h})
 		}
 		opts.Pools = append(opts.Pools, pc)
 	}
-	return opts
+	return opts, nil
 }
 
 func healthOptions(cfg *config.Config) health.Options {
