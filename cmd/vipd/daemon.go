@@ -76,10 +76,7 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (*daemon, error) {
 		return nil, fmt.Errorf("balancer: %w", err)
 	}
 
-	eopts, err := electionOptions(cfg)
-	if err != nil {
-		return nil, err
-	}
+	eopts := electionOptions(cfg)
 	eopts.Logger, eopts.Registerer = log, d.reg
 	if d.node, err = election.New(eopts); err != nil {
 		return nil, fmt.Errorf("election: %w", err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/vipd/vipd/balancer"
@@ -67,21 +66,17 @@ func healthOptions(cfg *config.Config) health.Options {
 	return opts
 }
 
-func electionOptions(cfg *config.Config) (election.Options, error) {
+// electionOptions passes config's resolved timing: config owns the lan and
+// wan profiles and the rules between the three durations.
+func electionOptions(cfg *config.Config) election.Options {
 	c := cfg.Cluster
-	timing := election.Timing{Heartbeat: c.Timing.Heartbeat, Election: c.Timing.Election, Lease: c.Timing.Lease}
-	if c.Timing.Profile != "" {
-		var err error
-		if timing, err = election.TimingProfile(c.Timing.Profile); err != nil {
-			return election.Options{}, fmt.Errorf("cluster.timing: %w", err)
-		}
-	}
 	return election.Options{
 		NodeName: cfg.Node.Name, RaftBind: c.RaftBind, GossipBind: c.GossipBind,
 		Join: c.Join, BootstrapExpect: c.BootstrapExpect, DataDir: c.DataDir,
-		SecretKey: c.SecretKey, Role: election.Role(c.Role), Timing: timing,
+		SecretKey: c.SecretKey, Role: election.Role(c.Role),
+		Timing:       election.Timing{Heartbeat: c.Timing.Heartbeat, Election: c.Timing.Election, Lease: c.Timing.Lease},
 		FitnessGrace: c.FitnessGrace, AdminAddr: cfg.Admin.Listen,
-	}, nil
+	}
 }
 
 func vipOptions(cfg *config.Config) vip.Options {
