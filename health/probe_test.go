@@ -1,8 +1,10 @@
 package health
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -170,5 +172,53 @@ func TestHTTPSProbePresentsClientCertificate(t *testing.T) {
 		if got := probeReason(t, with, s.addr()); got != ReasonOK {
 			t.Errorf("TLS %x with client cert: reason %q, want ok", version, got)
 		}
+	}
+}
+
+// Stopping the monitor while an https check waits for its answer, past the
+// handshake, ends the check at once: the stop reaches the TCP conn under
+// the TLS one.
+func TestHTTPSProbeStoppedWhileWaitingForTheAnswer(t *testing.T) {
+	cert := newSelfSigned(t)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert.cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	requested := make(chan struct{}, 1)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+		// The request arrives after the check has switched to the TLS
+		// conn; it is never answered.
+		if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+			requested <- struct{}{}
+		}
+		io.Copy(io.Discard, c)
+	}()
+	t.Cleanup(func() { // ends the server goroutine, and a check left hanging
+		ln.Close()
+		if c, ok := <-accepted; ok {
+			c.Close()
+		}
+	})
+	p := newTestProber(t, Check{Kind: KindHTTPS, TLSSkipVerify: true, Timeout: time.Hour}, ln.Addr().String())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.probe(ctx); close(done) }()
+	select {
+	case <-requested:
+	case <-time.After(failAfter):
+		t.Fatal("the check never sent its request")
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(failAfter):
+		t.Fatal("the check did not end when stopped")
 	}
 }
