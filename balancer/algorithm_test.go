@@ -13,9 +13,10 @@ import (
 // testPool builds a pool of healthy backends named by their index.
 func testPool(t *testing.T, algo string, slowStart time.Duration, weights ...int) *pool {
 	t.Helper()
-	pc := PoolConfig{Name: "p", Algorithm: algo, SlowStart: slowStart, StartHealthy: true}
+	pc := poolOf(algo)
+	pc.SlowStart = slowStart
 	for i, w := range weights {
-		pc.Backends = append(pc.Backends, BackendConfig{Address: "127.0.0.1:" + strconv.Itoa(1000+i), Weight: w})
+		pc.Backends = append(pc.Backends, BackendConfig{Address: "127.0.0.1:" + strconv.Itoa(1000+i), Weight: w, Health: healthyFromStart()})
 	}
 	p, err := newPool(pc, newMetrics())
 	if err != nil {
@@ -37,7 +38,7 @@ func TestRoundRobinSmoothWeightedSequence(t *testing.T) {
 
 func TestRoundRobinSkipsUnavailableAndTried(t *testing.T) {
 	p := testPool(t, "round_robin", 0, 1, 1, 1)
-	p.backends[0].healthy.Store(false)
+	setHealthy(p.backends[0], false)
 	p.backends[1].drained.Store(true)
 	for range 5 {
 		if i := p.pick(0, nil); i != 2 {
@@ -53,7 +54,7 @@ func TestEveryAlgorithmPicksOnlyAvailableUntriedBackends(t *testing.T) {
 	for _, algo := range []string{"round_robin", "least_conn", "random2", "source_hash"} {
 		t.Run(algo, func(t *testing.T) {
 			p := testPool(t, algo, 0, 1, 1, 1, 1)
-			p.backends[0].healthy.Store(false)
+			setHealthy(p.backends[0], false)
 			p.backends[1].drained.Store(true)
 			seen := map[int]int{}
 			for k := range 200 {
@@ -62,7 +63,7 @@ func TestEveryAlgorithmPicksOnlyAvailableUntriedBackends(t *testing.T) {
 			if len(seen) != 1 || seen[2] != 200 {
 				t.Fatalf("picks %v, want only backend 2", seen)
 			}
-			p.backends[2].healthy.Store(false)
+			setHealthy(p.backends[2], false)
 			if i := p.pick(1, tried{false, false, false, true}); i != -1 {
 				t.Fatalf("picked %d with nothing available, want -1", i)
 			}
@@ -166,11 +167,11 @@ func TestSourceHashStablePerClient(t *testing.T) {
 func TestSourceHashMovesAboutOneNthOnChange(t *testing.T) {
 	const n = 5000
 	p := testPool(t, "source_hash", 0, 1, 1, 1, 1, 1, 1)
-	p.backends[5].healthy.Store(false) // five in service, a sixth to add
+	setHealthy(p.backends[5], false) // five in service, a sixth to add
 	before := sourceHashMap(p, n)
 
 	// Add the sixth: only clients that move to it move, about 1/6.
-	p.backends[5].healthy.Store(true)
+	setHealthy(p.backends[5], true)
 	added := sourceHashMap(p, n)
 	moved := 0
 	for k := range n {
@@ -187,7 +188,7 @@ func TestSourceHashMovesAboutOneNthOnChange(t *testing.T) {
 	}
 
 	// Remove backend 2: only its clients move, spread over the others.
-	p.backends[2].healthy.Store(false)
+	setHealthy(p.backends[2], false)
 	removed := sourceHashMap(p, n)
 	moved = 0
 	for k := range n {
@@ -220,10 +221,7 @@ func TestSlowStartRampsEffectiveWeight(t *testing.T) {
 	p := testPool(t, "round_robin", 10*time.Second, 10, 10)
 	be := p.backends[1]
 	t0 := time.Unix(1000, 0)
-	be.healthy.Store(false)
-	if !be.setHealthy(true, t0) {
-		t.Fatal("setHealthy(true) on an unhealthy backend reported no change")
-	}
+	be.health.(*testHealth).turnUp(t0)
 	full := int64(10 * weightScale)
 	cases := []struct {
 		at   time.Duration
@@ -241,8 +239,7 @@ func TestSlowStartRampsEffectiveWeight(t *testing.T) {
 
 func TestSlowStartLimitsShareOfNewBackend(t *testing.T) {
 	p := testPool(t, "round_robin", time.Hour, 1, 1)
-	p.backends[1].healthy.Store(false)
-	p.backends[1].setHealthy(true, time.Now())
+	p.backends[1].health.(*testHealth).turnUp(time.Now())
 	counts := make([]int, 2)
 	for range 1100 {
 		counts[p.pick(0, nil)]++
@@ -255,18 +252,32 @@ func TestSlowStartLimitsShareOfNewBackend(t *testing.T) {
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
-	good := PoolConfig{Name: "p", Algorithm: "round_robin", Backends: []BackendConfig{{Address: "127.0.0.1:1", Weight: 1}}}
-	cases := map[string]Options{
-		"unknown algorithm": {Pools: []PoolConfig{{Name: "p", Algorithm: "fastest"}}},
-		"zero weight":       {Pools: []PoolConfig{{Name: "p", Backends: []BackendConfig{{Address: "127.0.0.1:1"}}}}},
-		"bad address":       {Pools: []PoolConfig{{Name: "p", Backends: []BackendConfig{{Address: "nohostport", Weight: 1}}}}},
-		"proxy protocol":    {Pools: []PoolConfig{{Name: "p", ProxyProtocol: "v3"}}},
-		"duplicate pool":    {Pools: []PoolConfig{good, good}},
-		"unknown pool":      {Pools: []PoolConfig{good}, Frontends: []FrontendConfig{{Name: "f", Listen: "127.0.0.1:0", Pool: "q"}}},
+	good := poolOf("round_robin", "127.0.0.1:1")
+	with := func(change func(*PoolConfig)) []PoolConfig {
+		pc := poolOf("round_robin", "127.0.0.1:1")
+		change(&pc)
+		return []PoolConfig{pc}
 	}
-	for name, opts := range cases {
-		if _, err := New(opts); err == nil {
-			t.Errorf("%s: New accepted it", name)
+	cases := map[string]struct {
+		opts Options
+		name string // what the error must name
+	}{
+		"unknown algorithm": {Options{Pools: with(func(pc *PoolConfig) { pc.Algorithm = "fastest" })}, "fastest"},
+		"zero weight":       {Options{Pools: with(func(pc *PoolConfig) { pc.Backends[0].Weight = 0 })}, "weight"},
+		"bad address":       {Options{Pools: with(func(pc *PoolConfig) { pc.Backends[0].Address = "nohostport" })}, "nohostport"},
+		"proxy protocol":    {Options{Pools: with(func(pc *PoolConfig) { pc.ProxyProtocol = "v3" })}, "v3"},
+		"duplicate pool":    {Options{Pools: []PoolConfig{good, good}}, `"p"`},
+		"unknown pool":      {Options{Pools: []PoolConfig{good}, Frontends: []FrontendConfig{{Name: "f", Listen: "127.0.0.1:0", Pool: "q"}}}, `"q"`},
+		// Defaults live in config alone: a value left out is an error, not
+		// a silent default of the balancer's own.
+		"no algorithm":       {Options{Pools: with(func(pc *PoolConfig) { pc.Algorithm = "" })}, "algorithm"},
+		"no proxy protocol":  {Options{Pools: with(func(pc *PoolConfig) { pc.ProxyProtocol = "" })}, "proxy_protocol"},
+		"no connect timeout": {Options{Pools: with(func(pc *PoolConfig) { pc.ConnectTimeout = 0 })}, "connect_timeout"},
+		"no health":          {Options{Pools: with(func(pc *PoolConfig) { pc.Backends[0].Health = nil })}, "Health"},
+	}
+	for name, tc := range cases {
+		if _, err := New(tc.opts); err == nil || !strings.Contains(err.Error(), tc.name) {
+			t.Errorf("%s: New returned %v, want an error naming %s", name, err, tc.name)
 		} else {
 			t.Logf("%s: %v", name, err)
 		}

@@ -19,22 +19,35 @@ import (
 	"go.uber.org/zap"
 )
 
+// Health is the health checker's record of one backend (health.Backend
+// implements it). The balancer keeps no copy: it asks at every pick, so
+// what the proxy does and what /status and fitness report cannot disagree.
+type Health interface {
+	// Healthy reports whether the backend may take new connections. It is
+	// called on every pick and must be cheap: no lock, no lookup.
+	Healthy() bool
+	// HealthySince is when the backend last turned healthy, the zero Time
+	// when it has been healthy from the start. Read only with slow start.
+	HealthySince() time.Time
+}
+
 // BackendConfig is one backend server of a pool.
 type BackendConfig struct {
 	Address string // host:port
 	Weight  int    // >= 1
+	Health  Health // required
 }
 
 // PoolConfig describes a pool of backends and how connections are spread
-// over them.
+// over them. Every value is required unless it says what zero means: the
+// defaults belong to the config package.
 type PoolConfig struct {
 	Name           string
-	Algorithm      string // round_robin | least_conn | random2 | source_hash
-	ConnectTimeout time.Duration
+	Algorithm      string        // round_robin | least_conn | random2 | source_hash
+	ConnectTimeout time.Duration // > 0
 	ProxyProtocol  string        // none | v1 | v2
 	SlowStart      time.Duration // 0 = off
 	Backends       []BackendConfig
-	StartHealthy   bool // initial health of every backend
 }
 
 // FrontendConfig describes one listener and the pool it feeds.
@@ -239,21 +252,6 @@ func (b *Balancer) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// SetHealthy marks a backend healthy or not. An unhealthy backend gets no new
-// connections; live ones continue. A backend turning healthy ramps up over
-// the pool's slow start.
-func (b *Balancer) SetHealthy(pool, backend string, healthy bool) error {
-	be, err := b.backend(pool, backend)
-	if err != nil {
-		return err
-	}
-	if be.setHealthy(healthy, time.Now()) {
-		b.log.Info("backend health changed", zap.String("pool", pool),
-			zap.String("backend", backend), zap.Bool("healthy", healthy))
-	}
-	return nil
-}
-
 // SetDrained marks a backend drained or not. A drained backend gets no new
 // connections; live ones continue until they end.
 func (b *Balancer) SetDrained(pool, backend string, drained bool) error {
@@ -276,7 +274,7 @@ func (b *Balancer) Status() []PoolStatus {
 		for _, be := range p.backends {
 			ps.Backends = append(ps.Backends, BackendStatus{
 				Address:           be.addr,
-				Healthy:           be.healthy.Load(),
+				Healthy:           be.health.Healthy(),
 				Drained:           be.drained.Load(),
 				Weight:            be.weight,
 				ActiveConnections: be.active.Load(),

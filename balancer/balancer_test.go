@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,13 +125,48 @@ func startBalancer(t testing.TB, pc PoolConfig, fc FrontendConfig, reporter Conn
 	return b, reg
 }
 
+// poolOf is a pool of healthy backends of weight 1 named p (startBalancer
+// names it too).
 func poolOf(algo string, addrs ...string) PoolConfig {
-	pc := PoolConfig{Algorithm: algo, ConnectTimeout: time.Second, StartHealthy: true}
+	pc := PoolConfig{Name: "p", Algorithm: algo, ConnectTimeout: time.Second, ProxyProtocol: "none"}
 	for _, a := range addrs {
-		pc.Backends = append(pc.Backends, BackendConfig{Address: a, Weight: 1})
+		pc.Backends = append(pc.Backends, BackendConfig{Address: a, Weight: 1, Health: healthyFromStart()})
 	}
 	return pc
 }
+
+// testHealth is a Health the test sets by hand, standing in for the
+// health checker's record of a backend.
+type testHealth struct {
+	healthy atomic.Bool
+	since   atomic.Int64 // unix nanos of the last turn up; 0 = healthy from the start
+}
+
+var _ Health = (*testHealth)(nil)
+
+func healthyFromStart() *testHealth {
+	h := &testHealth{}
+	h.healthy.Store(true)
+	return h
+}
+
+func (h *testHealth) Healthy() bool { return h.healthy.Load() }
+
+func (h *testHealth) HealthySince() time.Time {
+	if n := h.since.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// turnUp makes the backend healthy as of at.
+func (h *testHealth) turnUp(at time.Time) {
+	h.since.Store(at.UnixNano())
+	h.healthy.Store(true)
+}
+
+// setHealthy sets the testHealth behind be.
+func setHealthy(be *backend, healthy bool) { be.health.(*testHealth).healthy.Store(healthy) }
 
 func dial(t testing.TB, b *Balancer) *net.TCPConn {
 	t.Helper()

@@ -77,7 +77,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(m.beBytes, counter, float64(relayed[be].up), p.name, be.addr, "client_to_backend")
 			ch <- prometheus.MustNewConstMetric(m.beBytes, counter, float64(relayed[be].down), p.name, be.addr, "backend_to_client")
 			ch <- prometheus.MustNewConstMetric(m.beConnectErrors, counter, float64(be.connectErrors.Load()), l...)
-			ch <- prometheus.MustNewConstMetric(m.beHealthy, gauge, boolFloat(be.healthy.Load()), l...)
+			ch <- prometheus.MustNewConstMetric(m.beHealthy, gauge, boolFloat(be.health.Healthy()), l...)
 			ch <- prometheus.MustNewConstMetric(m.beDrained, gauge, boolFloat(be.drained.Load()), l...)
 		}
 	}

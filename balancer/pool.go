@@ -5,7 +5,6 @@ import (
 	"hash/fnv"
 	"math/rand/v2"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,16 +21,15 @@ const weightScale = 1000
 const slowStartFloor = 10
 
 // backend is one server of a pool. Its state is atomics, so the hot path
-// reads it without locks.
+// reads it without locks; whether it is healthy is health's to say.
 type backend struct {
 	addr      string
 	weight    int
 	slowStart time.Duration
 	seed      uint64 // source_hash identity, from the address
+	health    Health
 
-	healthy      atomic.Bool
-	drained      atomic.Bool
-	healthySince atomic.Int64 // unix nanos of the last unhealthy→healthy turn; 0 = full weight
+	drained atomic.Bool
 
 	active        atomic.Int64
 	total         atomic.Uint64
@@ -41,33 +39,24 @@ type backend struct {
 	connectTime   prometheus.Observer
 }
 
-// setHealthy records a health change and reports whether it was one.
-func (be *backend) setHealthy(healthy bool, now time.Time) bool {
-	if be.healthy.Swap(healthy) == healthy {
-		return false
-	}
-	if healthy && be.slowStart > 0 {
-		be.healthySince.Store(now.UnixNano())
-	}
-	return true
-}
-
 // available reports whether the backend may take new connections.
 func (be *backend) available() bool {
-	return be.healthy.Load() && !be.drained.Load()
+	return !be.drained.Load() && be.health.Healthy()
 }
 
 // effWeight is the backend's weight in weightScale units, reduced while it
 // ramps up after turning healthy: from weight/10 to weight over slowStart.
 func (be *backend) effWeight(now int64) int64 {
 	full := int64(be.weight) * weightScale
-	since := be.healthySince.Load()
-	if since == 0 {
+	if be.slowStart == 0 {
 		return full
 	}
-	elapsed := now - since
+	since := be.health.HealthySince()
+	if since.IsZero() {
+		return full
+	}
+	elapsed := now - since.UnixNano()
 	if elapsed >= int64(be.slowStart) {
-		be.healthySince.CompareAndSwap(since, 0)
 		return full
 	}
 	if elapsed < 0 {
@@ -100,7 +89,7 @@ func newPool(pc PoolConfig, m *metrics) (*pool, error) {
 		byAddr:         make(map[string]*backend, len(pc.Backends)),
 	}
 	switch pc.ProxyProtocol {
-	case "", "none":
+	case "none":
 	case "v1":
 		p.proxyVersion = 1
 	case "v2":
@@ -108,9 +97,11 @@ func newPool(pc PoolConfig, m *metrics) (*pool, error) {
 	default:
 		return nil, fmt.Errorf("pool %q: proxy_protocol %q: want none, v1 or v2", pc.Name, pc.ProxyProtocol)
 	}
-	if pc.SlowStart < 0 || pc.ConnectTimeout < 0 {
-		return nil, fmt.Errorf("pool %q: slow_start %s and connect_timeout %s must not be negative",
-			pc.Name, pc.SlowStart, pc.ConnectTimeout)
+	if pc.ConnectTimeout <= 0 {
+		return nil, fmt.Errorf("pool %q: connect_timeout %s: must be greater than zero", pc.Name, pc.ConnectTimeout)
+	}
+	if pc.SlowStart < 0 {
+		return nil, fmt.Errorf("pool %q: slow_start %s: must not be negative", pc.Name, pc.SlowStart)
 	}
 	for _, bc := range pc.Backends {
 		if bc.Weight < 1 {
@@ -122,6 +113,9 @@ func newPool(pc PoolConfig, m *metrics) (*pool, error) {
 		if _, dup := p.byAddr[bc.Address]; dup {
 			return nil, fmt.Errorf("pool %q: backend %q: listed twice", pc.Name, bc.Address)
 		}
+		if bc.Health == nil {
+			return nil, fmt.Errorf("pool %q: backend %q: no Health to ask", pc.Name, bc.Address)
+		}
 		h := fnv.New64a()
 		h.Write([]byte(bc.Address))
 		be := &backend{
@@ -129,9 +123,9 @@ func newPool(pc PoolConfig, m *metrics) (*pool, error) {
 			weight:      bc.Weight,
 			slowStart:   pc.SlowStart,
 			seed:        h.Sum64(),
+			health:      bc.Health,
 			connectTime: m.connectTime.WithLabelValues(pc.Name, bc.Address),
 		}
-		be.healthy.Store(pc.StartHealthy)
 		p.backends = append(p.backends, be)
 		p.byAddr[bc.Address] = be
 	}
@@ -156,8 +150,8 @@ type algorithm interface {
 }
 
 func newAlgorithm(name string, n int) (algorithm, error) {
-	switch strings.ToLower(name) {
-	case "", "round_robin":
+	switch name {
+	case "round_robin":
 		return &roundRobin{current: make([]int64, n)}, nil
 	case "least_conn":
 		return &leastConn{}, nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -161,7 +162,7 @@ func TestNoBackendAvailableClosesAtOnce(t *testing.T) {
 	rec := newRecorder()
 	be := startBackend(t, namedEcho("a"))
 	pc := poolOf("round_robin", be)
-	pc.StartHealthy = false
+	pc.Backends[0].Health.(*testHealth).healthy.Store(false)
 	b, reg := startBalancer(t, pc, FrontendConfig{}, rec)
 	start := time.Now()
 	expectRefused(t, b)
@@ -248,6 +249,11 @@ func TestShutdownClosesConnectionsBeyondGrace(t *testing.T) {
 	}
 }
 
+// An idle connection is closed once idle_timeout has passed without data
+// either way, and not sooner: it is still open halfway through. Connections
+// whose traffic goes either way are never idle. Nothing here bounds how
+// late the close may come (that would measure speed, not behaviour); the
+// idle-timeout counter proves it was the timeout that closed it.
 func TestIdleTimeoutClosesIdleConnectionOnly(t *testing.T) {
 	// The ticker backend talks on its own every 20ms: a conn whose only
 	// traffic goes backend → client is active too.
@@ -260,40 +266,47 @@ func TestIdleTimeoutClosesIdleConnectionOnly(t *testing.T) {
 		}
 	})
 	echoAddr := startBackend(t, namedEcho("echo"))
-	const idle = 300 * time.Millisecond
+	const idle = 400 * time.Millisecond
 	fc := FrontendConfig{IdleTimeout: idle}
 	echoBal, echoReg := startBalancer(t, poolOf("round_robin", echoAddr), fc, nil)
 	tickBal, _ := startBalancer(t, poolOf("round_robin", ticker), fc, nil)
+	idleTimeouts := func() float64 {
+		return metricValue(t, echoReg, "vipd_frontend_idle_timeouts_total", map[string]string{"frontend": "fe"})
+	}
 
-	idleConn, _, _ := greeting(t, echoBal)
+	idleConn, idleR, _ := greeting(t, echoBal)
 	chatty, chattyR, _ := greeting(t, echoBal)
 	listener := dial(t, tickBal)
-	start := time.Now()
-	idleClosed := make(chan time.Duration, 1)
-	go func() {
-		_, _ = idleConn.Read(make([]byte, 1))
-		idleClosed <- time.Since(start)
-	}()
+	// The proxy sees the idle conn's last data no earlier than this write,
+	// so its idle period cannot end before lastData+idle.
+	lastData := time.Now()
+	echo(t, idleConn, idleR, "last words")
+
+	_ = idleConn.SetReadDeadline(lastData.Add(idle / 2))
+	if n, err := idleConn.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("idle conn at half its idle_timeout: read %d bytes, %v; want it still open", n, err)
+	}
+	if n := idleTimeouts(); n != 0 {
+		t.Fatalf("%v idle timeouts counted before any conn was idle for idle_timeout", n)
+	}
+
 	// Three idle periods: the chatty conn pings every 20ms, the listener
-	// only receives.
+	// only receives. Meanwhile the idle conn must be closed.
 	lr := bufio.NewReader(listener)
-	for time.Since(start) < 3*idle {
+	for time.Since(lastData) < 3*idle {
 		echo(t, chatty, chattyR, "ping")
 		if line, err := lr.ReadString('\n'); err != nil || line != "t\n" {
 			t.Fatalf("receive-only conn: %q, %v", line, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	select {
-	case d := <-idleClosed:
-		t.Logf("idle conn closed %s after its last data (idle_timeout %s)", d, idle)
-	case <-time.After(ioWait):
-		t.Fatal("idle connection never closed")
-	}
+	_ = idleConn.SetReadDeadline(time.Now().Add(ioWait))
+	expectClosed(t, idleConn)
+	waitFor(t, func() bool { return idleTimeouts() >= 1 })
 	echo(t, chatty, chattyR, "still open")
-	waitFor(t, func() bool {
-		return metricValue(t, echoReg, "vipd_frontend_idle_timeouts_total", map[string]string{"frontend": "fe"}) == 1
-	})
+	if n := idleTimeouts(); n != 1 {
+		t.Fatalf("%v idle timeouts, want exactly the idle conn's", n)
+	}
 }
 
 func TestProxyProtocolHeaderCarriesClientAddress(t *testing.T) {
@@ -433,19 +446,31 @@ func TestDrainedBackendGetsNoNewConnectionsLiveOneContinues(t *testing.T) {
 	}
 }
 
-func TestSetHealthyFalseRemovesFromRotation(t *testing.T) {
+// The balancer keeps no copy of health: whatever the backend's Health says
+// at pick time is what the proxy, Status and the metric show.
+func TestBalancerAsksHealthAtEveryPick(t *testing.T) {
 	a := startBackend(t, namedEcho("a"))
 	bAddr := startBackend(t, namedEcho("b"))
-	b, _ := startBalancer(t, poolOf("least_conn", a, bAddr), FrontendConfig{}, nil)
-	if err := b.SetHealthy("p", bAddr, false); err != nil {
-		t.Fatal(err)
+	pc := poolOf("least_conn", a, bAddr)
+	bHealth := pc.Backends[1].Health.(*testHealth)
+	b, reg := startBalancer(t, pc, FrontendConfig{}, nil)
+	healthyGauge := func() float64 {
+		return metricValue(t, reg, "vipd_backend_healthy", map[string]string{"pool": "p", "backend": bAddr})
 	}
+	bHealth.healthy.Store(false)
 	allReach(t, b, 4, "a")
-	if st := b.Status()[0].Backends[1]; st.Healthy {
-		t.Fatalf("status %+v, want unhealthy", st)
+	if st := b.Status()[0].Backends[1]; st.Healthy || healthyGauge() != 0 {
+		t.Fatalf("status %+v, gauge %v; want unhealthy", st, healthyGauge())
 	}
-	if err := b.SetHealthy("p", "127.0.0.1:1", true); err == nil {
-		t.Fatal("SetHealthy accepted an unknown backend")
+	bHealth.healthy.Store(true)
+	seen := map[string]bool{}
+	for range 4 {
+		c, _, name := greeting(t, b)
+		seen[name] = true
+		_ = c.Close()
+	}
+	if !seen["b"] || !b.Status()[0].Backends[1].Healthy || healthyGauge() != 1 {
+		t.Fatalf("backend b healthy again but reached %v, status %+v, gauge %v", seen, b.Status()[0].Backends[1], healthyGauge())
 	}
 	if err := b.SetDrained("nopool", a, true); err == nil {
 		t.Fatal("SetDrained accepted an unknown pool")
@@ -461,7 +486,7 @@ func TestListenerBindsAddressNotOnHost(t *testing.T) {
 		t.Skipf("%s is local here, the test proves nothing", vip)
 	}
 	b, err := New(Options{
-		Pools:     []PoolConfig{{Name: "p", Algorithm: "round_robin"}},
+		Pools:     []PoolConfig{poolOf("round_robin")},
 		Frontends: []FrontendConfig{{Name: "vip", Listen: vip, Pool: "p"}},
 	})
 	if err != nil {
@@ -484,7 +509,7 @@ func TestListenerBindsIPv6WithFreebind(t *testing.T) {
 		_ = ln.Close()
 	}
 	b, err := New(Options{
-		Pools:     []PoolConfig{{Name: "p"}},
+		Pools:     []PoolConfig{poolOf("round_robin")},
 		Frontends: []FrontendConfig{{Name: "v6", Listen: "[::1]:0", Pool: "p"}},
 	})
 	if err != nil {
@@ -506,7 +531,7 @@ func TestStartFailsCleanlyWhenAddressTaken(t *testing.T) {
 	}
 	defer ln.Close()
 	b, err := New(Options{
-		Pools: []PoolConfig{{Name: "p"}},
+		Pools: []PoolConfig{poolOf("round_robin")},
 		Frontends: []FrontendConfig{{Name: "free", Listen: "127.0.0.1:0", Pool: "p"},
 			{Name: "taken", Listen: ln.Addr().String(), Pool: "p"}},
 	})

@@ -55,8 +55,10 @@ type Cluster struct {
 	SecretKey []byte `yaml:"-"`
 }
 
-// Timing is either a named profile ("lan", "wan") or explicit Raft timings.
-// After Load, Profile is empty exactly when the three durations are set.
+// Timing is the Raft timing: in the file a named profile ("lan", "wan") or
+// the three durations. After Load the durations are always set (a profile
+// resolved to its values) and valid; Profile names the profile they came
+// from, empty when the file gave them.
 type Timing struct {
 	Profile   string        `yaml:"-"`
 	Heartbeat time.Duration `yaml:"heartbeat"`
@@ -69,6 +71,20 @@ const (
 	TimingLAN = "lan"
 	TimingWAN = "wan"
 )
+
+// timingProfiles are the values of the named timings. "lan" replaces a dead
+// leader in about 200-300 ms; "wan" tolerates slow links and long pauses.
+//
+// The lan lease is 70 ms, not half the heartbeat: the lease is what makes a
+// leader step down when its process is briefly starved of CPU, and 50 ms
+// flapped under full CPU load on a 2-core VM where 70 ms held. The 30 ms left
+// below the followers' earliest timeout, plus the vote round trips and the
+// new leader's Barrier, keeps a cut-off leader withdrawn before a successor
+// announces (DESIGN.md rule 6).
+var timingProfiles = map[string]Timing{
+	TimingLAN: {Profile: TimingLAN, Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond},
+	TimingWAN: {Profile: TimingWAN, Heartbeat: time.Second, Election: time.Second, Lease: 500 * time.Millisecond},
+}
 
 func (t *Timing) decodeNode(d *decoder, n *yaml.Node, path string) {
 	if n.Kind == yaml.ScalarNode {
@@ -159,7 +175,9 @@ type Health struct {
 	Timeout      time.Duration `yaml:"timeout"`
 	Rise         int           `yaml:"rise"`
 	Fall         int           `yaml:"fall"`
-	Initial      string        `yaml:"initial"`
+	// Initial is the state before the first check; empty for type none,
+	// whose backends are always available.
+	Initial string `yaml:"initial"`
 }
 
 // StatusRange is an inclusive range of HTTP status codes; in YAML a number

@@ -157,6 +157,12 @@ func TestConfigErrors(t *testing.T) {
 			[]string{"pools[0].health.timeout", "must not exceed interval"}},
 		{"tls option on tcp check", pool + "    health: {type: tcp, tls_skip_verify: true}\n",
 			[]string{"pools[0].health.tls_skip_verify", "only used by type https"}},
+		// type none runs no check: a starting state would be a second,
+		// contradicting answer to "may this backend take connections".
+		{"initial unhealthy with type none", pool + "    health: {type: none, initial: unhealthy}\n",
+			[]string{"line 4", "pools[0].health.initial", `"unhealthy"`, "not used by type none"}},
+		{"initial healthy with type none", pool + "    health: {type: none, initial: healthy}\n",
+			[]string{"line 4", "pools[0].health.initial", `"healthy"`, "not used by type none"}},
 		{"missing ca file", pool + "    health: {type: https, ca_file: /nonexistent/ca.pem}\n",
 			[]string{"pools[0].health.ca_file", "/nonexistent/ca.pem", "cannot read"}},
 		{"lease not shorter than heartbeat", "cluster:\n  timing: {heartbeat: 100ms, election: 100ms, lease: 100ms}\n",
@@ -171,6 +177,25 @@ func TestConfigErrors(t *testing.T) {
 			[]string{"line 2", "cluster.secret_file", "5 bytes"}},
 		{"refresh too slow for lifetime", "vips:\n  - {address: 198.18.0.100, interface: eth0, lifetime: 2s, refresh: 1500ms}\n",
 			[]string{"vips[0].refresh", "half the lifetime"}},
+		// The rules of vip and election, owned here (issue 9).
+		{"lifetime under the kernel's whole seconds", "vips:\n  - {address: 198.18.0.100, interface: eth0, lifetime: 1500ms, refresh: 500ms}\n",
+			[]string{"line 2", "vips[0].lifetime", `"1.5s"`, "at least 2s"}},
+		{"no announcement", "vips:\n  - {address: 198.18.0.100, interface: eth0, announce_count: 0}\n",
+			[]string{"line 2", "vips[0].announce_count", `"0"`, "at least 1"}},
+		{"announce interval zero", "vips:\n  - {address: 198.18.0.100, interface: eth0, announce_interval: 0s}\n",
+			[]string{"line 2", "vips[0].announce_interval", "greater than zero"}},
+		{"loopback VIP", "vips:\n  - {address: 127.0.0.2, interface: lo}\n",
+			[]string{"line 2", "vips[0].address", `"127.0.0.2"`, "unicast"}},
+		{"link-local VIP", "vips:\n  - {address: \"fe80::1\", interface: eth0}\n",
+			[]string{"vips[0].address", `"fe80::1"`, "link-local"}},
+		{"VIP with zone", "vips:\n  - {address: \"2001:2::1%eth0\", interface: eth0}\n",
+			[]string{"vips[0].address", "zone"}},
+		{"timing below raft's minimum", "cluster:\n  timing: {heartbeat: 4ms, election: 100ms, lease: 2ms}\n",
+			[]string{"line 2", "cluster.timing.heartbeat", `"4ms"`, "at least 5ms", "cluster.timing.lease", `"2ms"`}},
+		{"timing without lease", "cluster:\n  timing: {heartbeat: 100ms, election: 100ms}\n",
+			[]string{"cluster.timing.lease", "required, at least 5ms"}},
+		{"heartbeat beyond election", "cluster:\n  timing: {heartbeat: 200ms, election: 100ms, lease: 50ms}\n",
+			[]string{"cluster.timing.heartbeat", `"200ms"`, "must not exceed election"}},
 		{"list where a value belongs", "log:\n  level: [info]\n",
 			[]string{"line 2", "log.level", "expected a single value"}},
 		{"not YAML", "pools: [\n", []string{"not valid YAML"}},
@@ -218,5 +243,15 @@ func TestDefaultIsValidSingleNode(t *testing.T) {
 	cfg := Default()
 	if cfg.Cluster.BootstrapExpect != 1 || len(cfg.VIPs) != 0 || len(cfg.Frontends) != 1 || len(cfg.Pools[0].Backends) != 2 {
 		t.Errorf("default is not the single-node load balancer: %+v", cfg)
+	}
+}
+
+func TestTypeNoneHasNoStartingState(t *testing.T) {
+	cfg, err := Parse([]byte("pools:\n  - {name: p, backends: [{address: 127.0.0.1:9000}], health: {type: none}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := cfg.Pools[0].Health; h.Initial != "" {
+		t.Errorf("type none loaded with initial %q; its backends always take connections", h.Initial)
 	}
 }

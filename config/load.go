@@ -84,6 +84,17 @@ const (
 	DefaultFall             = 3
 )
 
+// Limits that are rules of the components behind the config, checked here so
+// that every rule lives in one place and the components receive valid values.
+const (
+	// MinRaftTiming is the shortest heartbeat, election or lease
+	// hashicorp/raft accepts.
+	MinRaftTiming = 5 * time.Millisecond
+	// MinVIPLifetime is the shortest VIP lifetime: the kernel counts
+	// lifetimes in whole seconds, and a refresh must fit in half of one.
+	MinVIPLifetime = 2 * time.Second
+)
+
 type validator struct{ *decoder }
 
 // setDefault gives field its default when the file does not set its key, so
@@ -110,6 +121,9 @@ func (v *validator) applyDefaults(c *Config) {
 	setDefault(v, "cluster.data_dir", &c.Cluster.DataDir, DefaultDataDir)
 	setDefault(v, "cluster.role", &c.Cluster.Role, RoleVoter)
 	setDefault(v, "cluster.timing", &c.Cluster.Timing, Timing{Profile: TimingLAN})
+	if p, ok := timingProfiles[c.Cluster.Timing.Profile]; ok {
+		c.Cluster.Timing = p
+	}
 	setDefault(v, "cluster.fitness_grace", &c.Cluster.FitnessGrace, DefaultFitnessGrace)
 	for i := range c.VIPs {
 		vip, path := &c.VIPs[i], fmt.Sprintf("vips[%d].", i)
@@ -142,11 +156,9 @@ func (v *validator) applyDefaults(c *Config) {
 		setDefault(v, path+"timeout", &h.Timeout, min(DefaultCheckTimeout, h.Interval))
 		setDefault(v, path+"rise", &h.Rise, DefaultRise)
 		setDefault(v, path+"fall", &h.Fall, DefaultFall)
-		initial := InitialUnhealthy
-		if h.Type == CheckNone {
-			initial = InitialHealthy
+		if h.Type != CheckNone { // type none has no state to start in: always available
+			setDefault(v, path+"initial", &h.Initial, InitialUnhealthy)
 		}
-		setDefault(v, path+"initial", &h.Initial, initial)
 	}
 	setDefault(v, "admin.listen", &c.Admin.Listen, DefaultAdminListen)
 	setDefault(v, "log.level", &c.Log.Level, "info")
@@ -244,16 +256,7 @@ func (v *validator) validateCluster(c *Cluster) {
 		v.atLeast("cluster.bootstrap_expect", c.BootstrapExpect, 1)
 	}
 	v.oneOf("cluster.role", c.Role, RoleVoter, RoleWitness)
-	switch t := c.Timing; {
-	case t.Profile != "":
-		v.oneOf("cluster.timing", t.Profile, TimingLAN, TimingWAN)
-	case t.Heartbeat < 5*time.Millisecond || t.Election < 5*time.Millisecond || t.Lease < 5*time.Millisecond:
-		v.bad("cluster.timing", "", "heartbeat, election and lease are all required, each at least 5ms")
-	case t.Lease >= t.Heartbeat:
-		v.bad("cluster.timing.lease", t.Lease.String(), "must be shorter than heartbeat (%s): a cut-off leader must drop the VIP before a follower can win", t.Heartbeat)
-	case t.Heartbeat > t.Election:
-		v.bad("cluster.timing.heartbeat", t.Heartbeat.String(), "must not exceed election (%s)", t.Election)
-	}
+	v.validateTiming(c.Timing)
 	if c.SecretFile != "" {
 		key, err := ReadSecret(c.SecretFile)
 		if err != nil {
@@ -261,6 +264,41 @@ func (v *validator) validateCluster(c *Cluster) {
 		}
 		c.SecretKey = key
 	}
+}
+
+// validateTiming checks the resolved timing against hashicorp/raft's limits
+// and DESIGN.md rule 6 (lease < heartbeat <= election). A profile's values
+// go through the same rules as the file's.
+func (v *validator) validateTiming(t Timing) {
+	if _, ok := timingProfiles[t.Profile]; t.Profile != "" && !ok {
+		v.oneOf("cluster.timing", t.Profile, TimingLAN, TimingWAN)
+		return
+	}
+	short := false
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"heartbeat", t.Heartbeat}, {"election", t.Election}, {"lease", t.Lease}} {
+		if d.v < MinRaftTiming {
+			v.bad("cluster.timing."+d.key, durationValue(d.v), "required, at least %s (a profile name sets all three)", MinRaftTiming)
+			short = true
+		}
+	}
+	switch {
+	case short:
+	case t.Lease >= t.Heartbeat:
+		v.bad("cluster.timing.lease", t.Lease.String(), "must be shorter than heartbeat (%s): a cut-off leader must drop the VIP before a follower can win", t.Heartbeat)
+	case t.Heartbeat > t.Election:
+		v.bad("cluster.timing.heartbeat", t.Heartbeat.String(), "must not exceed election (%s)", t.Election)
+	}
+}
+
+// durationValue is d as an error shows it: empty for a key left out.
+func durationValue(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return d.String()
 }
 
 // ReadSecret reads a cluster key file: base64 of 16, 24 or 32 bytes (what
@@ -291,6 +329,10 @@ func (v *validator) validateVIPs(vips []VIP) {
 			v.bad(path+".address", "", "required")
 		case err != nil:
 			v.bad(path+".address", vip.Address, "not an IP address (write it without a prefix length)")
+		case addr.Zone() != "":
+			v.bad(path+".address", vip.Address, "must not have a zone")
+		case addr.IsUnspecified(), addr.IsMulticast(), addr.IsLoopback(), addr.IsLinkLocalUnicast():
+			v.bad(path+".address", vip.Address, "must be a unicast address, not loopback, link-local or unspecified")
 		case seen[addr] != "":
 			v.bad(path+".address", vip.Address, "already used by %s", seen[addr])
 		default:
@@ -301,7 +343,9 @@ func (v *validator) validateVIPs(vips []VIP) {
 		} else if len(vip.Interface) > 15 || strings.ContainsAny(vip.Interface, "/ ") {
 			v.bad(path+".interface", vip.Interface, "not an interface name")
 		}
-		v.positive(path+".lifetime", vip.Lifetime)
+		if vip.Lifetime < MinVIPLifetime {
+			v.bad(path+".lifetime", vip.Lifetime.String(), "must be at least %s: the kernel counts lifetimes in whole seconds", MinVIPLifetime)
+		}
 		v.positive(path+".refresh", vip.Refresh)
 		if vip.Refresh > vip.Lifetime/2 {
 			v.bad(path+".refresh", vip.Refresh.String(), "must be at most half the lifetime (%s), or the address expires between renewals", vip.Lifetime)
@@ -353,10 +397,13 @@ func (v *validator) validatePools(pools []Pool) map[string]bool {
 
 func (v *validator) validateHealth(path string, h *Health) {
 	v.oneOf(path+".type", h.Type, CheckTCP, CheckHTTP, CheckHTTPS, CheckNone)
-	v.oneOf(path+".initial", h.Initial, InitialHealthy, InitialUnhealthy)
 	if h.Type == CheckNone {
+		if v.set[path+".initial"] {
+			v.bad(path+".initial", h.Initial, "not used by type none: no check runs, so its backends always take connections; remove the key or choose a check type")
+		}
 		return
 	}
+	v.oneOf(path+".initial", h.Initial, InitialHealthy, InitialUnhealthy)
 	v.positive(path+".interval", h.Interval)
 	v.positive(path+".timeout", h.Timeout)
 	if h.Timeout > h.Interval {

@@ -1,11 +1,13 @@
 // Package health runs active health checks (tcp, http, https) against the
 // backends of vipd's pools, applies HAProxy-style rise/fall thresholds, takes
-// passive connect outcomes from the proxy into account, and reports every
-// state change to a callback plus a per-node fitness Summary.
+// passive connect outcomes from the proxy into account, and keeps the one
+// record of whether each backend may take connections, plus a per-node
+// fitness Summary.
 //
-// It imports no other vipd package: cmd/vipd wires OnTransition to
-// balancer.SetHealthy, passes the Monitor to the balancer as its
-// ConnectReporter, and forwards SummaryChanges to the election.
+// It imports no other vipd package: cmd/vipd hands each Backend (from
+// Monitor.Backend) to the balancer, which asks it at every pick, passes the
+// Monitor to the balancer as its ConnectReporter, and forwards
+// SummaryChanges to the election.
 package health
 
 import (
@@ -31,36 +33,24 @@ const (
 // StatusRange is an inclusive range of accepted HTTP status codes.
 type StatusRange struct{ Min, Max int }
 
-// Defaults applied by NewMonitor to zero fields of a Check. They are
-// HAProxy's: "inter 2s rise 2 fall 3", check timeout = inter.
-const (
-	DefaultInterval = 2 * time.Second
-	DefaultRise     = 2
-	DefaultFall     = 3
-	// DefaultMaxBody bounds how much of a response body is searched for
-	// ExpectBody; a health endpoint that needs more is misconfigured.
-	DefaultMaxBody = 64 << 10
-)
-
-// DefaultExpectStatus is used when Check.ExpectStatus is empty: any 2xx or
-// 3xx, like HAProxy's httpchk without "http-check expect".
-var DefaultExpectStatus = []StatusRange{{Min: 200, Max: 399}}
+// MaxBody bounds how much of a response body is searched for ExpectBody; a
+// health endpoint that needs more is misconfigured.
+const MaxBody = 64 << 10
 
 // Check describes how every backend of one pool is checked.
 //
-// Zero values get defaults in NewMonitor: Interval DefaultInterval,
-// FastInterval = Interval (HAProxy's fastinter default; set it lower to
-// confirm a change sooner), Timeout = Interval, Rise DefaultRise,
-// Fall DefaultFall, Path "/", Host = the backend address, ExpectStatus
-// DefaultExpectStatus.
+// Its values arrive complete: defaults and the rules between values belong
+// to the config package, which applies them at load. NewMonitor substitutes
+// nothing; a required value left zero is an error that names it.
 type Check struct {
 	Kind Kind
 	// Path (may carry a query) and Host header of the GET, http(s) only.
+	// Path is required; an empty Host means the backend's address.
 	Path, Host string
-	// ExpectStatus lists accepted status codes; empty means 200-399.
+	// ExpectStatus lists accepted status codes, http(s) only; required.
 	ExpectStatus []StatusRange
-	// ExpectBody, when set, must occur in the first DefaultMaxBody bytes of
-	// the response body.
+	// ExpectBody, when set, must occur in the first MaxBody bytes of the
+	// response body.
 	ExpectBody string
 	// TLS for https. ServerName is the SNI and the name verified; when empty
 	// the Host header's host is used, else the backend's host.
@@ -71,19 +61,17 @@ type Check struct {
 	// backend or a success on an unhealthy one); a ConnectFailed does not
 	// move the next check forward. Timeout bounds one whole check: connect,
 	// TLS handshake, request, status line and headers, and the body prefix
-	// when ExpectBody is set (otherwise the body is not read).
+	// when ExpectBody is set (otherwise the body is not read). All three
+	// are required for an active check.
 	Interval, FastInterval, Timeout time.Duration
 	// Rise consecutive successes make an unhealthy backend healthy; Fall
-	// consecutive failures make a healthy backend unhealthy.
+	// consecutive failures make a healthy backend unhealthy. Both >= 1.
 	Rise, Fall int
-	// StartHealthy is the state before the first check. KindNone backends
-	// are always healthy whatever this says; see InitialHealthy.
+	// StartHealthy is the state before the first check of an active check.
+	// A KindNone backend has no check and is always healthy; StartHealthy
+	// does not apply to it.
 	StartHealthy bool
 }
-
-// InitialHealthy is the state a backend has before any check ran: what the
-// balancer's PoolConfig.StartHealthy must be set to so both agree.
-func (c Check) InitialHealthy() bool { return c.Kind == KindNone || c.StartHealthy }
 
 // PoolChecks names a pool, its backends ("host:port", as the balancer knows
 // them) and the check they all get.
@@ -93,8 +81,9 @@ type PoolChecks struct {
 	Check    Check
 }
 
-// Transition is one change of a backend's state.
-type Transition struct {
+// transition is one change of a backend's state, as the Monitor's test
+// hook sees it.
+type transition struct {
 	Pool, Backend string
 	Healthy       bool
 	// Reason is ReasonOK for a rise, else the reason of the failure that
@@ -102,7 +91,7 @@ type Transition struct {
 	Reason string
 }
 
-// Reasons carried by Transition, Status and the failure metric.
+// Reasons carried by transitions, Status and the failure metric.
 const (
 	ReasonOK      = "ok"
 	ReasonRefused = "refused" // connection refused: nothing listens
@@ -130,14 +119,9 @@ func (s Summary) Fit() bool { return s.HealthyPools == s.Pools }
 
 // Options configures a Monitor.
 type Options struct {
-	Pools []PoolChecks
-	// OnTransition is called on every state change, in order per backend,
-	// from the goroutine that observed it (a worker, or the proxy's
-	// goroutine calling ConnectFailed). It must not block for long. It is
-	// not called for the initial state.
-	OnTransition func(Transition)
-	Logger       *zap.Logger
-	Registerer   prometheus.Registerer
+	Pools      []PoolChecks
+	Logger     *zap.Logger
+	Registerer prometheus.Registerer
 	// Dial opens check connections; nil means a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }

@@ -111,6 +111,37 @@ func (fc *fakeClock) lastDelay() time.Duration {
 	return fc.delays[len(fc.delays)-1]
 }
 
+// complete fills the values a test leaves zero with ones that do not matter
+// to it (the fake clock decides when checks run), as config does for the
+// daemon: NewMonitor itself fills nothing.
+func complete(c Check) Check {
+	if c.Kind == KindNone {
+		return c
+	}
+	if c.Interval == 0 {
+		c.Interval = time.Second
+	}
+	if c.FastInterval == 0 {
+		c.FastInterval = c.Interval
+	}
+	if c.Timeout == 0 {
+		c.Timeout = failAfter
+	}
+	if c.Rise == 0 {
+		c.Rise = 2
+	}
+	if c.Fall == 0 {
+		c.Fall = 3
+	}
+	if c.Path == "" {
+		c.Path = "/"
+	}
+	if len(c.ExpectStatus) == 0 {
+		c.ExpectStatus = []StatusRange{{Min: 200, Max: 399}}
+	}
+	return c
+}
+
 // harness runs a Monitor on a fake clock and records what it reports.
 type harness struct {
 	t      *testing.T
@@ -120,23 +151,24 @@ type harness struct {
 	checks chan string // reason of every completed active check
 
 	mu    sync.Mutex
-	trans []Transition // guarded by mu
+	trans []transition // guarded by mu
 }
 
-// startMonitor builds a Monitor for pools and runs it until the test ends.
+// startMonitor builds a Monitor for pools (their checks completed) and runs
+// it until the test ends.
 func startMonitor(t *testing.T, pools ...PoolChecks) *harness {
 	t.Helper()
 	h := &harness{t: t, fc: newFakeClock(), reg: prometheus.NewRegistry(), checks: make(chan string, 100)}
-	m, err := NewMonitor(Options{
-		Pools:        pools,
-		Registerer:   h.reg,
-		OnTransition: func(tr Transition) { h.mu.Lock(); h.trans = append(h.trans, tr); h.mu.Unlock() },
-	})
+	for i := range pools {
+		pools[i].Check = complete(pools[i].Check)
+	}
+	m, err := NewMonitor(Options{Pools: pools, Registerer: h.reg})
 	if err != nil {
 		t.Fatalf("NewMonitor: %v", err)
 	}
 	m.clock = h.fc
-	m.afterCheck = func(_ *backend, reason string) { h.checks <- reason }
+	m.onTransition = func(tr transition) { h.mu.Lock(); h.trans = append(h.trans, tr); h.mu.Unlock() }
+	m.afterCheck = func(_ *Backend, reason string) { h.checks <- reason }
 	h.m = m
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -159,7 +191,7 @@ func (h *harness) step() string {
 	}
 }
 
-func (h *harness) transitions() []Transition {
+func (h *harness) transitions() []transition {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return slices.Clone(h.trans)

@@ -16,16 +16,18 @@ import (
 
 // Monitor checks every backend of its pools and tracks their health.
 type Monitor struct {
-	log          *zap.Logger
-	onTransition func(Transition)
-	clock        clock
+	log   *zap.Logger
+	clock clock
 	// afterCheck, when set (tests only), runs after each active check has
 	// been recorded, on the worker's goroutine.
-	afterCheck func(b *backend, reason string)
+	afterCheck func(b *Backend, reason string)
+	// onTransition, when set (tests only), sees every state change, in
+	// order per backend, on the goroutine that observed it.
+	onTransition func(transition)
 
-	pools   []*pool
-	checked map[backendKey]*backend // backends with an active check; read-only after NewMonitor
-	running atomic.Bool
+	pools    []*pool
+	backends map[backendKey]*Backend // every backend; read-only after NewMonitor
+	running  atomic.Bool
 
 	summaryMu   sync.Mutex
 	lastSummary Summary // guarded by summaryMu: the last value sent on summaryCh
@@ -35,23 +37,29 @@ type Monitor struct {
 type pool struct {
 	name     string
 	kind     Kind
-	backends []*backend
+	backends []*Backend
 }
 
 type backendKey struct{ pool, backend string }
 
-// backend is one backend's check and state.
-type backend struct {
+// Backend is one backend's check and state: the only record of whether it
+// may take connections. The balancer holds it (from Monitor.Backend) and
+// asks Healthy at every pick, so there is no second copy to keep in step.
+// Each configured backend has its own Backend for the Monitor's lifetime; a
+// backend added later would get a new one, and one removed is simply no
+// longer asked.
+type Backend struct {
 	pool, addr             string
 	interval, fastInterval time.Duration
-	prober                 prober // nil for KindNone
+	prober                 prober // nil for KindNone: no check, always healthy
 	metrics                backendMetrics
 
-	healthy atomic.Bool // mirrors sm.healthy for lock-free Summary reads
-	failing atomic.Bool // mirrors sm.failures > 0: ConnectSucceeded's lock-free fast path
+	healthy atomic.Bool  // mirrors sm.healthy for lock-free reads (Healthy, Summary)
+	upSince atomic.Int64 // unix nanos of the last unhealthy→healthy transition; 0 = healthy from the start or never up
+	failing atomic.Bool  // mirrors sm.failures > 0: ConnectSucceeded's lock-free fast path
 	// notifyMu is taken before mu is released on a transition and held while
-	// the transition is announced, so OnTransition sees one backend's
-	// changes in the order they happened without being called under mu.
+	// the transition is announced, so logs, metrics and the test hook see
+	// one backend's changes in the order they happened without holding mu.
 	notifyMu sync.Mutex
 
 	mu         sync.Mutex
@@ -62,10 +70,33 @@ type backend struct {
 	checks     uint64    // guarded by mu: active checks completed
 }
 
+// Healthy reports whether the backend may take new connections. It is one
+// atomic load, cheap enough for every pick of the proxy.
+func (b *Backend) Healthy() bool { return b.healthy.Load() }
+
+// HealthySince is when the backend last turned healthy; the zero Time when
+// it has been healthy since the Monitor was built, or has never been. The
+// balancer ramps a backend's weight up from this moment (slow start).
+func (b *Backend) HealthySince() time.Time {
+	if n := b.upSince.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// Backend returns the record of one backend of a pool, for the balancer to
+// ask. The error names what is unknown.
+func (m *Monitor) Backend(pool, addr string) (*Backend, error) {
+	if b := m.backends[backendKey{pool, addr}]; b != nil {
+		return b, nil
+	}
+	return nil, fmt.Errorf("health: pool %q has no backend %q", pool, addr)
+}
+
 // errPassive is the error logged for a transition caused by ConnectFailed.
 var errPassive = errors.New("proxy failed to connect")
 
-// NewMonitor validates the checks, applies defaults, loads CA and client
+// NewMonitor checks that every required value is set, loads CA and client
 // certificate files (errors name the file) and registers the metrics.
 // Nothing runs until Run.
 func NewMonitor(opts Options) (*Monitor, error) {
@@ -82,11 +113,10 @@ func NewMonitor(opts Options) (*Monitor, error) {
 		return nil, err
 	}
 	m := &Monitor{
-		log:          log.Named("health"),
-		onTransition: opts.OnTransition,
-		clock:        realClock{},
-		checked:      make(map[backendKey]*backend),
-		summaryCh:    make(chan Summary, 1),
+		log:       log.Named("health"),
+		clock:     realClock{},
+		backends:  make(map[backendKey]*Backend),
+		summaryCh: make(chan Summary, 1),
 	}
 	seen := make(map[string]bool, len(opts.Pools))
 	for _, pc := range opts.Pools {
@@ -105,13 +135,14 @@ func NewMonitor(opts Options) (*Monitor, error) {
 	return m, nil
 }
 
-// newPool builds a pool's backends and indexes those with an active check.
+// newPool builds a pool's backends and indexes them.
 func (m *Monitor) newPool(pc PoolChecks, dial dialFunc, met *metrics) (*pool, error) {
-	c, err := pc.Check.withDefaults()
-	if err != nil {
+	c := pc.Check
+	if err := c.validate(); err != nil {
 		return nil, err
 	}
 	var tlsBase *tls.Config
+	var err error
 	if c.Kind == KindHTTPS {
 		if tlsBase, err = loadTLS(c); err != nil {
 			return nil, err
@@ -123,14 +154,14 @@ func (m *Monitor) newPool(pc PoolChecks, dial dialFunc, met *metrics) (*pool, er
 			return nil, fmt.Errorf("backend %q: %w", addr, err)
 		}
 		key := backendKey{pc.Pool, addr}
-		if _, dup := m.checked[key]; dup || p.has(addr) {
+		if _, dup := m.backends[key]; dup {
 			return nil, fmt.Errorf("backend %q listed twice", addr)
 		}
-		b := &backend{
+		b := &Backend{
 			pool: pc.Pool, addr: addr,
 			interval: c.Interval, fastInterval: c.FastInterval,
 			metrics: met.forBackend(pc.Pool, addr),
-			sm:      machine{rise: c.Rise, fall: c.Fall, healthy: c.InitialHealthy()},
+			sm:      machine{rise: c.Rise, fall: c.Fall, healthy: c.Kind == KindNone || c.StartHealthy},
 		}
 		b.healthy.Store(b.sm.healthy)
 		if b.sm.healthy {
@@ -141,21 +172,10 @@ func (m *Monitor) newPool(pc PoolChecks, dial dialFunc, met *metrics) (*pool, er
 		if b.prober, err = newProber(c, addr, dial, tlsBase); err != nil {
 			return nil, fmt.Errorf("backend %q: %w", addr, err)
 		}
-		if b.prober != nil {
-			m.checked[key] = b
-		}
+		m.backends[key] = b
 		p.backends = append(p.backends, b)
 	}
 	return p, nil
-}
-
-func (p *pool) has(addr string) bool {
-	for _, b := range p.backends {
-		if b.addr == addr {
-			return true
-		}
-	}
-	return false
 }
 
 // newProber returns the check for one backend, nil for KindNone.
@@ -175,7 +195,7 @@ func newProber(c Check, addr string, dial dialFunc, tlsBase *tls.Config) (prober
 		return nil, err
 	}
 	p := &httpProber{addr: addr, dial: dial, timeout: c.Timeout, request: req,
-		expect: c.ExpectStatus, body: c.ExpectBody, maxBody: DefaultMaxBody}
+		expect: c.ExpectStatus, body: c.ExpectBody, maxBody: MaxBody}
 	if tlsBase != nil {
 		p.tls = tlsBase.Clone()
 		p.tls.ServerName = serverNameFor(c, addr)
@@ -183,44 +203,32 @@ func newProber(c Check, addr string, dial dialFunc, tlsBase *tls.Config) (prober
 	return p, nil
 }
 
-// withDefaults validates c and fills its zero fields (see Check).
-func (c Check) withDefaults() (Check, error) {
+// validate rejects a Check the Monitor cannot run. It is a guard against
+// wiring mistakes, not the rules of the config file: config supplies every
+// value, so a zero here is reported by name rather than replaced.
+func (c Check) validate() error {
 	switch c.Kind {
-	case KindTCP, KindHTTP, KindHTTPS, KindNone:
+	case KindNone:
+		return nil // nothing is checked, nothing else is read
+	case KindTCP, KindHTTP, KindHTTPS:
 	default:
-		return c, fmt.Errorf("check kind %q: want tcp, http, https or none", c.Kind)
+		return fmt.Errorf("check kind %q: want tcp, http, https or none", c.Kind)
 	}
-	if c.Interval < 0 || c.FastInterval < 0 || c.Timeout < 0 || c.Rise < 0 || c.Fall < 0 {
-		return c, fmt.Errorf("interval %s, fast_interval %s, timeout %s, rise %d, fall %d: none may be negative",
-			c.Interval, c.FastInterval, c.Timeout, c.Rise, c.Fall)
-	}
-	if c.Interval == 0 {
-		c.Interval = DefaultInterval
-	}
-	if c.FastInterval == 0 {
-		c.FastInterval = c.Interval
-	}
-	if c.Timeout == 0 {
-		c.Timeout = c.Interval
-	}
-	if c.Rise == 0 {
-		c.Rise = DefaultRise
-	}
-	if c.Fall == 0 {
-		c.Fall = DefaultFall
-	}
-	if c.Path == "" {
-		c.Path = "/"
-	}
-	if len(c.ExpectStatus) == 0 {
-		c.ExpectStatus = DefaultExpectStatus
-	}
-	for _, r := range c.ExpectStatus {
-		if r.Min < 100 || r.Max > 599 || r.Min > r.Max {
-			return c, fmt.Errorf("expect_status %d-%d: want 100 <= min <= max <= 599", r.Min, r.Max)
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"Interval", c.Interval}, {"FastInterval", c.FastInterval}, {"Timeout", c.Timeout}} {
+		if d.v <= 0 {
+			return fmt.Errorf("check %s %s: must be greater than zero", d.name, d.v)
 		}
 	}
-	return c, nil
+	if c.Rise < 1 || c.Fall < 1 {
+		return fmt.Errorf("check Rise %d, Fall %d: each must be at least 1", c.Rise, c.Fall)
+	}
+	if c.Kind != KindTCP && len(c.ExpectStatus) == 0 {
+		return errors.New("check ExpectStatus is empty: no answer could pass")
+	}
+	return nil
 }
 
 // Run starts one worker per actively checked backend and returns when ctx
@@ -232,10 +240,14 @@ func (m *Monitor) Run(ctx context.Context) {
 		return
 	}
 	var wg sync.WaitGroup
-	for _, b := range m.checked {
-		wg.Go(func() { m.work(ctx, b) })
+	checked := 0
+	for _, b := range m.backends {
+		if b.prober != nil {
+			checked++
+			wg.Go(func() { m.work(ctx, b) })
+		}
 	}
-	m.log.Info("health checks started", zap.Int("backends", len(m.checked)), zap.Int("pools", len(m.pools)))
+	m.log.Info("health checks started", zap.Int("backends", checked), zap.Int("pools", len(m.pools)))
 	<-ctx.Done()
 	wg.Wait()
 	m.log.Info("health checks stopped")
@@ -246,7 +258,7 @@ func (m *Monitor) Run(ctx context.Context) {
 // fast interval while a change is pending) with ±10% jitter, so backends
 // configured together do not fire together. Checks of one backend never
 // overlap: the next wait starts when a check ends.
-func (m *Monitor) work(ctx context.Context, b *backend) {
+func (m *Monitor) work(ctx context.Context, b *Backend) {
 	delay := rand.N(b.interval)
 	for {
 		t := m.clock.NewTimer(delay)
@@ -275,7 +287,7 @@ func (m *Monitor) work(ctx context.Context, b *backend) {
 }
 
 // nextInterval is the fast interval while a change is pending, else the interval.
-func (b *backend) nextInterval() time.Duration {
+func (b *Backend) nextInterval() time.Duration {
 	b.mu.Lock()
 	changing := b.sm.changing()
 	b.mu.Unlock()
@@ -293,7 +305,7 @@ func jitter(d time.Duration) time.Duration {
 
 // observe applies one outcome (ReasonOK or a failure reason) to b and
 // announces a resulting transition. active is false for ConnectFailed.
-func (m *Monitor) observe(b *backend, reason string, err error, active bool) {
+func (m *Monitor) observe(b *Backend, reason string, err error, active bool) {
 	if reason != ReasonOK {
 		b.metrics.failures[reason].Inc()
 	}
@@ -319,6 +331,9 @@ func (m *Monitor) observe(b *backend, reason string, err error, active bool) {
 		b.mu.Unlock()
 		return
 	}
+	if healthy {
+		b.upSince.Store(time.Now().UnixNano())
+	}
 	b.healthy.Store(healthy)
 	b.notifyMu.Lock()
 	b.mu.Unlock()
@@ -334,7 +349,7 @@ func (m *Monitor) observe(b *backend, reason string, err error, active bool) {
 	m.log.Info("backend health changed", zap.String("pool", b.pool), zap.String("backend", b.addr),
 		zap.Bool("healthy", healthy), zap.String("reason", reason), zap.Error(err))
 	if m.onTransition != nil {
-		m.onTransition(Transition{Pool: b.pool, Backend: b.addr, Healthy: healthy, Reason: reason})
+		m.onTransition(transition{Pool: b.pool, Backend: b.addr, Healthy: healthy, Reason: reason})
 	}
 	m.publishSummary()
 }
@@ -345,7 +360,7 @@ func (m *Monitor) observe(b *backend, reason string, err error, active bool) {
 // of KindNone pools (which no active check could bring back) are ignored.
 // It is called per proxied connection and does not allocate.
 func (m *Monitor) ConnectFailed(pool, backend string) {
-	if b := m.checked[backendKey{pool, backend}]; b != nil {
+	if b := m.backends[backendKey{pool, backend}]; b != nil && b.prober != nil {
 		m.observe(b, ReasonPassive, errPassive, false)
 	}
 }
@@ -356,7 +371,7 @@ func (m *Monitor) ConnectFailed(pool, backend string) {
 // (a wedged server still accepts), so only active checks count toward Rise.
 // Unknown names are ignored. It does not allocate.
 func (m *Monitor) ConnectSucceeded(pool, backend string) {
-	b := m.checked[backendKey{pool, backend}]
+	b := m.backends[backendKey{pool, backend}]
 	if b == nil || !b.failing.Load() || !b.healthy.Load() {
 		return // the common case: nothing to reset, no lock taken
 	}

@@ -15,7 +15,7 @@ import (
 )
 
 // wantTransitions fails unless exactly want transitions were reported so far.
-func (h *harness) wantTransitions(when string, want ...Transition) {
+func (h *harness) wantTransitions(when string, want ...transition) {
 	h.t.Helper()
 	got := h.transitions()
 	if len(got) != len(want) {
@@ -50,7 +50,7 @@ func TestBackendThatStopsListeningLeavesAfterExactlyFallFailedChecks(t *testing.
 		h.wantTransitions(fmt.Sprintf("after %d failed checks of fall 3", i))
 	}
 	h.step()
-	down := Transition{Pool: "web", Backend: addr, Healthy: false, Reason: ReasonRefused}
+	down := transition{Pool: "web", Backend: addr, Healthy: false, Reason: ReasonRefused}
 	h.wantTransitions("after 3 failed checks", down)
 	labels := map[string]string{"pool": "web", "backend": addr}
 	if v := h.metric("vipd_health_backend_up", labels); v != 0 {
@@ -81,7 +81,7 @@ func TestBackendThatAcceptsAndNeverAnswersFailsWithTimeout(t *testing.T) {
 			t.Fatalf("check %d: reason %s, want timeout", i, r)
 		}
 	}
-	h.wantTransitions("after 2 timeouts", Transition{Pool: "api", Backend: addr, Reason: ReasonTimeout})
+	h.wantTransitions("after 2 timeouts", transition{Pool: "api", Backend: addr, Reason: ReasonTimeout})
 	waitAccepted(t, s.accepted, 2) // one fresh connection per check
 }
 
@@ -95,7 +95,7 @@ func TestBackendAnswering503FailsWithStatus(t *testing.T) {
 	}
 	h.wantTransitions("after 1 of fall 2")
 	h.step()
-	h.wantTransitions("after 2 of fall 2", Transition{Pool: "api", Backend: s.addr(), Reason: ReasonStatus})
+	h.wantTransitions("after 2 of fall 2", transition{Pool: "api", Backend: s.addr(), Reason: ReasonStatus})
 	if got := s.requests.Load(); got != 2 {
 		t.Errorf("server saw %d requests for 2 checks", got)
 	}
@@ -109,7 +109,7 @@ func TestHTTPSBackendWithSelfSignedCertificate(t *testing.T) {
 		h := startMonitor(t, PoolChecks{Pool: "api", Backends: []string{addr},
 			Check: Check{Kind: KindHTTPS, Rise: 1, Fall: 1, Timeout: failAfter, StartHealthy: true}})
 		h.step()
-		h.wantTransitions("after 1 check", Transition{Pool: "api", Backend: addr, Reason: ReasonTLS})
+		h.wantTransitions("after 1 check", transition{Pool: "api", Backend: addr, Reason: ReasonTLS})
 	})
 	for name, c := range map[string]Check{
 		"passes with tls_skip_verify": {TLSSkipVerify: true},
@@ -120,7 +120,7 @@ func TestHTTPSBackendWithSelfSignedCertificate(t *testing.T) {
 			c.Kind, c.Rise, c.Fall, c.Timeout = KindHTTPS, 1, 1, failAfter
 			h := startMonitor(t, PoolChecks{Pool: "api", Backends: []string{addr}, Check: c})
 			h.step()
-			h.wantTransitions("after 1 check", Transition{Pool: "api", Backend: addr, Healthy: true, Reason: ReasonOK})
+			h.wantTransitions("after 1 check", transition{Pool: "api", Backend: addr, Healthy: true, Reason: ReasonOK})
 			if got := s.requests.Load() - before; got != 1 {
 				t.Errorf("server saw %d requests for 1 check", got)
 			}
@@ -133,13 +133,13 @@ func TestFlappingBackendReentersOnlyAfterExactlyRiseConsecutiveSuccesses(t *test
 	addr := s.addr()
 	h := startMonitor(t, PoolChecks{Pool: "web", Backends: []string{addr},
 		Check: Check{Kind: KindHTTP, Rise: 3, Fall: 2, Timeout: failAfter}})
-	up := Transition{Pool: "web", Backend: addr, Healthy: true, Reason: ReasonOK}
-	down := Transition{Pool: "web", Backend: addr, Reason: ReasonStatus}
-	var want []Transition
+	up := transition{Pool: "web", Backend: addr, Healthy: true, Reason: ReasonOK}
+	down := transition{Pool: "web", Backend: addr, Reason: ReasonStatus}
+	var want []transition
 	// Each step: the status the server answers, and the transition it must cause.
 	steps := []struct {
 		status int
-		causes *Transition
+		causes *transition
 	}{
 		{200, nil}, {200, nil}, {503, nil}, // 2 successes then a failure: the streak is broken
 		{200, nil}, {200, nil}, {200, &up}, // exactly rise=3 consecutive successes
@@ -168,11 +168,11 @@ func TestExpectBodyMismatchFailsWithBody(t *testing.T) {
 	if r := h.step(); r != ReasonBody {
 		t.Fatalf("reason %s, want body", r)
 	}
-	h.wantTransitions("after mismatch", Transition{Pool: "web", Backend: s.addr(), Reason: ReasonBody})
+	h.wantTransitions("after mismatch", transition{Pool: "web", Backend: s.addr(), Reason: ReasonBody})
 	s.body.Store(`{"status":"ready"}`)
 	h.step()
-	h.wantTransitions("after match", Transition{Pool: "web", Backend: s.addr(), Reason: ReasonBody},
-		Transition{Pool: "web", Backend: s.addr(), Healthy: true, Reason: ReasonOK})
+	h.wantTransitions("after match", transition{Pool: "web", Backend: s.addr(), Reason: ReasonBody},
+		transition{Pool: "web", Backend: s.addr(), Healthy: true, Reason: ReasonOK})
 }
 
 func TestPassiveFailuresTakeBackendOutBetweenActiveChecks(t *testing.T) {
@@ -194,7 +194,7 @@ func TestPassiveFailuresTakeBackendOutBetweenActiveChecks(t *testing.T) {
 	}
 	h.wantTransitions("after 2+2 passive failures split by a success")
 	h.m.ConnectFailed("web", addr)
-	down := Transition{Pool: "web", Backend: addr, Reason: ReasonPassive}
+	down := transition{Pool: "web", Backend: addr, Reason: ReasonPassive}
 	h.wantTransitions("after 3 consecutive passive failures", down)
 
 	for range 10 {
@@ -213,13 +213,13 @@ func TestPassiveFailuresTakeBackendOutBetweenActiveChecks(t *testing.T) {
 	h.step()
 	h.wantTransitions("after 1 of rise 2", down)
 	h.step()
-	h.wantTransitions("after 2 of rise 2", down, Transition{Pool: "web", Backend: addr, Healthy: true, Reason: ReasonOK})
+	h.wantTransitions("after 2 of rise 2", down, transition{Pool: "web", Backend: addr, Healthy: true, Reason: ReasonOK})
 	waitAccepted(t, s.accepted, 2)
 }
 
 func TestConnectReportsDoNotAllocate(t *testing.T) {
 	m, err := NewMonitor(Options{Pools: []PoolChecks{{Pool: "web", Backends: []string{"127.0.0.1:1"},
-		Check: Check{Kind: KindTCP, Fall: 1 << 30, StartHealthy: true}}}, Registerer: prometheus.NewRegistry()})
+		Check: complete(Check{Kind: KindTCP, Fall: 1 << 30, StartHealthy: true})}}, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestConnectReportsDoNotAllocate(t *testing.T) {
 
 func BenchmarkConnectSucceeded(b *testing.B) {
 	m, err := NewMonitor(Options{Pools: []PoolChecks{{Pool: "web", Backends: []string{"127.0.0.1:1", "127.0.0.1:2"},
-		Check: Check{Kind: KindTCP}}}})
+		Check: complete(Check{Kind: KindTCP})}}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -347,8 +347,8 @@ func TestRunAbortsAnInFlightCheckAndStopsEveryWorker(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	fc := newFakeClock()
 	m, err := NewMonitor(Options{Registerer: reg, Pools: []PoolChecks{
-		{Pool: "web", Backends: []string{s.ln.Addr().String()}, Check: Check{Kind: KindHTTP, Timeout: time.Hour}},
-		{Pool: "idle", Backends: []string{"127.0.0.1:1", "127.0.0.1:2"}, Check: Check{Kind: KindTCP}},
+		{Pool: "web", Backends: []string{s.ln.Addr().String()}, Check: complete(Check{Kind: KindHTTP, Timeout: time.Hour})},
+		{Pool: "idle", Backends: []string{"127.0.0.1:1", "127.0.0.1:2"}, Check: complete(Check{Kind: KindTCP})},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -396,6 +396,7 @@ func TestNewMonitorErrorsNameTheFile(t *testing.T) {
 	for name, tc := range cases {
 		c := tc.c
 		c.Kind = KindHTTPS
+		c = complete(c)
 		_, err := NewMonitor(Options{Pools: []PoolChecks{{Pool: "api", Backends: []string{"127.0.0.1:6443"}, Check: c}}})
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), `"api"`) {
 			t.Errorf("%s: error %v, want it to name %s and the pool", name, err, tc.want)
@@ -406,14 +407,12 @@ func TestNewMonitorErrorsNameTheFile(t *testing.T) {
 }
 
 func TestNewMonitorRejectsInvalidChecks(t *testing.T) {
-	ok := Check{Kind: KindTCP}
+	ok := complete(Check{Kind: KindTCP})
+	relative := complete(Check{Kind: KindHTTP})
+	relative.Path = "readyz"
 	cases := map[string][]PoolChecks{
 		"unknown kind":      {{Pool: "p", Check: Check{Kind: "udp"}}},
-		"negative interval": {{Pool: "p", Check: Check{Kind: KindTCP, Interval: -time.Second}}},
-		"negative fall":     {{Pool: "p", Check: Check{Kind: KindTCP, Fall: -1}}},
-		"inverted range":    {{Pool: "p", Check: Check{Kind: KindHTTP, ExpectStatus: []StatusRange{{300, 200}}}}},
-		"status 99":         {{Pool: "p", Check: Check{Kind: KindHTTP, ExpectStatus: []StatusRange{{99, 200}}}}},
-		"relative path":     {{Pool: "p", Backends: []string{"127.0.0.1:80"}, Check: Check{Kind: KindHTTP, Path: "readyz"}}},
+		"relative path":     {{Pool: "p", Backends: []string{"127.0.0.1:80"}, Check: relative}},
 		"duplicate pool":    {{Pool: "p", Check: ok}, {Pool: "p", Check: ok}},
 		"duplicate backend": {{Pool: "p", Backends: []string{"127.0.0.1:80", "127.0.0.1:80"}, Check: ok}},
 		"no port":           {{Pool: "p", Backends: []string{"127.0.0.1"}, Check: ok}},
@@ -430,34 +429,115 @@ func TestNewMonitorRejectsInvalidChecks(t *testing.T) {
 	}
 }
 
-func TestKindNoneIsHealthyWhateverStartHealthySays(t *testing.T) {
-	c := Check{Kind: KindNone}
-	if !c.InitialHealthy() || (Check{Kind: KindTCP}).InitialHealthy() || !(Check{Kind: KindTCP, StartHealthy: true}).InitialHealthy() {
-		t.Fatal("InitialHealthy disagrees with its definition")
+// Defaults live in config alone: a required value left zero (or negative)
+// is an error that names it, never silently replaced by a value of health's
+// own.
+func TestNewMonitorRejectsAZeroWhereAValueIsRequired(t *testing.T) {
+	cases := map[string]func(*Check){
+		"Interval":     func(c *Check) { c.Interval = 0 },
+		"FastInterval": func(c *Check) { c.FastInterval = 0 },
+		"Timeout":      func(c *Check) { c.Timeout = -time.Second },
+		"Rise":         func(c *Check) { c.Rise = 0 },
+		"Fall":         func(c *Check) { c.Fall = 0 },
+		"ExpectStatus": func(c *Check) { c.ExpectStatus = nil },
 	}
-	m, err := NewMonitor(Options{Pools: []PoolChecks{{Pool: "p", Backends: []string{"127.0.0.1:1"}, Check: c}}})
+	for field, zero := range cases {
+		c := complete(Check{Kind: KindHTTP})
+		zero(&c)
+		_, err := NewMonitor(Options{Pools: []PoolChecks{{Pool: "api", Backends: []string{"127.0.0.1:80"}, Check: c}}})
+		if err == nil || !strings.Contains(err.Error(), field) || !strings.Contains(err.Error(), `"api"`) {
+			t.Errorf("%s left out: error %v, want one naming %s and the pool", field, err, field)
+		} else {
+			t.Logf("%s left out: %v", field, err)
+		}
+	}
+	// A check that never runs needs none of them.
+	if _, err := NewMonitor(Options{Pools: []PoolChecks{{Pool: "static", Backends: []string{"127.0.0.1:80"}, Check: Check{Kind: KindNone}}}}); err != nil {
+		t.Errorf("kind none without values: %v", err)
+	}
+}
+
+func TestKindNoneIsAlwaysHealthyAndNeverChecked(t *testing.T) {
+	m, err := NewMonitor(Options{Pools: []PoolChecks{{Pool: "p", Backends: []string{"127.0.0.1:1"}, Check: Check{Kind: KindNone}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := m.Status(); !st[0].Backends[0].Healthy || st[0].Kind != KindNone || !m.Summary().Fit() {
-		t.Fatalf("status %+v summary %+v", st, m.Summary())
+	be, err := m.Backend("p", "127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(m.checked) != 0 {
-		t.Fatalf("%d backends would get a worker", len(m.checked))
+	for range 10 {
+		m.ConnectFailed("p", "127.0.0.1:1") // no check could bring it back: ignored
+	}
+	if st := m.Status(); !be.Healthy() || !st[0].Backends[0].Healthy || st[0].Kind != KindNone || !m.Summary().Fit() {
+		t.Fatalf("handle healthy %v, status %+v, summary %+v", be.Healthy(), st, m.Summary())
+	}
+	if be.prober != nil {
+		t.Fatal("a kind none backend would get a worker")
+	}
+}
+
+// The handle the balancer asks is the Monitor's own state, for every kind
+// and starting state, before any check and across transitions both ways.
+func TestBackendHandleIsTheMonitorsState(t *testing.T) {
+	cert := newSelfSigned(t)
+	addrs := map[Kind]string{
+		KindTCP:   newTCPServer(t).addr(),
+		KindHTTP:  newHTTPServer(t, nil).addr(),
+		KindHTTPS: newHTTPServer(t, &tls.Config{Certificates: []tls.Certificate{cert.cert}}).addr(),
+		KindNone:  "127.0.0.1:1",
+	}
+	for kind, addr := range addrs {
+		for _, start := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s start healthy %v", kind, start), func(t *testing.T) {
+				h := startMonitor(t, PoolChecks{Pool: "p", Backends: []string{addr},
+					Check: Check{Kind: kind, Rise: 1, Fall: 1, TLSSkipVerify: kind == KindHTTPS, StartHealthy: start}})
+				be, err := h.m.Backend("p", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				agree := func(when string, want bool) {
+					t.Helper()
+					if got, st := be.Healthy(), h.m.Status()[0].Backends[0].Healthy; got != want || st != want {
+						t.Fatalf("%s: handle says %v, status %v, want %v", when, got, st, want)
+					}
+				}
+				agree("before any check", start || kind == KindNone)
+				if !be.HealthySince().IsZero() {
+					t.Fatalf("healthy since %v before any transition", be.HealthySince())
+				}
+				h.m.ConnectFailed("p", addr)
+				agree("after a failed connect (fall 1)", kind == KindNone)
+				if kind == KindNone {
+					return
+				}
+				before := time.Now()
+				if r := h.step(); r != ReasonOK {
+					t.Fatalf("check: %s", r)
+				}
+				agree("after a passing check (rise 1)", true)
+				if since := be.HealthySince(); since.Before(before) {
+					t.Fatalf("healthy since %v, before the check that raised it (%v)", since, before)
+				}
+			})
+		}
+	}
+	if _, err := startMonitor(t).m.Backend("p", "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("unknown backend: %v", err)
 	}
 }
 
 func TestRealClockBringsABackendUp(t *testing.T) {
 	s := newHTTPServer(t, nil)
-	ups := make(chan Transition, 1)
+	ups := make(chan transition, 1)
 	m, err := NewMonitor(Options{
 		Pools: []PoolChecks{{Pool: "web", Backends: []string{s.addr()},
-			Check: Check{Kind: KindHTTP, Interval: 20 * time.Millisecond, Rise: 2, Timeout: failAfter}}},
-		OnTransition: func(tr Transition) { ups <- tr },
+			Check: complete(Check{Kind: KindHTTP, Interval: 20 * time.Millisecond, Rise: 2})}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.onTransition = func(tr transition) { ups <- tr }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()

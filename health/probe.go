@@ -67,13 +67,16 @@ func (p *httpProber) probe(ctx context.Context) (string, error) {
 	}
 	defer conn.Close()
 	// The deadline bounds every read and write with the check's Timeout;
-	// the AfterFunc wakes blocked I/O when the monitor is stopped.
+	// the AfterFunc wakes blocked I/O when the monitor is stopped or the
+	// Timeout runs out. Both act on the TCP conn, which is never reassigned
+	// (the AfterFunc runs on its own goroutine), and end TLS I/O above it too.
 	if deadline, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(deadline)
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
+	rw := conn // what the request and response go over: conn, or TLS on it
 	if p.tls != nil {
 		tc := tls.Client(conn, p.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
@@ -83,12 +86,12 @@ func (p *httpProber) probe(ctx context.Context) (string, error) {
 			}
 			return reason, fmt.Errorf("tls handshake with %s: %w", p.addr, err)
 		}
-		conn = tc
+		rw = tc
 	}
-	if _, err := conn.Write(p.request); err != nil {
+	if _, err := rw.Write(p.request); err != nil {
 		return classify(ctx, err), fmt.Errorf("send request to %s: %w", p.addr, err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	resp, err := http.ReadResponse(bufio.NewReader(rw), nil)
 	if err != nil {
 		return classify(ctx, err), fmt.Errorf("read response from %s: %w", p.addr, err)
 	}

@@ -1,8 +1,10 @@
 package health
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -13,11 +15,12 @@ import (
 // newTestProber builds the prober NewMonitor would build for addr.
 func newTestProber(t *testing.T, c Check, addr string) prober {
 	t.Helper()
-	c, err := c.withDefaults()
-	if err != nil {
+	c = complete(c)
+	if err := c.validate(); err != nil {
 		t.Fatal(err)
 	}
 	var base *tls.Config
+	var err error
 	if c.Kind == KindHTTPS {
 		if base, err = loadTLS(c); err != nil {
 			t.Fatal(err)
@@ -80,10 +83,10 @@ func TestHTTPProbeStatusRanges(t *testing.T) {
 		expect []StatusRange
 		want   string
 	}{
-		{200, nil, ReasonOK},
-		{302, nil, ReasonOK}, // default 200-399; redirects are not followed
-		{404, nil, ReasonStatus},
-		{503, nil, ReasonStatus},
+		{200, []StatusRange{{200, 399}}, ReasonOK},
+		{302, []StatusRange{{200, 399}}, ReasonOK}, // config's default; redirects are not followed
+		{404, []StatusRange{{200, 399}}, ReasonStatus},
+		{503, []StatusRange{{200, 399}}, ReasonStatus},
 		{200, []StatusRange{{200, 200}}, ReasonOK},
 		{204, []StatusRange{{200, 200}}, ReasonStatus},
 		{401, []StatusRange{{200, 299}, {401, 401}}, ReasonOK}, // e.g. an apiserver without anonymous auth
@@ -105,8 +108,8 @@ func TestHTTPProbeExpectBodyIsSearchedInABoundedPrefix(t *testing.T) {
 	}{
 		{"status: ready\n", ReasonOK},
 		{"starting", ReasonBody},
-		{strings.Repeat("x", DefaultMaxBody-5) + "ready", ReasonOK},
-		{strings.Repeat("x", DefaultMaxBody) + "ready", ReasonBody},
+		{strings.Repeat("x", MaxBody-5) + "ready", ReasonOK},
+		{strings.Repeat("x", MaxBody) + "ready", ReasonBody},
 	}
 	for _, tc := range cases {
 		s.body.Store(tc.body)
@@ -169,5 +172,53 @@ func TestHTTPSProbePresentsClientCertificate(t *testing.T) {
 		if got := probeReason(t, with, s.addr()); got != ReasonOK {
 			t.Errorf("TLS %x with client cert: reason %q, want ok", version, got)
 		}
+	}
+}
+
+// Stopping the monitor while an https check waits for its answer, past the
+// handshake, ends the check at once: the stop reaches the TCP conn under
+// the TLS one.
+func TestHTTPSProbeStoppedWhileWaitingForTheAnswer(t *testing.T) {
+	cert := newSelfSigned(t)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert.cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	requested := make(chan struct{}, 1)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+		// The request arrives after the check has switched to the TLS
+		// conn; it is never answered.
+		if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+			requested <- struct{}{}
+		}
+		io.Copy(io.Discard, c)
+	}()
+	t.Cleanup(func() { // ends the server goroutine, and a check left hanging
+		ln.Close()
+		if c, ok := <-accepted; ok {
+			c.Close()
+		}
+	})
+	p := newTestProber(t, Check{Kind: KindHTTPS, TLSSkipVerify: true, Timeout: time.Hour}, ln.Addr().String())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.probe(ctx); close(done) }()
+	select {
+	case <-requested:
+	case <-time.After(failAfter):
+		t.Fatal("the check never sent its request")
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(failAfter):
+		t.Fatal("the check did not end when stopped")
 	}
 }

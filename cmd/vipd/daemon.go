@@ -70,23 +70,22 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (_ *daemon, err error) {
 
 	hopts := healthOptions(cfg)
 	hopts.Logger, hopts.Registerer = log, d.reg
-	hopts.OnTransition = d.onTransition
 	mon, err := health.NewMonitor(hopts)
 	if err != nil {
 		return nil, fmt.Errorf("health checks: %w", err)
 	}
 	d.mon = mon
 
-	bopts := balancerOptions(cfg)
+	bopts, err := balancerOptions(cfg, mon)
+	if err != nil {
+		return nil, fmt.Errorf("balancer: %w", err)
+	}
 	bopts.Logger, bopts.Registerer, bopts.Reporter = log, d.reg, mon
 	if d.bal, err = balancer.New(bopts); err != nil {
 		return nil, fmt.Errorf("balancer: %w", err)
 	}
 
-	eopts, err := electionOptions(cfg)
-	if err != nil {
-		return nil, err
-	}
+	eopts := electionOptions(cfg)
 	eopts.Logger, eopts.Registerer = log, d.reg
 	if d.node, err = election.New(eopts); err != nil {
 		return nil, fmt.Errorf("election: %w", err)
@@ -105,12 +104,6 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (_ *daemon, err error) {
 	}
 	d.owner = ownership.New(oopts)
 	return d, nil
-}
-
-func (d *daemon) onTransition(t health.Transition) {
-	if err := d.bal.SetHealthy(t.Pool, t.Backend, t.Healthy); err != nil {
-		d.log.Error("apply health transition", zap.String("pool", t.Pool), zap.String("backend", t.Backend), zap.Error(err))
-	}
 }
 
 func (d *daemon) onLinkChange(up bool) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/vipd/vipd/balancer"
@@ -14,7 +13,12 @@ import (
 // This file turns the validated config into each component's own options,
 // so that no component imports config or parses strings.
 
-func balancerOptions(cfg *config.Config) balancer.Options {
+// The balancer asks health's record of each backend at every pick.
+var _ balancer.Health = (*health.Backend)(nil)
+
+// balancerOptions gives every backend mon's record of it: health decides
+// which backends may take connections, the balancer asks.
+func balancerOptions(cfg *config.Config, mon *health.Monitor) (balancer.Options, error) {
 	var opts balancer.Options
 	for _, fe := range cfg.Frontends {
 		opts.Frontends = append(opts.Frontends, balancer.FrontendConfig{
@@ -26,14 +30,17 @@ func balancerOptions(cfg *config.Config) balancer.Options {
 		pc := balancer.PoolConfig{
 			Name: p.Name, Algorithm: p.Algorithm, ConnectTimeout: p.ConnectTimeout,
 			ProxyProtocol: p.ProxyProtocol, SlowStart: p.SlowStart,
-			StartHealthy: p.Health.Initial == config.InitialHealthy,
 		}
 		for _, b := range p.Backends {
-			pc.Backends = append(pc.Backends, balancer.BackendConfig{Address: b.Address, Weight: b.Weight})
+			h, err := mon.Backend(p.Name, b.Address)
+			if err != nil {
+				return balancer.Options{}, err
+			}
+			pc.Backends = append(pc.Backends, balancer.BackendConfig{Address: b.Address, Weight: b.Weight, Health: h})
 		}
 		opts.Pools = append(opts.Pools, pc)
 	}
-	return opts
+	return opts, nil
 }
 
 func healthOptions(cfg *config.Config) health.Options {
@@ -59,21 +66,17 @@ func healthOptions(cfg *config.Config) health.Options {
 	return opts
 }
 
-func electionOptions(cfg *config.Config) (election.Options, error) {
+// electionOptions passes config's resolved timing: config owns the lan and
+// wan profiles and the rules between the three durations.
+func electionOptions(cfg *config.Config) election.Options {
 	c := cfg.Cluster
-	timing := election.Timing{Heartbeat: c.Timing.Heartbeat, Election: c.Timing.Election, Lease: c.Timing.Lease}
-	if c.Timing.Profile != "" {
-		var err error
-		if timing, err = election.TimingProfile(c.Timing.Profile); err != nil {
-			return election.Options{}, fmt.Errorf("cluster.timing: %w", err)
-		}
-	}
 	return election.Options{
 		NodeName: cfg.Node.Name, RaftBind: c.RaftBind, GossipBind: c.GossipBind,
 		Join: c.Join, BootstrapExpect: c.BootstrapExpect, DataDir: c.DataDir,
-		SecretKey: c.SecretKey, Role: election.Role(c.Role), Timing: timing,
+		SecretKey: c.SecretKey, Role: election.Role(c.Role),
+		Timing:       election.Timing{Heartbeat: c.Timing.Heartbeat, Election: c.Timing.Election, Lease: c.Timing.Lease},
 		FitnessGrace: c.FitnessGrace, AdminAddr: cfg.Admin.Listen,
-	}, nil
+	}
 }
 
 func vipOptions(cfg *config.Config) vip.Options {
