@@ -13,6 +13,7 @@ type metrics struct {
 	claims          *prometheus.CounterVec
 	releases        *prometheus.CounterVec
 	restores        *prometheus.CounterVec
+	renewFailures   *prometheus.CounterVec
 	announcements   *prometheus.CounterVec
 	conflicts       *prometheus.CounterVec
 	claimToAnnounce prometheus.Histogram
@@ -33,6 +34,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		restores: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vipd_vip_restores_total", Help: "VIP addresses put back while held, after they vanished or their link came back up.",
 		}, labels),
+		renewFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vipd_vip_renewal_failures_total", Help: "Lifetime renewals or restores of a held VIP address that failed.",
+		}, labels),
 		announcements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vipd_vip_announcements_total", Help: "Gratuitous ARP (request and reply) or unsolicited NA announcements sent.",
 		}, labels),
@@ -48,10 +52,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.held, m.claims, m.releases, m.restores, m.announcements, m.conflicts, m.claimToAnnounce} {
+	for _, c := range []prometheus.Collector{m.held, m.claims, m.releases, m.restores, m.renewFailures, m.announcements, m.conflicts, m.claimToAnnounce} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register vip metrics: %w", err)
 		}
 	}
 	return m, nil
+}
+
+// initSeries creates every series of one VIP at zero, so that each is
+// exported from the start and a rate over it has a beginning.
+func (m *metrics) initSeries(address, ifname string) {
+	m.held.WithLabelValues(address, ifname).Set(0)
+	for _, c := range []*prometheus.CounterVec{m.claims, m.releases, m.restores, m.renewFailures, m.announcements, m.conflicts} {
+		c.WithLabelValues(address, ifname)
+	}
 }

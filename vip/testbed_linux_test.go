@@ -253,44 +253,49 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 }
 
 // child is a helper process (TestHelperProcess) running a Manager inside a
-// namespace. Its zap JSON logs come back as maps.
+// namespace. It reports what the Manager does as helperEvents on stdout,
+// derived from the Manager's callbacks, Status, LinkUp and metrics; its logs
+// go to stderr and are only shown when a test fails, so no test depends on
+// their wording.
 type child struct {
-	cmd  *exec.Cmd
-	logs chan map[string]any
-	exit chan error // the exit status, once stdout is drained
+	cmd    *exec.Cmd
+	events chan helperEvent
+	exit   chan error // the exit status, once stdout is drained
 
 	mu  sync.Mutex
 	out strings.Builder // everything it printed, for failure messages
 }
 
-// startChild runs the helper in n with one VIP, optionally behind a wrapper
-// command (setpriv) that runs between "ip netns exec" and the helper.
+// startChild runs the helper in n with one VIP on n's interface, optionally
+// behind a wrapper command (setpriv) that runs between "ip netns exec" and
+// the helper.
 func startChild(t *testing.T, n *node, mode string, vip netip.Addr, wrapper ...string) *child {
 	t.Helper()
 	exe, err := os.Executable()
 	must(t, err)
 	args := append([]string{"netns", "exec", n.name}, wrapper...)
 	args = append(args, exe, "-test.run=^TestHelperProcess$")
-	c := &child{cmd: exec.Command("ip", args...), logs: make(chan map[string]any, 1000), exit: make(chan error, 1)}
+	c := &child{cmd: exec.Command("ip", args...), events: make(chan helperEvent, 10000), exit: make(chan error, 1)}
 	c.cmd.Env = append(os.Environ(), "VIPD_VIP_HELPER="+mode, "VIPD_VIP_ADDR="+vip.String(), "VIPD_VIP_IF="+n.ifname)
 	stdout, err := c.cmd.StdoutPipe()
 	must(t, err)
-	c.cmd.Stderr = c.cmd.Stdout
+	c.cmd.Stderr = &lockedWriter{c: c}
 	if err := c.cmd.Start(); err != nil {
 		t.Fatalf("start helper in %s: %v", n.name, err)
 	}
 	go func() {
 		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
 			c.mu.Lock()
 			c.out.WriteString(sc.Text() + "\n")
 			c.mu.Unlock()
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil {
-				c.logs <- m
+			var e helperEvent
+			if json.Unmarshal(sc.Bytes(), &e) == nil && e.Event != "" {
+				c.events <- e
 			}
 		}
-		close(c.logs)
+		close(c.events)
 		c.exit <- c.cmd.Wait()
 	}()
 	t.Cleanup(func() {
@@ -303,30 +308,61 @@ func startChild(t *testing.T, n *node, mode string, vip netip.Addr, wrapper ...s
 	return c
 }
 
+// lockedWriter adds the helper's stderr (its logs) to the child's output.
+type lockedWriter struct{ c *child }
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.c.mu.Lock()
+	defer w.c.mu.Unlock()
+	return w.c.out.Write(p)
+}
+
 func (c *child) output() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.out.String()
 }
 
-// waitLog returns the next log entry with message msg (skipping others).
-func (c *child) waitLog(t *testing.T, msg string, timeout time.Duration) map[string]any {
+// waitFor returns the next event (skipping others) for which match is true;
+// the test fails if none comes within timeout or the helper exits first.
+func (c *child) waitFor(t *testing.T, what string, timeout time.Duration, match func(helperEvent) bool) helperEvent {
 	t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
 		select {
-		case m, ok := <-c.logs:
+		case e, ok := <-c.events:
 			if !ok {
-				t.Fatalf("helper exited before logging %q", msg)
+				t.Fatalf("helper exited before %s", what)
 			}
-			if m["msg"] == msg {
-				return m
+			if match(e) {
+				return e
 			}
 		case <-deadline.C:
-			t.Fatalf("helper did not log %q within %s", msg, timeout)
+			t.Fatalf("helper: not %s within %s", what, timeout)
 		}
 	}
+}
+
+// waitMetric waits for a state in which the VIP's series name has reached
+// at least min.
+func (c *child) waitMetric(t *testing.T, name string, min float64, timeout time.Duration) helperEvent {
+	t.Helper()
+	return c.waitFor(t, fmt.Sprintf("%s >= %g", name, min), timeout, func(e helperEvent) bool {
+		return e.Metrics[name] >= min
+	})
+}
+
+// waitAnnounced waits for the first announcement of the VIP.
+func (c *child) waitAnnounced(t *testing.T) helperEvent {
+	t.Helper()
+	return c.waitMetric(t, "vipd_vip_announcements_total", 1, 10*time.Second)
+}
+
+// waitReturned waits for the helper's Hold (or RemoveStale) to return.
+func (c *child) waitReturned(t *testing.T) helperEvent {
+	t.Helper()
+	return c.waitFor(t, "returned", 10*time.Second, func(e helperEvent) bool { return e.Event == eventReturned })
 }
 
 // stop sends SIGTERM and waits for a clean exit (which includes the child's
@@ -339,7 +375,7 @@ func (c *child) stop(t *testing.T) {
 
 func (c *child) waitExit(t *testing.T) {
 	t.Helper()
-	for range c.logs { // drain so the reader can finish
+	for range c.events { // drain so the reader can finish
 	}
 	if err := <-c.exit; err != nil {
 		t.Fatalf("helper exit: %v", err)
@@ -351,7 +387,7 @@ func (c *child) waitExit(t *testing.T) {
 func (c *child) kill(t *testing.T) {
 	t.Helper()
 	must(t, c.cmd.Process.Signal(syscall.SIGKILL))
-	for range c.logs {
+	for range c.events {
 	}
 	err := <-c.exit
 	c.exit <- err

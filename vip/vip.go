@@ -12,13 +12,14 @@
 // systems every operation reports ErrNotSupported.
 //
 // Metrics (vipd_vip_*): held, claims_total, releases_total, restores_total,
-// announcements_total, conflicts_total (labels address, interface) and the
-// claim_to_announce_seconds histogram.
+// renewal_failures_total, announcements_total, conflicts_total (labels
+// address, interface) and the claim_to_announce_seconds histogram.
 package vip
 
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -27,21 +28,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-)
-
-// Defaults applied by New to zero fields of a Config.
-//
-// The announcement burst is 4 × 400 ms: the last announcement goes out 1.2 s
-// after the first, later than Linux's default ARP locktime (1 s) during which a
-// neighbour ignores a second, different answer for the same address. Current
-// kernels let a gratuitous ARP override the locktime, older ones and other
-// stacks do not; the late announcement reaches them all. The refresh tick
-// re-announces once per Refresh afterwards.
-const (
-	DefaultLifetime         = 3 * time.Second
-	DefaultRefresh          = time.Second
-	DefaultAnnounceCount    = 4
-	DefaultAnnounceInterval = 400 * time.Millisecond
 )
 
 // maxIfNameLen is the longest Linux interface name (IFNAMSIZ - 1); IPv4
@@ -55,18 +41,19 @@ var ErrNotSupported = errors.New("vip: managing virtual IPs is only supported on
 // still running: two VIP loops must never overlap.
 var ErrHoldActive = errors.New("vip: another Hold is already running")
 
-// Config is one virtual IP and how it is held.
+// Config is one virtual IP and how it is held. The timings come from the
+// config package, which owns their defaults and rules; New only refuses a
+// timing that is not set.
 type Config struct {
 	Address   netip.Addr
 	Interface string
 	// Lifetime is the kernel valid_lft/preferred_lft of the address, rounded up
-	// to whole seconds (the kernel's unit). Default 3s.
+	// to whole seconds (the kernel's unit).
 	Lifetime time.Duration
-	// Refresh is the period of lifetime renewal and re-announcement. Default
-	// 1s; at most half the lifetime so one renewal may fail without loss.
+	// Refresh is the period of lifetime renewal and re-announcement.
 	Refresh time.Duration
 	// AnnounceCount and AnnounceInterval shape the burst of gratuitous ARP /
-	// unsolicited NA sent on claim. Defaults 4 and 400ms.
+	// unsolicited NA sent on claim.
 	AnnounceCount    int
 	AnnounceInterval time.Duration
 }
@@ -77,7 +64,8 @@ type Options struct {
 	Logger     *zap.Logger           // nil: no logs
 	Registerer prometheus.Registerer // nil: metrics are not registered
 	// OnLinkChange is called by Watch, from its goroutine, whenever LinkUp
-	// changes. It must not block for long.
+	// changes, including when Watch loses sight of the links. It must not
+	// block for long.
 	OnLinkChange func(up bool)
 	// OnHolding is called by Hold, from its goroutine, once every VIP is
 	// claimed and announcing: from then on that Hold runs until its context
@@ -104,8 +92,9 @@ type Manager struct {
 
 	holding atomic.Bool // a Hold is running
 
-	mu     sync.Mutex
-	linkUp map[string]bool // interface name -> up; written by Watch
+	mu       sync.Mutex
+	linkUp   map[string]bool // interface name -> up, as last read by Watch
+	linkLost bool            // Watch cannot see the links now: none counts as up
 }
 
 // vipState is one configured VIP and whether this node holds it now.
@@ -114,8 +103,8 @@ type vipState struct {
 	held atomic.Bool
 }
 
-// New validates opts, applies defaults and registers the metrics. It touches
-// neither the network nor the kernel.
+// New checks opts and registers the metrics. It touches neither the network
+// nor the kernel.
 func New(opts Options) (*Manager, error) {
 	log := opts.Logger
 	if log == nil {
@@ -129,7 +118,7 @@ func New(opts Options) (*Manager, error) {
 	}
 	seen := make(map[netip.Addr]bool)
 	for _, c := range opts.VIPs {
-		c, err := withDefaults(c)
+		c, err := checkConfig(c)
 		if err != nil {
 			return nil, err
 		}
@@ -144,14 +133,16 @@ func New(opts Options) (*Manager, error) {
 		return nil, err
 	}
 	m.metrics = met
-	for _, v := range m.vips { // every VIP has a held series from the start
-		met.held.WithLabelValues(v.cfg.Address.String(), v.cfg.Interface).Set(0)
+	for _, v := range m.vips {
+		met.initSeries(v.cfg.Address.String(), v.cfg.Interface)
 	}
 	return m, nil
 }
 
-// withDefaults fills zero fields of c and rejects values that cannot work.
-func withDefaults(c Config) (Config, error) {
+// checkConfig normalises c's address and rejects a VIP that cannot be held.
+// The timings are config's to default and validate; a zero or negative one
+// here is a caller that skipped config, refused by name.
+func checkConfig(c Config) (Config, error) {
 	if !c.Address.IsValid() {
 		return c, errors.New("vip: address is missing")
 	}
@@ -168,28 +159,14 @@ func withDefaults(c Config) (Config, error) {
 		return fail("interface is missing")
 	case len(c.Interface) > maxIfNameLen:
 		return fail("interface name longer than %d bytes", maxIfNameLen)
-	}
-	if c.Lifetime == 0 {
-		c.Lifetime = DefaultLifetime
-	}
-	if c.Refresh == 0 {
-		c.Refresh = DefaultRefresh
-	}
-	if c.AnnounceCount == 0 {
-		c.AnnounceCount = DefaultAnnounceCount
-	}
-	if c.AnnounceInterval == 0 {
-		c.AnnounceInterval = DefaultAnnounceInterval
-	}
-	switch {
-	case c.Lifetime < 2*time.Second:
-		return fail("lifetime %s is shorter than 2s (the kernel counts whole seconds)", c.Lifetime)
-	case c.Refresh < 0 || c.Refresh > c.Lifetime/2:
-		return fail("refresh %s must be positive and at most half the lifetime %s", c.Refresh, c.Lifetime)
-	case c.AnnounceCount < 0:
-		return fail("announce count %d is negative", c.AnnounceCount)
-	case c.AnnounceInterval < 0:
-		return fail("announce interval %s is negative", c.AnnounceInterval)
+	case c.Lifetime <= 0:
+		return fail("Lifetime %s must be positive", c.Lifetime)
+	case c.Refresh <= 0:
+		return fail("Refresh %s must be positive", c.Refresh)
+	case c.AnnounceCount <= 0:
+		return fail("AnnounceCount %d must be positive", c.AnnounceCount)
+	case c.AnnounceInterval <= 0:
+		return fail("AnnounceInterval %s must be positive", c.AnnounceInterval)
 	}
 	return c, nil
 }
@@ -219,7 +196,9 @@ func (m *Manager) Status() []Status {
 }
 
 // LinkUp reports whether every VIP interface is up, as last seen by Watch.
-// Before Watch has read an interface it counts as up.
+// Before Watch has read an interface it counts as up; while Watch cannot
+// follow the links (its netlink watch failed to start or died, and is being
+// retried) none counts as up.
 func (m *Manager) LinkUp() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -228,6 +207,9 @@ func (m *Manager) LinkUp() bool {
 
 // allUpLocked is LinkUp's answer; m.mu must be held.
 func (m *Manager) allUpLocked() bool {
+	if m.linkLost {
+		return false
+	}
 	for _, v := range m.vips {
 		if up, ok := m.linkUp[v.cfg.Interface]; ok && !up {
 			return false
@@ -236,20 +218,32 @@ func (m *Manager) allUpLocked() bool {
 	return true
 }
 
-// setLinkState records the state of every VIP interface (name -> up) and
-// calls OnLinkChange when LinkUp changes as a result.
+// setLinkState records the state of every VIP interface (name -> up), as
+// read by Watch.
 func (m *Manager) setLinkState(state map[string]bool) {
+	m.updateLinks(func() {
+		m.linkLost = false
+		maps.Copy(m.linkUp, state)
+	}, zap.Any("interfaces", state))
+}
+
+// setLinkLost records that Watch cannot see the links any more.
+func (m *Manager) setLinkLost() {
+	m.updateLinks(func() { m.linkLost = true }, zap.String("interfaces", "unknown: the link watch is down"))
+}
+
+// updateLinks applies change under m.mu and calls OnLinkChange when LinkUp
+// changes as a result.
+func (m *Manager) updateLinks(change func(), detail zap.Field) {
 	m.mu.Lock()
 	before := m.allUpLocked()
-	for name, up := range state {
-		m.linkUp[name] = up
-	}
+	change()
 	after := m.allUpLocked()
 	m.mu.Unlock()
 	if before == after {
 		return
 	}
-	m.log.Info("vip link state changed", zap.Bool("up", after), zap.Any("interfaces", state))
+	m.log.Info("vip link state changed", zap.Bool("up", after), detail)
 	if m.onLinkChange != nil {
 		m.onLinkChange(after)
 	}

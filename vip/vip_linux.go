@@ -94,6 +94,11 @@ type held struct {
 	claimed bool // the address was added by this Hold: release deletes it
 	linkUp  bool
 
+	// The outcome of adding or renewing the address; Hold's goroutine only.
+	renewed  time.Time // the last success: the kernel drops the address a lifetime later
+	renewErr error     // the latest attempt's error, nil if it succeeded
+	failures int       // attempts failed in a row
+
 	kick      chan struct{} // wakes the announcement loop
 	wantBurst atomic.Bool   // the next wake-up sends a full burst
 	lastKick  time.Time     // last conflict-driven re-announcement; Hold's goroutine only
@@ -119,8 +124,10 @@ func (v *held) trigger(burst bool) {
 // only after that, with every goroutine it started ended. It returns an error
 // when a VIP cannot be claimed or announced (after releasing what it claimed;
 // a permission error names the missing capability), when a VIP's interface
-// is deleted or recreated while held, or when another Hold is running.
-// Failed sends while holding are logged, not fatal.
+// is deleted or recreated while held, when a VIP's renewals keep failing for
+// longer than its renewalBudget, or when another Hold is running. A renewal
+// that fails and is followed by one that succeeds within the budget, and
+// failed sends, are logged, not fatal.
 func (m *Manager) Hold(ctx context.Context) error {
 	if !m.holding.CompareAndSwap(false, true) {
 		return ErrHoldActive
@@ -145,7 +152,8 @@ func (m *Manager) Hold(ctx context.Context) error {
 	}
 	// Subscriptions start before the claim so no deletion goes unseen.
 	subCtx, stopSubs := context.WithCancel(ctx)
-	addrs, links := addrStream(subCtx, m.log), linkStream(subCtx, m.log)
+	addrs := startStream(subCtx, m.log, "address", subscribeAddrs)
+	links := startStream(subCtx, m.log, "link", subscribeLinks)
 	// Announcing stops the moment ctx ends, without waiting for anything.
 	annCtx, stopAnn := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -204,6 +212,11 @@ func (m *Manager) Hold(ctx context.Context) error {
 	}
 	tick := time.NewTicker(refresh)
 	defer tick.Stop()
+	// giveUp fires when the first VIP whose renewals fail reaches the end
+	// of its budget: one more try then, and the hold ends if that fails.
+	giveUp := time.NewTimer(0)
+	giveUp.Stop()
+	defer giveUp.Stop()
 	m.log.Info("vip hold started", zap.Int("vips", len(vips)))
 	if m.onHolding != nil {
 		m.onHolding()
@@ -246,8 +259,55 @@ func (m *Manager) Hold(ctx context.Context) error {
 			}
 		case c := <-conflicts:
 			m.conflict(c)
+		case <-giveUp.C:
+			for _, v := range vips {
+				if v.renewErr != nil {
+					m.renew(h, v)
+				}
+			}
+		}
+		next, err := renewalsFailed(vips, time.Now())
+		if err != nil {
+			return err
+		}
+		giveUp.Stop()
+		if !next.IsZero() {
+			giveUp.Reset(time.Until(next))
 		}
 	}
+}
+
+// renewalBudget is how long after its last successful renewal a VIP whose
+// renewals fail is still held: half its lifetime. The kernel drops the
+// address one lifetime after that success, so by then it is lost whatever
+// happens next; ending the hold at half leaves the other half for the daemon
+// to learn it and act (report itself unfit, hand over, claim anew) while the
+// address may still work, instead of leading without it. A single failure
+// never ends the hold: the budget allows a second try, on the next tick
+// (Refresh is at most half the lifetime, config's rule) or at its end.
+func (c Config) renewalBudget() time.Duration { return c.Lifetime / 2 }
+
+// renewalsFailed returns an error naming the first VIP whose renewals have
+// failed at least twice in a row and for longer than its budget; otherwise
+// the end of the earliest budget still running (zero if every VIP's last
+// renewal succeeded).
+func renewalsFailed(vips []*held, now time.Time) (time.Time, error) {
+	var next time.Time
+	for _, v := range vips {
+		if v.renewErr == nil {
+			continue
+		}
+		cfg := v.st.cfg
+		end := v.renewed.Add(cfg.renewalBudget())
+		if v.failures >= 2 && !now.Before(end) {
+			return time.Time{}, fmt.Errorf("hold %s on %s: no renewal succeeded for %s, over half the %s lifetime: %w",
+				cfg.Address, cfg.Interface, now.Sub(v.renewed).Round(time.Millisecond), cfg.Lifetime, v.renewErr)
+		}
+		if next.IsZero() || end.Before(next) {
+			next = end
+		}
+	}
+	return next, nil
 }
 
 // conflict is another MAC claiming a held VIP.
@@ -289,7 +349,7 @@ func (m *Manager) claim(h *netlink.Handle, v *held) error {
 	if err := m.addAddr(h, v); err != nil {
 		return err
 	}
-	v.claimed = true
+	v.claimed, v.renewed = true, time.Now()
 	v.st.held.Store(true)
 	m.metrics.claims.WithLabelValues(cfg.Address.String(), cfg.Interface).Inc()
 	m.metrics.held.WithLabelValues(cfg.Address.String(), cfg.Interface).Set(1)
@@ -306,25 +366,36 @@ func (m *Manager) addAddr(h *netlink.Handle, v *held) error {
 	return nil
 }
 
+// putAddr adds or renews the address of a held VIP and records the outcome
+// for renewalsFailed.
+func (m *Manager) putAddr(h *netlink.Handle, v *held) error {
+	if err := m.addAddr(h, v); err != nil {
+		v.renewErr = err
+		v.failures++
+		v.st.held.Store(false)
+		m.metrics.renewFailures.WithLabelValues(v.st.cfg.Address.String(), v.st.cfg.Interface).Inc()
+		return err
+	}
+	v.renewed, v.renewErr, v.failures = time.Now(), nil, 0
+	v.st.held.Store(true)
+	return nil
+}
+
 // renew extends the lifetime and asks for one announcement.
 func (m *Manager) renew(h *netlink.Handle, v *held) {
-	if err := m.addAddr(h, v); err != nil {
-		v.st.held.Store(false)
-		v.log.Error("vip renew failed", zap.Error(err))
+	if err := m.putAddr(h, v); err != nil {
+		v.log.Error("vip renew failed", zap.Int("failures_in_a_row", v.failures), zap.Error(err))
 		return
 	}
-	v.st.held.Store(true)
 	v.trigger(false)
 }
 
 // restore puts the address back at once and announces a full burst.
 func (m *Manager) restore(h *netlink.Handle, v *held, why string) {
-	if err := m.addAddr(h, v); err != nil {
-		v.st.held.Store(false)
-		v.log.Error("vip restore failed", zap.String("reason", why), zap.Error(err))
+	if err := m.putAddr(h, v); err != nil {
+		v.log.Error("vip restore failed", zap.String("reason", why), zap.Int("failures_in_a_row", v.failures), zap.Error(err))
 		return
 	}
-	v.st.held.Store(true)
 	m.metrics.restores.WithLabelValues(v.st.cfg.Address.String(), v.st.cfg.Interface).Inc()
 	v.log.Warn("vip restored", zap.String("reason", why))
 	v.trigger(true)
@@ -421,34 +492,57 @@ func isUp(a *netlink.LinkAttrs) bool {
 
 // Watch follows the VIP interfaces with a netlink link subscription, keeps
 // LinkUp accurate and calls OnLinkChange on every change, until ctx is done.
-// A missing interface counts as down.
-func (m *Manager) Watch(ctx context.Context) {
+// A missing interface counts as down. If the watch cannot start or dies,
+// LinkUp turns false (the links are not known, so not known to be up) and
+// the watch is retried, with a growing pause, until it works again and the
+// links are read afresh.
+func (m *Manager) Watch(ctx context.Context) { m.watch(ctx, subscribeLinks) }
+
+// watch is Watch with the subscription given, so tests can make it fail.
+func (m *Manager) watch(ctx context.Context, sub subscribeFunc[netlink.LinkUpdate]) {
 	if len(m.vips) == 0 {
 		<-ctx.Done()
 		return
 	}
+	keepRunning(ctx, m.log, "link watch", func(started func()) error {
+		err := m.watchOnce(ctx, sub, started)
+		if err != nil {
+			m.setLinkLost()
+		}
+		return err
+	})
+}
+
+// watchOnce runs one link watch until ctx ends (nil) or it fails.
+func (m *Manager) watchOnce(ctx context.Context, sub subscribeFunc[netlink.LinkUpdate], started func()) error {
 	h, err := newHandle()
 	if err != nil {
-		m.log.Error("vip link watch cannot start", zap.Error(needsCap(err, "CAP_NET_ADMIN")))
-		<-ctx.Done()
-		return
+		return needsCap(err, "CAP_NET_ADMIN")
 	}
 	defer h.Close()
-	links := linkStream(ctx, m.log)
-	defer links.wait()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-links.C:
-			// Any update (or a resubscription) re-reads every interface:
-			// fresher than the update itself and immune to lost messages.
-			state := make(map[string]bool, len(m.vips))
-			for _, v := range m.vips {
-				link, err := h.LinkByName(v.cfg.Interface)
-				state[v.cfg.Interface] = err == nil && isUp(link.Attrs())
-			}
-			m.setLinkState(state)
+	// Any update (or a resubscription) re-reads every interface: fresher
+	// than the update itself and immune to lost messages.
+	return follow(ctx, m.log, "link", sub, started, func(netlink.LinkUpdate) error {
+		return m.readLinks(h)
+	})
+}
+
+// readLinks reads every VIP interface into the link state. A missing
+// interface is down; failing to read one is an error (the watch then fails).
+func (m *Manager) readLinks(h *netlink.Handle) error {
+	state := make(map[string]bool, len(m.vips))
+	for _, v := range m.vips {
+		link, err := h.LinkByName(v.cfg.Interface)
+		var notFound netlink.LinkNotFoundError
+		switch {
+		case errors.As(err, &notFound):
+			state[v.cfg.Interface] = false
+		case err != nil:
+			return fmt.Errorf("read interface %s: %w", v.cfg.Interface, err)
+		default:
+			state[v.cfg.Interface] = isUp(link.Attrs())
 		}
 	}
+	m.setLinkState(state)
+	return nil
 }

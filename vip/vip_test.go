@@ -17,48 +17,63 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-func TestNewAppliesDefaults(t *testing.T) {
-	m, err := New(Options{VIPs: []Config{{Address: netip.MustParseAddr("198.18.0.100"), Interface: "eth0"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := m.vips[0].cfg
-	want := Config{
-		Address: netip.MustParseAddr("198.18.0.100"), Interface: "eth0",
-		Lifetime: DefaultLifetime, Refresh: DefaultRefresh,
-		AnnounceCount: DefaultAnnounceCount, AnnounceInterval: DefaultAnnounceInterval,
-	}
-	if got != want {
-		t.Fatalf("config = %+v, want %+v", got, want)
+// The timings of every test VIP: config's defaults, spelled out, since vip
+// has none of its own.
+const (
+	testLifetime         = 3 * time.Second
+	testRefresh          = time.Second
+	testAnnounceCount    = 4
+	testAnnounceInterval = 400 * time.Millisecond
+)
+
+// testVIP is a VIP with the test timings.
+func testVIP(addr netip.Addr, ifname string) Config {
+	return Config{
+		Address: addr, Interface: ifname,
+		Lifetime: testLifetime, Refresh: testRefresh,
+		AnnounceCount: testAnnounceCount, AnnounceInterval: testAnnounceInterval,
 	}
 }
 
-func TestDefaultBurstOutlastsARPLocktime(t *testing.T) {
-	// Linux ignores a second, different ARP answer for 1s (neigh locktime);
-	// the burst must still have an announcement after that.
-	if last := time.Duration(DefaultAnnounceCount-1) * DefaultAnnounceInterval; last <= time.Second {
-		t.Fatalf("last announcement of the default burst at %s, not after the 1s locktime", last)
+func TestNewLeavesTimingRulesToConfig(t *testing.T) {
+	// config decides which timings are sensible; New takes any that is set.
+	c := Config{
+		Address: netip.MustParseAddr("198.18.0.100"), Interface: "eth0",
+		Lifetime: time.Second, Refresh: time.Second, AnnounceCount: 1, AnnounceInterval: time.Millisecond,
+	}
+	m, err := New(Options{VIPs: []Config{c}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.vips[0].cfg; got != c {
+		t.Fatalf("config = %+v, want it as given: %+v", got, c)
 	}
 }
 
 func TestNewRejectsInvalidConfig(t *testing.T) {
 	v4 := netip.MustParseAddr("198.18.0.100")
+	with := func(change func(*Config)) []Config {
+		c := testVIP(v4, "eth0")
+		change(&c)
+		return []Config{c}
+	}
 	cases := []struct {
 		name string
 		vips []Config
 		want string
 	}{
-		{"missing address", []Config{{Interface: "eth0"}}, "address is missing"},
-		{"missing interface", []Config{{Address: v4}}, "interface is missing"},
-		{"interface too long", []Config{{Address: v4, Interface: "abcdefghijklmnop"}}, "longer than 15"},
-		{"multicast", []Config{{Address: netip.MustParseAddr("224.0.0.1"), Interface: "eth0"}}, "unicast"},
-		{"link-local v6", []Config{{Address: netip.MustParseAddr("fe80::1"), Interface: "eth0"}}, "link-local"},
-		{"zone", []Config{{Address: netip.MustParseAddr("2001:2::1%eth0"), Interface: "eth0"}}, "zone"},
-		{"short lifetime", []Config{{Address: v4, Interface: "eth0", Lifetime: time.Second}}, "lifetime 1s"},
-		{"refresh over half lifetime", []Config{{Address: v4, Interface: "eth0", Refresh: 2 * time.Second}}, "refresh 2s"},
-		{"negative count", []Config{{Address: v4, Interface: "eth0", AnnounceCount: -1}}, "announce count"},
-		{"negative interval", []Config{{Address: v4, Interface: "eth0", AnnounceInterval: -time.Second}}, "announce interval"},
-		{"duplicate", []Config{{Address: v4, Interface: "eth0"}, {Address: v4, Interface: "eth1"}}, "configured twice"},
+		{"missing address", with(func(c *Config) { c.Address = netip.Addr{} }), "address is missing"},
+		{"missing interface", with(func(c *Config) { c.Interface = "" }), "interface is missing"},
+		{"interface too long", with(func(c *Config) { c.Interface = "abcdefghijklmnop" }), "longer than 15"},
+		{"multicast", with(func(c *Config) { c.Address = netip.MustParseAddr("224.0.0.1") }), "unicast"},
+		{"link-local v6", with(func(c *Config) { c.Address = netip.MustParseAddr("fe80::1") }), "link-local"},
+		{"zone", with(func(c *Config) { c.Address = netip.MustParseAddr("2001:2::1%eth0") }), "zone"},
+		// Timings config did not fill in: the field is named.
+		{"lifetime unset", with(func(c *Config) { c.Lifetime = 0 }), "Lifetime 0s must be positive"},
+		{"refresh unset", with(func(c *Config) { c.Refresh = 0 }), "Refresh 0s must be positive"},
+		{"count unset", with(func(c *Config) { c.AnnounceCount = 0 }), "AnnounceCount 0 must be positive"},
+		{"interval negative", with(func(c *Config) { c.AnnounceInterval = -time.Second }), "AnnounceInterval -1s must be positive"},
+		{"duplicate", []Config{testVIP(v4, "eth0"), testVIP(v4, "eth1")}, "configured twice"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -114,8 +129,8 @@ func TestNeedsCapNamesTheCapability(t *testing.T) {
 
 func TestStatusListsEveryVIPNotHeld(t *testing.T) {
 	m, err := New(Options{VIPs: []Config{
-		{Address: netip.MustParseAddr("198.18.0.100"), Interface: "eth0"},
-		{Address: netip.MustParseAddr("2001:2::100"), Interface: "eth1"},
+		testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"),
+		testVIP(netip.MustParseAddr("2001:2::100"), "eth1"),
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -131,8 +146,8 @@ func TestLinkChangeCallbackOnlyOnChange(t *testing.T) {
 	var calls []bool
 	m, err := New(Options{
 		VIPs: []Config{
-			{Address: netip.MustParseAddr("198.18.0.100"), Interface: "eth0"},
-			{Address: netip.MustParseAddr("198.18.0.101"), Interface: "eth1"},
+			testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"),
+			testVIP(netip.MustParseAddr("198.18.0.101"), "eth1"),
 		},
 		OnLinkChange: func(up bool) { calls = append(calls, up) },
 	})
@@ -149,33 +164,53 @@ func TestLinkChangeCallbackOnlyOnChange(t *testing.T) {
 		t.Fatal("LinkUp true with both interfaces down")
 	}
 	m.setLinkState(map[string]bool{"eth0": true, "eth1": true})
-	if fmt.Sprint(calls) != "[false true]" {
-		t.Fatalf("OnLinkChange calls = %v, want [false true]", calls)
+	// A watch that lost sight of the links knows none of them is up, until
+	// it reads them again.
+	m.setLinkLost()
+	if m.LinkUp() {
+		t.Fatal("LinkUp true while the link watch is down")
+	}
+	m.setLinkLost()
+	m.setLinkState(map[string]bool{"eth0": true, "eth1": true})
+	if fmt.Sprint(calls) != "[false true false true]" {
+		t.Fatalf("OnLinkChange calls = %v, want [false true false true]", calls)
 	}
 }
 
-func TestMetricsAreRegistered(t *testing.T) {
+func TestEverySeriesIsExportedFromTheStart(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	m, err := New(Options{VIPs: []Config{{Address: netip.MustParseAddr("198.18.0.100"), Interface: "eth0"}}, Registerer: reg})
-	if err != nil {
+	if _, err := New(Options{VIPs: []Config{testVIP(netip.MustParseAddr("198.18.0.100"), "eth0")}, Registerer: reg}); err != nil {
 		t.Fatal(err)
 	}
-	m.metrics.held.WithLabelValues("198.18.0.100", "eth0").Set(1)
-	for _, c := range []*prometheus.CounterVec{m.metrics.claims, m.metrics.releases, m.metrics.restores, m.metrics.announcements, m.metrics.conflicts} {
-		c.WithLabelValues("198.18.0.100", "eth0")
-	}
-	m.metrics.claimToAnnounce.Observe(0.001)
+	// Read from the registry only: a series this test created itself
+	// would prove nothing about New.
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var names []string
+	var got []string
 	for _, mf := range mfs {
-		names = append(names, mf.GetName())
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			value := m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
+			got = append(got, fmt.Sprintf("%s{%s,%s}=%g", mf.GetName(), labels["address"], labels["interface"], value))
+		}
 	}
-	want := "[vipd_vip_announcements_total vipd_vip_claim_to_announce_seconds vipd_vip_claims_total vipd_vip_conflicts_total vipd_vip_held vipd_vip_releases_total vipd_vip_restores_total]"
-	if fmt.Sprint(names) != want {
-		t.Fatalf("metrics = %v, want %v", names, want)
+	want := []string{
+		"vipd_vip_announcements_total{198.18.0.100,eth0}=0",
+		"vipd_vip_claim_to_announce_seconds{,}=0",
+		"vipd_vip_claims_total{198.18.0.100,eth0}=0",
+		"vipd_vip_conflicts_total{198.18.0.100,eth0}=0",
+		"vipd_vip_held{198.18.0.100,eth0}=0",
+		"vipd_vip_releases_total{198.18.0.100,eth0}=0",
+		"vipd_vip_renewal_failures_total{198.18.0.100,eth0}=0",
+		"vipd_vip_restores_total{198.18.0.100,eth0}=0",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("series = %v\nwant %v", got, want)
 	}
 	if _, err := New(Options{Registerer: reg}); err == nil {
 		t.Fatal("registering the metrics twice did not fail")
