@@ -255,3 +255,15 @@ func TestTypeNoneHasNoStartingState(t *testing.T) {
 		t.Errorf("type none loaded with initial %q; its backends always take connections", h.Initial)
 	}
 }
+
+// The default announcement burst must outlast Linux's arp locktime (1 s by
+// default): a neighbour ignores ARP updates for a locktime after it last
+// changed an entry, so a burst that ends sooner can leave it on the old
+// holder's MAC until the next refresh.
+func TestDefaultBurstOutlastsARPLocktime(t *testing.T) {
+	const arpLocktime = time.Second
+	if span := time.Duration(DefaultAnnounceCount-1) * DefaultAnnounceInterval; span < arpLocktime {
+		t.Errorf("default burst spans %s (%d × %s apart), shorter than the %s arp locktime",
+			span, DefaultAnnounceCount, DefaultAnnounceInterval, arpLocktime)
+	}
+}
