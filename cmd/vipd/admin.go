@@ -50,7 +50,8 @@ type PoolStatus struct {
 // BackendStatus is a backend in /status.
 type BackendStatus struct {
 	balancer.BackendStatus
-	LastCheck string `json:"last_check,omitempty"` // reason of the last check: ok, refused, timeout, …
+	LastCheck   string             `json:"last_check,omitempty"` // reason of the last check: ok, refused, timeout, …
+	Transitions []TransitionRecord `json:"transitions"`          // the latest health transitions, newest first
 }
 
 // HealthSummary is the node-level health that decides fitness to lead.
@@ -79,7 +80,10 @@ func (d *daemon) status() Status {
 	for _, p := range d.bal.Status() {
 		ps := PoolStatus{Name: p.Name, Backends: []BackendStatus{}}
 		for _, b := range p.Backends {
-			ps.Backends = append(ps.Backends, BackendStatus{BackendStatus: b, LastCheck: lastCheck[[2]string{p.Name, b.Address}]})
+			ps.Backends = append(ps.Backends, BackendStatus{
+				BackendStatus: b, LastCheck: lastCheck[[2]string{p.Name, b.Address}],
+				Transitions: d.transitions.recent(p.Name, b.Address),
+			})
 		}
 		st.Pools = append(st.Pools, ps)
 	}
@@ -99,6 +103,7 @@ func (d *daemon) adminHandler() http.Handler {
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
+	mux.HandleFunc("GET /{$}", serveStatusPage)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, d.status())
 	})

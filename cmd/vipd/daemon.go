@@ -44,6 +44,9 @@ type daemon struct {
 	leaveReq    chan struct{} // closed (once) by the admin API's /v1/leave
 	leaveOnce   sync.Once
 	ready       atomic.Bool
+	notify      *notifier  // systemd's READY/STATUS/WATCHDOG/STOPPING
+	probes      loopProbes // answered by the loops WATCHDOG=1 vouches for
+	transitions transitionLog
 
 	configPath    string           // the file cfg came from; empty for the embedded default
 	hup           <-chan os.Signal // SIGHUP from main: check the config file (nil in tests that do not)
@@ -54,10 +57,15 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (*daemon, error) {
 	d := &daemon{
 		cfg: cfg, log: log, reg: prometheus.NewRegistry(),
 		fitnessKick: make(chan struct{}, 1), leaveReq: make(chan struct{}),
+		probes: newLoopProbes(),
 	}
 	d.linkUp.Store(true)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.configMetrics = newConfigMetrics(d.reg)
+	var err error
+	if d.notify, err = newNotifier(log); err != nil {
+		return nil, err
+	}
 
 	hopts := healthOptions(cfg)
 	hopts.Logger, hopts.Registerer = log, d.reg
@@ -96,6 +104,7 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (*daemon, error) {
 }
 
 func (d *daemon) onTransition(t health.Transition) {
+	d.transitions.record(t, time.Now())
 	if err := d.bal.SetHealthy(t.Pool, t.Backend, t.Healthy); err != nil {
 		d.log.Error("apply health transition", zap.String("pool", t.Pool), zap.String("backend", t.Backend), zap.Error(err))
 	}
@@ -156,6 +165,7 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	wg.Go(func() { d.fitnessLoop(bg) })
 	wg.Go(func() { d.intentLoop(bg) })
+	wg.Go(func() { d.notifyLoop(bg) }) // after the listeners are bound
 	leading, stopLeading := context.WithCancel(bg)
 	leadershipDone := make(chan struct{})
 	go func() { defer close(leadershipDone); d.leadershipLoop(leading) }()
@@ -178,6 +188,7 @@ serve:
 			d.checkConfigFile()
 		}
 	}
+	d.notify.stopping()
 	d.ready.Store(false)
 
 	// 1. The VIP goes first: the leadership loop releases it on exit.
@@ -262,6 +273,7 @@ func (d *daemon) leadershipLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-d.probes.leadership:
 		case ev, ok := <-d.node.Events():
 			if !ok {
 				return // the election stopped: the deferred release runs
@@ -336,6 +348,7 @@ func (d *daemon) fitnessLoop(ctx context.Context) {
 			return
 		case summary = <-d.mon.SummaryChanges():
 		case <-d.fitnessKick:
+		case <-d.probes.fitness:
 		}
 	}
 }
@@ -364,6 +377,7 @@ func (d *daemon) intentLoop(ctx context.Context) {
 			return
 		case in := <-d.node.IntentChanges():
 			apply(in)
+		case <-d.probes.intent:
 		}
 	}
 }
