@@ -73,6 +73,18 @@ const fastHealth = "{type: tcp, interval: 100ms, rise: 1, fall: 1, initial: heal
 // backends "a" and "b" checked as health says.
 func startNode(t *testing.T, health string) *testNode {
 	t.Helper()
+	n := launchNode(t, "solo", "bootstrap_expect: 1", health)
+	waitFor(t, "leader and ready", func() bool {
+		var st Status
+		return n.getJSON(t, "/status", &st) == 200 && st.Ready && st.State == "leader"
+	})
+	return n
+}
+
+// launchNode starts a daemon like startNode's, named name, with cluster
+// settings added to its own binds and data_dir, and returns at once.
+func launchNode(t *testing.T, name, cluster, health string) *testNode {
+	t.Helper()
 	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t)}
 	for _, name := range []string{"a", "b"} {
 		addr, kill := namedBackend(t, name)
@@ -80,15 +92,15 @@ func startNode(t *testing.T, health string) *testNode {
 		n.killBackend = append(n.killBackend, kill)
 	}
 	doc := fmt.Sprintf(`
-node: {name: solo, shutdown_grace: 1s}
-cluster: {raft_bind: %s, gossip_bind: %s, bootstrap_expect: 1, data_dir: %s}
+node: {name: %s, shutdown_grace: 1s}
+cluster: {raft_bind: %s, gossip_bind: %s, %s, data_dir: %s}
 frontends: [{name: web, listen: %s, pool: web}]
 pools:
   - name: web
     backends: [{address: %s}, {address: %s}]
     health: %s
 admin: {listen: %s}
-`, n.raft, n.gossip, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin)
+`, name, n.raft, n.gossip, cluster, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin)
 	n.configPath = filepath.Join(t.TempDir(), "vipd.yaml")
 	if err := os.WriteFile(n.configPath, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -117,10 +129,6 @@ admin: {listen: %s}
 		return <-errc
 	}
 	t.Cleanup(func() { n.stop() })
-	waitFor(t, "leader and ready", func() bool {
-		var st Status
-		return n.getJSON(t, "/status", &st) == 200 && st.Ready && st.State == "leader"
-	})
 	return n
 }
 

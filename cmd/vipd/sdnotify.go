@@ -146,7 +146,8 @@ func newLoopProbes() loopProbes {
 	return loopProbes{fitness: make(loopProbe), leadership: make(loopProbe), intent: make(loopProbe)}
 }
 
-// stuck returns the loops that did not answer before deadline.
+// stuck returns the loops that did not answer before deadline. A loop
+// waiting in its select always answers, also after the deadline.
 func (p loopProbes) stuck(ctx context.Context, deadline time.Time) []string {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
@@ -155,6 +156,11 @@ func (p loopProbes) stuck(ctx context.Context, deadline time.Time) []string {
 		name  string
 		probe loopProbe
 	}{{"fitness", p.fitness}, {"leadership", p.leadership}, {"intent", p.intent}} {
+		select {
+		case lp.probe <- struct{}{}:
+			continue
+		default:
+		}
 		select {
 		case lp.probe <- struct{}{}:
 		case <-ctx.Done():
