@@ -439,6 +439,7 @@ type staticPod struct {
 			Command         []string `yaml:"command"`
 			SecurityContext struct {
 				Privileged   *bool `yaml:"privileged"`
+				RunAsUser    *int  `yaml:"runAsUser"`
 				Capabilities struct {
 					Add  []string `yaml:"add"`
 					Drop []string `yaml:"drop"`
