@@ -468,7 +468,8 @@ type probe struct {
 	} `yaml:"httpGet"`
 }
 
-func TestStaticPodMatchesControlPlaneExample(t *testing.T) {
+func loadStaticPod(t *testing.T) staticPod {
+	t.Helper()
 	data, err := os.ReadFile("kubernetes/vipd-static-pod.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -477,6 +478,11 @@ func TestStaticPodMatchesControlPlaneExample(t *testing.T) {
 	if err := yaml.Unmarshal(data, &pod); err != nil {
 		t.Fatalf("kubernetes/vipd-static-pod.yaml: %v", err)
 	}
+	return pod
+}
+
+func TestStaticPodMatchesControlPlaneExample(t *testing.T) {
+	pod := loadStaticPod(t)
 	cfg, err := config.Load("examples/control-plane.yaml")
 	if err != nil {
 		t.Fatal(err)

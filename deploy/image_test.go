@@ -14,8 +14,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"gopkg.in/yaml.v3"
 )
 
 // imageBuilder says how `make image` will build here, or why it cannot.
@@ -50,15 +48,7 @@ func makefileImage(t *testing.T) string {
 // image's default user is not root, and only root gets the added
 // capabilities that the VIP needs.
 func TestStaticPodNamesTheBuiltImage(t *testing.T) {
-	data, err := os.ReadFile("kubernetes/vipd-static-pod.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pod staticPod
-	if err := yaml.Unmarshal(data, &pod); err != nil {
-		t.Fatal(err)
-	}
-	c := pod.Spec.Containers[0]
+	c := loadStaticPod(t).Spec.Containers[0]
 	if got, want := c.Image, makefileImage(t); got != want {
 		t.Errorf("the static pod runs image %q; make image builds %q", got, want)
 	}
@@ -127,12 +117,7 @@ func TestMakeImageBuildsAStaticNonRootImage(t *testing.T) {
 	if u := cfg.Config.User; u == "" || u == "0" || strings.HasPrefix(u, "0:") || u == "root" {
 		t.Errorf("image user %q: want a non-root default", u)
 	}
-	var pod staticPod
-	data, _ := os.ReadFile("kubernetes/vipd-static-pod.yaml")
-	if err := yaml.Unmarshal(data, &pod); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := append(cfg.Config.Entrypoint, cfg.Config.Cmd...), pod.Spec.Containers[0].Command; !slices.Equal(got, want) {
+	if got, want := append(cfg.Config.Entrypoint, cfg.Config.Cmd...), loadStaticPod(t).Spec.Containers[0].Command; !slices.Equal(got, want) {
 		t.Errorf("the image runs %q, the static pod %q", got, want)
 	}
 
