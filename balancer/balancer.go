@@ -280,12 +280,13 @@ func (b *Balancer) Status() []PoolStatus {
 		ps := PoolStatus{Name: p.name, Backends: make([]BackendStatus, 0, len(p.backends))}
 		for _, be := range p.backends {
 			ps.Backends = append(ps.Backends, BackendStatus{
-				Address:              be.addr,
-				Healthy:              be.healthy.Load(),
-				Drained:              be.drained.Load(),
-				Weight:               be.weight,
-				ActiveConnections:    be.active.Load(),
-				TotalConnections:     be.total.Load(),
+				Address:           be.addr,
+				Healthy:           be.healthy.Load(),
+				Drained:           be.drained.Load(),
+				Weight:            be.weight,
+				ActiveConnections: be.active.Load(),
+				TotalConnections:  be.total.Load(),
+
 				BytesClientToBackend: relayed[be].up,
 				BytesBackendToClient: relayed[be].down,
 			})

@@ -50,8 +50,8 @@ type PoolStatus struct {
 // BackendStatus is a backend in /status.
 type BackendStatus struct {
 	balancer.BackendStatus
-	LastCheck   string             `json:"last_check,omitempty"` // reason of the last check: ok, refused, timeout, …
-	Transitions []TransitionRecord `json:"transitions"`          // the latest health transitions, newest first
+	LastCheck   string               `json:"last_check,omitempty"` // reason of the last check: ok, refused, timeout, …
+	Transitions []health.StateChange `json:"transitions"`          // the last health transitions, newest first
 }
 
 // HealthSummary is the node-level health that decides fitness to lead.
@@ -71,19 +71,17 @@ func (d *daemon) status() Status {
 	if d.vips != nil {
 		st.VIPs = d.vips.Status()
 	}
-	lastCheck := map[[2]string]string{}
+	checked := map[[2]string]health.BackendHealth{}
 	for _, p := range d.mon.Status() {
 		for _, b := range p.Backends {
-			lastCheck[[2]string{p.Name, b.Address}] = b.LastReason
+			checked[[2]string{p.Name, b.Address}] = b
 		}
 	}
 	for _, p := range d.bal.Status() {
 		ps := PoolStatus{Name: p.Name, Backends: []BackendStatus{}}
 		for _, b := range p.Backends {
-			ps.Backends = append(ps.Backends, BackendStatus{
-				BackendStatus: b, LastCheck: lastCheck[[2]string{p.Name, b.Address}],
-				Transitions: d.transitions.recent(p.Name, b.Address),
-			})
+			h := checked[[2]string{p.Name, b.Address}]
+			ps.Backends = append(ps.Backends, BackendStatus{BackendStatus: b, LastCheck: h.LastReason, Transitions: h.Transitions})
 		}
 		st.Pools = append(st.Pools, ps)
 	}

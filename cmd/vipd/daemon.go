@@ -46,7 +46,6 @@ type daemon struct {
 	ready       atomic.Bool
 	notify      *notifier  // systemd's READY/STATUS/WATCHDOG/STOPPING
 	probes      loopProbes // answered by the loops WATCHDOG=1 vouches for
-	transitions transitionLog
 
 	configPath    string           // the file cfg came from; empty for the embedded default
 	hup           <-chan os.Signal // SIGHUP from main: check the config file (nil in tests that do not)
@@ -62,10 +61,11 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (*daemon, error) {
 	d.linkUp.Store(true)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.configMetrics = newConfigMetrics(d.reg)
-	var err error
-	if d.notify, err = newNotifier(log); err != nil {
+	notify, err := newNotifier(log)
+	if err != nil {
 		return nil, err
 	}
+	d.notify = notify
 
 	hopts := healthOptions(cfg)
 	hopts.Logger, hopts.Registerer = log, d.reg
@@ -104,7 +104,6 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (*daemon, error) {
 }
 
 func (d *daemon) onTransition(t health.Transition) {
-	d.transitions.record(t, time.Now())
 	if err := d.bal.SetHealthy(t.Pool, t.Backend, t.Healthy); err != nil {
 		d.log.Error("apply health transition", zap.String("pool", t.Pool), zap.String("backend", t.Backend), zap.Error(err))
 	}
