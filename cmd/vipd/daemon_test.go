@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -85,6 +86,8 @@ func startNode(t *testing.T, health string) *testNode {
 // settings added to its own binds and data_dir, and returns at once.
 func launchNode(t *testing.T, name, cluster, health string) *testNode {
 	t.Helper()
+	logs := &logsUntilTestEnds{TB: t}
+	t.Cleanup(logs.end) // registered first, so it runs after the daemon stopped
 	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t)}
 	for _, name := range []string{"a", "b"} {
 		addr, kill := namedBackend(t, name)
@@ -109,7 +112,7 @@ admin: {listen: %s}
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	d, err := newDaemon(cfg, zaptest.NewLogger(t))
+	d, err := newDaemon(cfg, zaptest.NewLogger(logs))
 	if err != nil {
 		t.Fatalf("newDaemon: %v", err)
 	}
@@ -118,7 +121,13 @@ admin: {listen: %s}
 	n.d = d
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { errc <- d.run(ctx) }()
+	go func() {
+		err := d.run(ctx)
+		if err != nil && ctx.Err() == nil {
+			t.Errorf("node %s stopped by itself: %v", name, err) // e.g. a port taken since freePort
+		}
+		errc <- err
+	}()
 	var once bool
 	n.stop = func() error {
 		if once {
@@ -130,6 +139,29 @@ admin: {listen: %s}
 	}
 	t.Cleanup(func() { n.stop() })
 	return n
+}
+
+// logsUntilTestEnds passes a daemon's logs to the test until it ends and
+// drops them after: memberlist's suspicion timers outlive its Shutdown and
+// may still log, which the testing package would turn into a panic.
+type logsUntilTestEnds struct {
+	testing.TB
+	mu    sync.Mutex
+	ended bool // guarded by mu
+}
+
+func (l *logsUntilTestEnds) Logf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.ended {
+		l.TB.Logf(format, args...)
+	}
+}
+
+func (l *logsUntilTestEnds) end() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ended = true
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

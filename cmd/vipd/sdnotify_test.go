@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -149,6 +150,11 @@ func TestSystemdSeesReadyStatusWatchdogAndStopping(t *testing.T) {
 // expects two voters says it is waiting, and READY=1 follows only once the
 // second node joined.
 func TestReadyWaitsUntilTheClusterFormed(t *testing.T) {
+	// Runs last: memberlist.Shutdown does not wait for its probes, which
+	// end on their own timeouts; TestMain's leak check must not see them.
+	t.Cleanup(func() {
+		waitFor(t, "memberlist's goroutines to end after its Shutdown", func() bool { return goleak.Find() == nil })
+	})
 	sock := listenNotify(t)
 	first := launchNode(t, "one", "bootstrap_expect: 2", fastHealth)
 	sock.waitMessage(t, "the waiting status", statusWith("waiting to form or join the cluster"))
