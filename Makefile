@@ -4,7 +4,7 @@ BIN     := bin
 GOFLAGS ?=
 PKGS    := ./...
 
-.PHONY: build test run demo bench bench-failover lint clean
+.PHONY: build test run demo bench bench-failover lint clean image
 
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend
@@ -14,6 +14,27 @@ build:
 # As root this includes the namespace and end-to-end tests, which use bin/.
 test: build
 	$(GO) test -race -count=1 -p 1 -timeout 20m $(PKGS)
+
+# The container image of deploy/container/Dockerfile, tagged $(IMAGE), also
+# saved as $(BIN)/vipd-image.tar (docker load, ctr -n k8s.io images import).
+# Static binaries on scratch: the build pulls nothing. docker when its daemon
+# answers, else buildah (Debian's package, as root; vfs storage works in any
+# container or VM).
+IMAGE   ?= vipd:latest
+BUILDAH ?= buildah --storage-driver vfs
+image:
+	rm -rf $(BIN)/image && mkdir -p $(BIN)/image && mkdir -m 0700 $(BIN)/image/data
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/image/ ./cmd/vipd ./cmd/vipctl
+	@if docker info >/dev/null 2>&1; then \
+		set -x; docker build -f deploy/container/Dockerfile -t $(IMAGE) $(BIN)/image && \
+		docker save -o $(BIN)/vipd-image.tar $(IMAGE); \
+	elif command -v buildah >/dev/null; then \
+		set -x; $(BUILDAH) build -f deploy/container/Dockerfile -t $(IMAGE) $(BIN)/image && \
+		rm -f $(BIN)/vipd-image.tar && \
+		$(BUILDAH) push $(IMAGE) docker-archive:$(BIN)/vipd-image.tar:$(IMAGE); \
+	else \
+		echo "make image: needs docker (with a running daemon) or buildah (apt-get install buildah)" >&2; exit 1; \
+	fi
 
 # A single node on loopback with two demo backends behind it:
 # curl http://127.0.0.1:8080/ answers from backend-a and backend-b in turn.

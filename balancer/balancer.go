@@ -88,6 +88,10 @@ type BackendStatus struct {
 	Weight            int    `json:"weight"`
 	ActiveConnections int64  `json:"active_connections"`
 	TotalConnections  uint64 `json:"total_connections"`
+	// Bytes relayed each way, as in vipd_backend_bytes_total: connections
+	// still open count what their peers acknowledged so far.
+	BytesClientToBackend uint64 `json:"bytes_client_to_backend"`
+	BytesBackendToClient uint64 `json:"bytes_backend_to_client"`
 }
 
 // Balancer owns the frontends, the pools and every connection goroutine.
@@ -269,6 +273,7 @@ func (b *Balancer) SetDrained(pool, backend string, drained bool) error {
 // Status reports every pool and backend in configuration order.
 func (b *Balancer) Status() []PoolStatus {
 	out := make([]PoolStatus, 0, len(b.pools))
+	relayed := b.live.relayed(b.pools)
 	for _, p := range b.pools {
 		ps := PoolStatus{Name: p.name, Backends: make([]BackendStatus, 0, len(p.backends))}
 		for _, be := range p.backends {
@@ -279,6 +284,9 @@ func (b *Balancer) Status() []PoolStatus {
 				Weight:            be.weight,
 				ActiveConnections: be.active.Load(),
 				TotalConnections:  be.total.Load(),
+
+				BytesClientToBackend: relayed[be].up,
+				BytesBackendToClient: relayed[be].down,
 			})
 		}
 		out = append(out, ps)

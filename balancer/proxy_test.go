@@ -38,6 +38,9 @@ func TestRelaysRoundRobinAndCountsBytes(t *testing.T) {
 	if up != 2*5 || down != 2*(2+5) { // "ping\n" each way, plus "b\n"
 		t.Fatalf("bytes up %v down %v, want 10 and 14", up, down)
 	}
+	if st := b.Status()[0].Backends[1]; st.BytesClientToBackend != 10 || st.BytesBackendToClient != 14 {
+		t.Fatalf("Status bytes up %d down %d, want 10 and 14 as in the metric", st.BytesClientToBackend, st.BytesBackendToClient)
+	}
 	if n := metricValue(t, reg, "vipd_backend_connections_total", lb); n != 2 {
 		t.Fatalf("backend connections_total %v, want 2", n)
 	}

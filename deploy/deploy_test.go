@@ -401,7 +401,7 @@ func TestSystemdUnitOutlastsShutdown(t *testing.T) {
 	if pre := one("ExecStartPre"); !strings.Contains(pre, "--check") || !strings.Contains(pre, cfgArg) {
 		t.Errorf("ExecStartPre = %q: want --check %s", pre, cfgArg)
 	}
-	for key, want := range map[string]string{"Type": "simple", "Restart": "always", "KillSignal": "SIGTERM", "StateDirectory": "vipd", "NoNewPrivileges": "yes"} {
+	for key, want := range map[string]string{"Type": "notify", "NotifyAccess": "main", "Restart": "always", "KillSignal": "SIGTERM", "StateDirectory": "vipd", "NoNewPrivileges": "yes"} {
 		if got := one(key); got != want {
 			t.Errorf("%s = %q, want %q", key, got, want)
 		}
@@ -421,6 +421,11 @@ func TestSystemdUnitOutlastsShutdown(t *testing.T) {
 		t.Errorf("TimeoutStopSec %s does not outlast the hand-over, the drain and the close (%s): systemd would SIGKILL mid-way", stop, need)
 	}
 	t.Logf("TimeoutStopSec %s, shutdown needs at most %s", stop, need)
+	// The daemon pings every second at most (min(1s, WatchdogSec/2)): a
+	// WatchdogSec of a few seconds leaves room for a slow tick.
+	if wd, err := time.ParseDuration(one("WatchdogSec")); err != nil || wd < 4*time.Second {
+		t.Errorf("WatchdogSec = %q (%v): want a Go duration of 4s or more", one("WatchdogSec"), err)
+	}
 }
 
 // staticPod is the part of the manifest the daemon depends on.
@@ -434,6 +439,7 @@ type staticPod struct {
 			Command         []string `yaml:"command"`
 			SecurityContext struct {
 				Privileged   *bool `yaml:"privileged"`
+				RunAsUser    *int  `yaml:"runAsUser"`
 				Capabilities struct {
 					Add  []string `yaml:"add"`
 					Drop []string `yaml:"drop"`
@@ -462,7 +468,8 @@ type probe struct {
 	} `yaml:"httpGet"`
 }
 
-func TestStaticPodMatchesControlPlaneExample(t *testing.T) {
+func loadStaticPod(t *testing.T) staticPod {
+	t.Helper()
 	data, err := os.ReadFile("kubernetes/vipd-static-pod.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -471,6 +478,11 @@ func TestStaticPodMatchesControlPlaneExample(t *testing.T) {
 	if err := yaml.Unmarshal(data, &pod); err != nil {
 		t.Fatalf("kubernetes/vipd-static-pod.yaml: %v", err)
 	}
+	return pod
+}
+
+func TestStaticPodMatchesControlPlaneExample(t *testing.T) {
+	pod := loadStaticPod(t)
 	cfg, err := config.Load("examples/control-plane.yaml")
 	if err != nil {
 		t.Fatal(err)

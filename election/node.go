@@ -434,6 +434,11 @@ func (n *Node) Status() Status {
 	return st
 }
 
+// Clustered reports whether this node has Raft state: it formed the cluster
+// (bootstrap) or joined one and received its log, in this run or before a
+// restart. Until then it cannot vote or lead.
+func (n *Node) Clustered() bool { return n.clustered.Load() }
+
 // Intent returns the replicated operator intent as applied on this node.
 func (n *Node) Intent() Intent { return n.fsm.intent() }
 

@@ -68,6 +68,8 @@ type Backend struct {
 	lastError  string    // guarded by mu
 	lastCheck  time.Time // guarded by mu
 	checks     uint64    // guarded by mu: active checks completed
+
+	recent []StateChange // guarded by mu: the last recentChanges transitions, newest first
 }
 
 // Healthy reports whether the backend may take new connections. It is one
@@ -335,6 +337,8 @@ func (m *Monitor) observe(b *Backend, reason string, err error, active bool) {
 		b.upSince.Store(time.Now().UnixNano())
 	}
 	b.healthy.Store(healthy)
+	change := StateChange{At: time.Now(), Healthy: healthy, Reason: reason}
+	b.recent = append([]StateChange{change}, b.recent[:min(len(b.recent), recentChanges-1)]...)
 	b.notifyMu.Lock()
 	b.mu.Unlock()
 	defer b.notifyMu.Unlock()
@@ -421,6 +425,16 @@ func (m *Monitor) publishSummary() {
 	}
 }
 
+// recentChanges is how many transitions Status keeps per backend.
+const recentChanges = 5
+
+// StateChange is one transition of a backend, as Status reports it.
+type StateChange struct {
+	At      time.Time `json:"at"`
+	Healthy bool      `json:"healthy"`
+	Reason  string    `json:"reason"` // ReasonOK for a rise, else the failure that reached Fall
+}
+
 // PoolHealth is one pool in Status.
 type PoolHealth struct {
 	Name     string          `json:"name"`
@@ -438,6 +452,8 @@ type BackendHealth struct {
 	ConsecutiveSuccesses int       `json:"consecutive_successes"`
 	ConsecutiveFailures  int       `json:"consecutive_failures"`
 	Checks               uint64    `json:"checks"` // active checks completed
+
+	Transitions []StateChange `json:"transitions"` // the last few, newest first; [] before the first
 }
 
 // Status is a snapshot of every pool and backend, for the admin /status.
@@ -451,7 +467,7 @@ func (m *Monitor) Status() []PoolHealth {
 				Address: b.addr, Healthy: b.sm.healthy,
 				LastReason: b.lastReason, LastError: b.lastError, LastCheck: b.lastCheck,
 				ConsecutiveSuccesses: b.sm.successes, ConsecutiveFailures: b.sm.failures,
-				Checks: b.checks,
+				Checks: b.checks, Transitions: append([]StateChange{}, b.recent...),
 			})
 			b.mu.Unlock()
 		}

@@ -48,7 +48,11 @@ type Options struct {
 	// OnFailedChange is called, from the goroutine that changed it, whenever
 	// Failed changes. It must not block.
 	OnFailedChange func()
-	Logger         *zap.Logger // nil: no logs
+	// Probe, if set, is a liveness probe: Run receives from it between two
+	// steps, so a sender (the systemd watchdog) learns that the loop still
+	// comes back to its select and is not stuck inside a step.
+	Probe  <-chan struct{}
+	Logger *zap.Logger // nil: no logs
 }
 
 // Owner runs the holds of one Holder. Create with New, run with Run.
@@ -57,6 +61,7 @@ type Owner struct {
 	retryAfter time.Duration
 	after      func(time.Duration) <-chan time.Time
 	onFailed   func()
+	probe      <-chan struct{}
 	log        *zap.Logger
 
 	failed atomic.Bool // the last hold failed and no hold has succeeded since
@@ -66,7 +71,7 @@ type Owner struct {
 func New(opts Options) *Owner {
 	o := &Owner{
 		holder: opts.Holder, retryAfter: opts.RetryAfter, after: opts.After,
-		onFailed: opts.OnFailedChange, log: opts.Logger,
+		onFailed: opts.OnFailedChange, probe: opts.Probe, log: opts.Logger,
 	}
 	if o.retryAfter <= 0 {
 		o.retryAfter = DefaultRetryAfter
@@ -145,6 +150,7 @@ func (o *Owner) Run(ctx context.Context, events <-chan Event) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-o.probe:
 		case ev, ok := <-events:
 			if !ok {
 				return

@@ -50,7 +50,8 @@ type PoolStatus struct {
 // BackendStatus is a backend in /status.
 type BackendStatus struct {
 	balancer.BackendStatus
-	LastCheck string `json:"last_check,omitempty"` // reason of the last check: ok, refused, timeout, …
+	LastCheck   string               `json:"last_check,omitempty"` // reason of the last check: ok, refused, timeout, …
+	Transitions []health.StateChange `json:"transitions"`          // the last health transitions, newest first
 }
 
 // HealthSummary is the node-level health that decides fitness to lead.
@@ -70,16 +71,17 @@ func (d *daemon) status() Status {
 	if d.vips != nil {
 		st.VIPs = d.vips.Status()
 	}
-	lastCheck := map[[2]string]string{}
+	checked := map[[2]string]health.BackendHealth{}
 	for _, p := range d.mon.Status() {
 		for _, b := range p.Backends {
-			lastCheck[[2]string{p.Name, b.Address}] = b.LastReason
+			checked[[2]string{p.Name, b.Address}] = b
 		}
 	}
 	for _, p := range d.bal.Status() {
 		ps := PoolStatus{Name: p.Name, Backends: []BackendStatus{}}
 		for _, b := range p.Backends {
-			ps.Backends = append(ps.Backends, BackendStatus{BackendStatus: b, LastCheck: lastCheck[[2]string{p.Name, b.Address}]})
+			h := checked[[2]string{p.Name, b.Address}]
+			ps.Backends = append(ps.Backends, BackendStatus{BackendStatus: b, LastCheck: h.LastReason, Transitions: h.Transitions})
 		}
 		st.Pools = append(st.Pools, ps)
 	}
@@ -99,6 +101,7 @@ func (d *daemon) adminHandler() http.Handler {
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
+	mux.HandleFunc("GET /{$}", serveStatusPage)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, d.status())
 	})

@@ -46,6 +46,8 @@ type daemon struct {
 	leaveReq    chan struct{} // closed (once) by the admin API's /v1/leave
 	leaveOnce   sync.Once
 	ready       atomic.Bool
+	notify      *notifier  // systemd's READY/STATUS/WATCHDOG/STOPPING
+	probes      loopProbes // answered by the loops WATCHDOG=1 vouches for
 
 	configPath    string           // the file cfg came from; empty for the embedded default
 	hup           <-chan os.Signal // SIGHUP from main: check the config file (nil in tests that do not)
@@ -58,6 +60,7 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (_ *daemon, err error) {
 	d := &daemon{
 		cfg: cfg, log: log, reg: prometheus.NewRegistry(),
 		fitnessKick: make(chan struct{}, 1), leaveReq: make(chan struct{}),
+		probes: newLoopProbes(),
 	}
 	defer func() {
 		if err != nil {
@@ -67,6 +70,11 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (_ *daemon, err error) {
 	d.linkUp.Store(true)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.configMetrics = newConfigMetrics(d.reg)
+	notify, err := newNotifier(log)
+	if err != nil {
+		return nil, err
+	}
+	d.notify = notify
 
 	hopts := healthOptions(cfg)
 	hopts.Logger, hopts.Registerer = log, d.reg
@@ -91,7 +99,7 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (_ *daemon, err error) {
 		return nil, fmt.Errorf("election: %w", err)
 	}
 
-	oopts := ownership.Options{Logger: log.Named("ownership"), OnFailedChange: d.kickFitness}
+	oopts := ownership.Options{Logger: log.Named("ownership"), OnFailedChange: d.kickFitness, Probe: d.probes.leadership}
 	if len(cfg.VIPs) > 0 {
 		vopts := vipOptions(cfg)
 		vopts.Logger, vopts.Registerer = log, d.reg
@@ -138,6 +146,7 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	wg.Go(func() { d.fitnessLoop(bg) })
 	wg.Go(func() { d.intentLoop(bg) })
+	wg.Go(func() { d.notifyLoop(bg) }) // after the listeners are bound
 	leading, stopLeading := context.WithCancel(bg)
 	var leadingWG sync.WaitGroup
 	events := make(chan ownership.Event)
@@ -162,6 +171,7 @@ serve:
 			d.checkConfigFile()
 		}
 	}
+	d.notify.stopping()
 	d.ready.Store(false)
 
 	// 1. The VIP goes first: the owner releases it on exit.
@@ -308,6 +318,7 @@ func (d *daemon) fitnessLoop(ctx context.Context) {
 			return
 		case summary = <-d.mon.SummaryChanges():
 		case <-d.fitnessKick:
+		case <-d.probes.fitness:
 		}
 	}
 }
@@ -336,6 +347,7 @@ func (d *daemon) intentLoop(ctx context.Context) {
 			return
 		case in := <-d.node.IntentChanges():
 			apply(in)
+		case <-d.probes.intent:
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -82,26 +83,39 @@ const absentVIP = "vips: [{address: 198.18.0.100, interface: vipd-absent0}]"
 
 // startNode runs a single-node daemon on loopback, in process, with two
 // backends "a" and "b" checked as health says, and the extra top-level
-// config sections given.
+// config sections given; it returns once the node leads.
 func startNode(t *testing.T, health string, extra ...string) *testNode {
 	t.Helper()
-	n, cfg := newTestNode(t, health, extra...)
-	n.start(t, cfg)
+	n, cfg := newTestNode(t, "solo", "bootstrap_expect: 1", health, extra...)
+	n.start(t, "solo", cfg)
+	waitFor(t, "leader and ready", func() bool {
+		var st Status
+		return n.getJSON(t, "/status", &st) == 200 && st.Ready && st.State == "leader"
+	})
 	return n
 }
 
-// newTestNode writes and loads the config that startNode runs.
-func newTestNode(t *testing.T, health string, extra ...string) (*testNode, *config.Config) {
+// launchNode starts a daemon like startNode's, named name, with cluster
+// settings added to its own binds and data_dir, and returns at once.
+func launchNode(t *testing.T, name, cluster, health string) *testNode {
+	t.Helper()
+	n, cfg := newTestNode(t, name, cluster, health)
+	n.start(t, name, cfg)
+	return n
+}
+
+// newTestNode writes and loads the config that startNode and launchNode run.
+func newTestNode(t *testing.T, name, cluster, health string, extra ...string) (*testNode, *config.Config) {
 	t.Helper()
 	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t)}
-	for _, name := range []string{"a", "b"} {
-		addr, kill := namedBackend(t, name)
+	for _, backend := range []string{"a", "b"} {
+		addr, kill := namedBackend(t, backend)
 		n.backends = append(n.backends, addr)
 		n.killBackend = append(n.killBackend, kill)
 	}
 	doc := fmt.Sprintf(`
-node: {name: solo, shutdown_grace: 1s}
-cluster: {raft_bind: %s, gossip_bind: %s, bootstrap_expect: 1, data_dir: %s}
+node: {name: %s, shutdown_grace: 1s}
+cluster: {raft_bind: %s, gossip_bind: %s, %s, data_dir: %s}
 frontends: [{name: web, listen: %s, pool: web}]
 pools:
   - name: web
@@ -109,7 +123,7 @@ pools:
     health: %s
 admin: {listen: %s}
 %s
-`, n.raft, n.gossip, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin, strings.Join(extra, "\n"))
+`, name, n.raft, n.gossip, cluster, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin, strings.Join(extra, "\n"))
 	n.configPath = filepath.Join(t.TempDir(), "vipd.yaml")
 	if err := os.WriteFile(n.configPath, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -121,10 +135,13 @@ admin: {listen: %s}
 	return n, cfg
 }
 
-// start runs the daemon until the test ends and waits until it leads.
-func (n *testNode) start(t *testing.T, cfg *config.Config) {
+// start runs the daemon until the test ends. A node that stops by itself
+// (e.g. a port taken since freePort) fails the test with its error.
+func (n *testNode) start(t *testing.T, name string, cfg *config.Config) {
 	t.Helper()
-	d, err := newDaemon(cfg, zaptest.NewLogger(t))
+	logs := &logsUntilTestEnds{TB: t}
+	t.Cleanup(logs.end) // registered before the daemon's stop, so it runs after it
+	d, err := newDaemon(cfg, zaptest.NewLogger(logs))
 	if err != nil {
 		t.Fatalf("newDaemon: %v", err)
 	}
@@ -133,17 +150,42 @@ func (n *testNode) start(t *testing.T, cfg *config.Config) {
 	n.d = d
 	ctx, cancel := context.WithCancel(context.Background())
 	n.exited = make(chan struct{})
-	go func() { defer close(n.exited); n.runErr = d.run(ctx) }()
+	go func() {
+		defer close(n.exited)
+		n.runErr = d.run(ctx)
+		if n.runErr != nil && ctx.Err() == nil {
+			t.Errorf("node %s stopped by itself: %v", name, n.runErr)
+		}
+	}()
 	n.stop = func() error {
 		cancel()
 		<-n.exited
 		return n.runErr
 	}
 	t.Cleanup(func() { n.stop() })
-	waitFor(t, "leader and ready", func() bool {
-		var st Status
-		return n.getJSON(t, "/status", &st) == 200 && st.Ready && st.State == "leader"
-	})
+}
+
+// logsUntilTestEnds passes a daemon's logs to the test until it ends and
+// drops them after: memberlist's suspicion timers outlive its Shutdown and
+// may still log, which the testing package would turn into a panic.
+type logsUntilTestEnds struct {
+	testing.TB
+	mu    sync.Mutex
+	ended bool // guarded by mu
+}
+
+func (l *logsUntilTestEnds) Logf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.ended {
+		l.TB.Logf(format, args...)
+	}
+}
+
+func (l *logsUntilTestEnds) end() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ended = true
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -526,13 +568,13 @@ func TestAFailedStartLeavesNothingRunning(t *testing.T) {
 		{"raft_bind taken", func(t *testing.T, n *testNode, _ *config.Config) { occupy(t, n.raft) }, "start election"},
 		{"admin listen taken", func(t *testing.T, n *testNode, _ *config.Config) { occupy(t, n.admin) }, "admin listener"},
 		{"vip.New refuses the VIP", func(_ *testing.T, _ *testNode, cfg *config.Config) {
-			cfg.VIPs[0].Lifetime = time.Second // vip wants at least 2s (the kernel counts whole seconds)
+			cfg.VIPs[0].Refresh = 0 // a value config never hands on: vip.New refuses it
 		}, "vip"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := goleak.IgnoreCurrent()
 			t.Cleanup(func() { goleak.VerifyNone(t, before) }) // last: after the backends stop
-			n, cfg := newTestNode(t, fastHealth, absentVIP)
+			n, cfg := newTestNode(t, "solo", "bootstrap_expect: 1", fastHealth, absentVIP)
 			tc.setup(t, n, cfg)
 			d, err := newDaemon(cfg, zaptest.NewLogger(t))
 			if err == nil {

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+
+	cdplog "github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
+)
+
+func TestStatusPageIsOneSelfContainedHTMLFile(t *testing.T) {
+	n := startNode(t, fastHealth)
+	resp, err := http.Get("http://" + n.admin + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("GET /: HTTP %d, %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") {
+		t.Errorf("CSP %q does not refuse other origins", csp)
+	}
+	page := string(body)
+	for _, ref := range []string{"http://", "https://", "//cdn", "<link", "src="} {
+		if strings.Contains(page, ref) {
+			t.Errorf("the page refers to something outside itself: %q", ref)
+		}
+	}
+	if resp, err := http.Get("http://" + n.admin + "/nonexistent"); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /nonexistent: HTTP %d, want 404 (the page is served at / only)", resp.StatusCode)
+	}
+}
+
+// chromiumFlags are what headless Chromium needs on a machine without an
+// outside network: no background fetches, updates, sync or QUIC, which
+// would otherwise try connections that are refused.
+func chromiumFlags(path, profile string) []chromedp.ExecAllocatorOption {
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(path),
+		chromedp.UserDataDir(profile),
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.WindowSize(1400, 900),
+	)
+	if os.Geteuid() == 0 {
+		opts = append(opts, chromedp.NoSandbox) // Chromium refuses to sandbox as root
+	}
+	return opts
+}
+
+// findChromium returns Debian's chromium. Without it the test skips, except
+// under CI=true, where a missing browser is a failure (the test installer
+// installs it).
+func findChromium(t *testing.T) string {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("chromium not found (%v): CI must run the browser test; install Debian's chromium", err)
+		}
+		t.Skipf("chromium not found (%v): skipping the browser test (apt-get install chromium)", err)
+	}
+	return path
+}
+
+// pageBackend is a backend row as the status page's DOM shows it.
+type pageBackend struct {
+	Address string `json:"address"`
+	State   string `json:"state"` // up | down | drained
+	Text    string `json:"text"`
+}
+
+// pageView is what the page shows, read in one evaluation: the rows and
+// how many refreshes rendered them.
+type pageView struct {
+	Refreshed int           `json:"refreshed"`
+	Rows      []pageBackend `json:"rows"`
+}
+
+func (v pageView) backend(addr string) pageBackend {
+	for _, r := range v.Rows {
+		if r.Address == addr {
+			return r
+		}
+	}
+	return pageBackend{}
+}
+
+const readPage = `({
+	refreshed: Number(document.body.dataset.refreshed || 0),
+	rows: Array.from(document.querySelectorAll("tr[data-backend]")).map((tr) =>
+		({address: tr.dataset.backend, state: tr.dataset.state, text: tr.innerText})),
+})`
+
+// The status page in a real browser: it shows both backends up, and the one
+// that went down as down within two refreshes of /status saying so, while
+// the other stays up. It loads nothing from anywhere but the daemon.
+func TestStatusPageInABrowserShowsABackendGoingDown(t *testing.T) {
+	chromium := findChromium(t)
+	n := startNode(t, fastHealth)
+
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), chromiumFlags(chromium, t.TempDir())...)
+	defer cancelAlloc()
+	ctx, cancel := chromedp.NewContext(alloc)
+	defer cancel()
+
+	var (
+		mu       sync.Mutex
+		foreign  []string // requests to anywhere but the admin listener
+		problems []string // errors the browser logged (CSP refusals, failed loads)
+	)
+	origin := "http://" + n.admin
+	if err := chromedp.Listen(ctx, func(ev any) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch ev := ev.(type) {
+		case *network.EventRequestWillBeSent:
+			if u, err := url.Parse(ev.Request.URL); err != nil || u.Scheme+"://"+u.Host != origin {
+				foreign = append(foreign, ev.Request.URL)
+			}
+		case *cdplog.EventEntryAdded:
+			if ev.Entry.Level == cdplog.EntryLevelError {
+				problems = append(problems, fmt.Sprintf("%s: %s %s", ev.Entry.Source, ev.Entry.Text, ev.Entry.URL))
+			}
+		}
+	}); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(origin+"/")); err != nil {
+		t.Fatalf("load the page: %v", err)
+	}
+
+	dead, alive := n.backends[0], n.backends[1]
+	view := func() pageView {
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[pageView](readPage))
+		if err != nil {
+			t.Fatalf("read the page: %v", err)
+		}
+		return v
+	}
+	waitFor(t, "the page shows both backends up", func() bool {
+		v := view()
+		return v.backend(dead).State == "up" && v.backend(alive).State == "up"
+	})
+
+	n.killBackend[0]()
+	waitFor(t, "/status says the backend is down", func() bool {
+		var st Status
+		n.getJSON(t, "/status", &st)
+		return !st.Pools[0].Backends[0].Healthy
+	})
+	// A refresh may be in flight with the older answer; the next one has it.
+	by := view().Refreshed + 2
+	var shown pageView
+	waitFor(t, "the page shows the dead backend down", func() bool {
+		shown = view()
+		return shown.backend(dead).State == "down"
+	})
+	if shown.Refreshed > by {
+		t.Errorf("the page showed the backend down at refresh %d, want by %d", shown.Refreshed, by)
+	}
+	if b := shown.backend(alive); b.State != "up" {
+		t.Errorf("the live backend shows %q: %+v", b.State, b)
+	}
+	if b := shown.backend(dead); !strings.Contains(b.Text, "down (refused)") {
+		t.Errorf("the dead backend's row lacks its transition: %q", b.Text)
+	}
+	if path := os.Getenv("VIPD_STATUS_PAGE_SCREENSHOT"); path != "" {
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err == nil {
+			err = os.WriteFile(path, png, 0o644)
+		}
+		if err != nil {
+			t.Errorf("screenshot: %v", err)
+		}
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(foreign) > 0 {
+		t.Errorf("the page loaded from elsewhere: %q", foreign)
+	}
+	if len(problems) > 0 {
+		t.Errorf("the browser logged errors: %q", problems)
+	}
+}
