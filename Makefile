@@ -17,13 +17,10 @@ test: build
 
 # A single node on loopback with two demo backends behind it:
 # curl http://127.0.0.1:8080/ answers from backend-a and backend-b in turn.
+# RUN_FRONTEND, RUN_ADMIN, RUN_RAFT, RUN_GOSSIP, RUN_BACKEND_A, RUN_BACKEND_B
+# and RUN_DATA move it (make run RUN_FRONTEND=127.0.0.1:18080); see scripts/run.sh.
 run: build
-	@trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/demo-backend -listen 127.0.0.1:9001 -name backend-a & \
-	$(BIN)/demo-backend -listen 127.0.0.1:9002 -name backend-b & \
-	mkdir -p .vipd-data; \
-	echo "vipd: frontend http://127.0.0.1:8080/  admin http://127.0.0.1:9900/status  (Ctrl-C stops)"; \
-	$(BIN)/vipd
+	@BIN=$(BIN) exec scripts/run.sh
 
 # The failover bed in network namespaces (needs root).
 demo: build
