@@ -9,11 +9,22 @@ PKGS    := ./...
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend
 
+# What each target needs from Debian: scripts/deps.sh installs whatever is
+# missing when run as root, and otherwise says what skips or fails without it.
+# promtool and chromium are optional: without them one test each skips.
+TEST_NEEDS           := ip nft haproxy keepalived promtool chromium
+DEMO_NEEDS           := ip
+BENCH_NEEDS          := haproxy
+BENCH_FAILOVER_NEEDS := ip keepalived haproxy
+
 # Every package, one at a time (-p 1): the election and end-to-end tests time
 # failovers and must not share the two cores with another test binary.
 # As root this includes the namespace and end-to-end tests, which use bin/.
+# internal/testrun prints go test's usual output, then every skipped test
+# and why.
 test: build
-	$(GO) test -race -count=1 -p 1 -timeout 20m $(PKGS)
+	@scripts/deps.sh $(TEST_NEEDS)
+	$(GO) run ./internal/testrun -go $(GO) -race -count=1 -p 1 -timeout 20m $(PKGS)
 
 # A single node on loopback with two demo backends behind it:
 # curl http://127.0.0.1:8080/ answers from backend-a and backend-b in turn.
@@ -24,12 +35,16 @@ run: build
 
 # The failover bed in network namespaces (needs root).
 demo: build
+	@scripts/deps.sh $(DEMO_NEEDS)
 	$(GO) run ./e2e/cmd/demo
 
 bench: build
+	@scripts/deps.sh $(BENCH_NEEDS)
 	bench/run.sh
 
+# Needs root: the beds are network namespaces.
 bench-failover: build
+	@scripts/deps.sh $(BENCH_FAILOVER_NEEDS)
 	$(GO) run ./e2e/cmd/benchfailover
 
 lint:
