@@ -31,7 +31,7 @@ for p in "$@"; do
 	if command -v "$p" >/dev/null; then continue; fi
 	for dir in /usr/sbin /sbin; do
 		if [ -x "$dir/$p" ]; then
-			echo "deps: $p is in $dir, which is not on PATH; without it on PATH these skip or fail: ${needed_by[$p]}" >&2
+			echo "deps: $p is in $dir, which is not on PATH; without it on PATH these may skip or fail: ${needed_by[$p]}" >&2
 			continue 2
 		fi
 	done
