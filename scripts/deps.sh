@@ -89,9 +89,9 @@ for p in "${missing[@]}"; do
 	if [ -n "${service[$p]}" ]; then quiet_service "${service[$p]}"; fi
 	if command -v "$p" >/dev/null; then continue; fi
 	if [ "${optional[$p]}" = yes ] && [ $ci = false ]; then
-		echo "deps: no $p after installing ${package[$p]}; these skip: ${needed_by[$p]}" >&2
+		echo "deps: could not install ${package[$p]} (no $p on PATH); these skip: ${needed_by[$p]}" >&2
 	else
-		echo "deps: no $p after installing ${package[$p]}; these fail: ${needed_by[$p]}" >&2
+		echo "deps: could not install ${package[$p]} (no $p on PATH); these fail: ${needed_by[$p]}" >&2
 		status=1
 	fi
 done
