@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 )
 
@@ -157,29 +159,24 @@ func skipReason(out []string) string {
 	return "(no reason given)"
 }
 
-// printSkips lists the skipped tests grouped by reason, reasons in the
-// order they first came.
+// printSkips lists the skipped tests grouped by reason. Reasons and packages
+// are sorted (packages run in parallel, so their order varies); the tests of
+// a package keep the order they ran in.
 func (r *report) printSkips() {
 	if len(r.skips) == 0 {
 		return
 	}
-	var reasons []string
 	byReason := map[string]map[string][]string{} // reason -> package -> tests
-	var pkgOrder = map[string][]string{}         // reason -> packages in order
 	for _, s := range r.skips {
 		if byReason[s.reason] == nil {
-			reasons = append(reasons, s.reason)
 			byReason[s.reason] = map[string][]string{}
-		}
-		if byReason[s.reason][s.pkg] == nil {
-			pkgOrder[s.reason] = append(pkgOrder[s.reason], s.pkg)
 		}
 		byReason[s.reason][s.pkg] = append(byReason[s.reason][s.pkg], s.test)
 	}
 	fmt.Fprintf(r.w, "skipped %d tests:\n", len(r.skips))
-	for _, reason := range reasons {
+	for _, reason := range slices.Sorted(maps.Keys(byReason)) {
 		fmt.Fprintf(r.w, "  %s\n", reason)
-		for _, pkg := range pkgOrder[reason] {
+		for _, pkg := range slices.Sorted(maps.Keys(byReason[reason])) {
 			fmt.Fprintf(r.w, "    %s: %s\n", pkg, strings.Join(byReason[reason][pkg], " "))
 		}
 	}

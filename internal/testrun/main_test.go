@@ -25,11 +25,11 @@ func TestRunPrintsFailuresAndNamesEverySkip(t *testing.T) {
 		"FAIL\tfixture/a",
 		"ok  \tfixture/b",
 		"skipped 4 tests:\n" +
+			"  needs nft on PATH\n" +
+			"    fixture/a: TestSub/skipped\n" +
 			"  needs root: builds namespaces\n" +
 			"    fixture/a: TestSkipsForRoot TestSkipsForRootToo\n" +
-			"    fixture/b: TestB\n" +
-			"  needs nft on PATH\n" +
-			"    fixture/a: TestSub/skipped\n",
+			"    fixture/b: TestB\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q:\n%s", want, got)
