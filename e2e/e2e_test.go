@@ -388,7 +388,7 @@ func TestLeaderSIGKILLMovesTheVIPAndTheKernelExpiresTheOldOne(t *testing.T) {
 // healed. It must drop the VIP before the majority's new leader claims it,
 // and healing must leave one holder without an outage.
 func TestPartitionedLeaderDropsTheVIPBeforeTheMajorityClaimsIt(t *testing.T) {
-	testenv.NeedProgram(t, "nft", "cuts the leader off (sudo make test installs nftables)")
+	testenv.NeedProgram(t, "nft", "cuts traffic with it (sudo make test installs nftables)")
 	for _, tc := range []struct {
 		name      string
 		cut, heal func(h *bed.Host) error
@@ -493,7 +493,7 @@ func TestSIGHUPOnTheLeaderMovesNothing(t *testing.T) {
 // Scenario 5: every backend becomes unreachable from the leader only; the
 // leader is unfit and leadership moves to a node that sees healthy backends.
 func TestLeaderWithoutHealthyBackendsHandsOver(t *testing.T) {
-	testenv.NeedProgram(t, "nft", "cuts the leader from its backends (sudo make test installs nftables)")
+	testenv.NeedProgram(t, "nft", "cuts traffic with it (sudo make test installs nftables)")
 	e := setup(t, "")
 	old := e.holder()
 	h := e.bed.Host(old)
