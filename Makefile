@@ -9,11 +9,22 @@ PKGS    := ./...
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend
 
+# What each target needs from Debian: scripts/deps.sh installs whatever is
+# missing when run as root, and otherwise says what skips or fails without it.
+# promtool and chromium are optional: without them one test each skips.
+TEST_NEEDS           := ip nft haproxy keepalived promtool chromium
+DEMO_NEEDS           := ip
+BENCH_NEEDS          := haproxy
+BENCH_FAILOVER_NEEDS := ip keepalived haproxy
+
 # Every package, one at a time (-p 1): the election and end-to-end tests time
 # failovers and must not share the two cores with another test binary.
 # As root this includes the namespace and end-to-end tests, which use bin/.
+# internal/testrun prints go test's usual output, then every skipped test
+# and why.
 test: build
-	$(GO) test -race -count=1 -p 1 -timeout 20m $(PKGS)
+	@scripts/deps.sh $(TEST_NEEDS)
+	$(GO) run ./internal/testrun -go $(GO) -race -count=1 -p 1 -timeout 20m $(PKGS)
 
 # The container image of deploy/container/Dockerfile, tagged $(IMAGE), also
 # saved as $(BIN)/vipd-image.tar (docker load, ctr -n k8s.io images import).
@@ -38,22 +49,23 @@ image:
 
 # A single node on loopback with two demo backends behind it:
 # curl http://127.0.0.1:8080/ answers from backend-a and backend-b in turn.
+# RUN_FRONTEND, RUN_ADMIN, RUN_RAFT, RUN_GOSSIP, RUN_BACKEND_A, RUN_BACKEND_B
+# and RUN_DATA move it (make run RUN_FRONTEND=127.0.0.1:18080); see scripts/run.sh.
 run: build
-	@trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/demo-backend -listen 127.0.0.1:9001 -name backend-a & \
-	$(BIN)/demo-backend -listen 127.0.0.1:9002 -name backend-b & \
-	mkdir -p .vipd-data; \
-	echo "vipd: frontend http://127.0.0.1:8080/  admin http://127.0.0.1:9900/status  (Ctrl-C stops)"; \
-	$(BIN)/vipd
+	@BIN=$(BIN) exec scripts/run.sh
 
 # The failover bed in network namespaces (needs root).
 demo: build
+	@scripts/deps.sh $(DEMO_NEEDS)
 	$(GO) run ./e2e/cmd/demo
 
 bench: build
+	@scripts/deps.sh $(BENCH_NEEDS)
 	bench/run.sh
 
+# Needs root: the beds are network namespaces.
 bench-failover: build
+	@scripts/deps.sh $(BENCH_FAILOVER_NEEDS)
 	$(GO) run ./e2e/cmd/benchfailover
 
 lint:

@@ -2,7 +2,8 @@
 # Side-by-side benchmark of vipd, HAProxy and a direct connection on
 # 127.0.0.1. Called by `make bench` (after `make build`); extra arguments go
 # to vipbench, e.g. bench/run.sh -rounds 3 -only bulk1,pairs.
-# Installs nothing: it needs haproxy on PATH and bin/vipd built.
+# Installs nothing: it needs haproxy on PATH (`sudo make bench` installs it
+# with scripts/deps.sh) and bin/vipd built.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +15,7 @@ if [ -z "$haproxy" ] && [ -x /usr/sbin/haproxy ]; then
 	haproxy=/usr/sbin/haproxy
 fi
 if [ -z "$haproxy" ]; then
-	echo "bench: haproxy is not installed; install it with: apt-get install haproxy" >&2
+	echo "bench: haproxy is not installed; sudo make bench installs it (or: apt-get install haproxy)" >&2
 	echo "       (Debian 12 ships 2.6; it is only run in the foreground with a generated config)" >&2
 	exit 1
 fi

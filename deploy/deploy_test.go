@@ -22,6 +22,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/vipd/vipd/config"
+	"github.com/vipd/vipd/internal/testenv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -121,10 +122,7 @@ func loadRules(t *testing.T) ruleFile {
 // unit tests of deploy/prometheus: the rules parse, and each alert fires on
 // the series it is meant for and stays quiet on a normal handover.
 func TestAlertRulesPassPromtool(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Skip("promtool not installed (apt-get install prometheus): the alert rules are not evaluated")
-	}
+	promtool := testenv.NeedProgram(t, "promtool", "evaluates the alert rules (sudo make test installs Debian's prometheus)")
 	for _, args := range [][]string{
 		{"check", "rules", "vipd-rules.yaml"},
 		{"test", "rules", "vipd-rules_test.yaml"},

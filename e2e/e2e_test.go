@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vipd/vipd/e2e/bed"
+	"github.com/vipd/vipd/internal/testenv"
 	"go.uber.org/goleak"
 )
 
@@ -59,18 +60,14 @@ type env struct {
 // either is missing or the test does not run as root.
 func binaries(t *testing.T) (vipd, backend string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("e2e needs root: it builds network namespaces (CI runs as root)")
-	}
+	testenv.NeedRoot(t, "e2e builds network namespaces")
 	root, err := filepath.Abs("..")
 	if err != nil {
 		t.Fatal(err)
 	}
 	vipd, backend = filepath.Join(root, "bin", "vipd"), filepath.Join(root, "bin", "demo-backend")
 	for _, p := range []string{vipd, backend} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("%s missing: run make build first", p)
-		}
+		testenv.NeedFile(t, p, "run make build first")
 	}
 	return vipd, backend
 }
@@ -391,6 +388,7 @@ func TestLeaderSIGKILLMovesTheVIPAndTheKernelExpiresTheOldOne(t *testing.T) {
 // healed. It must drop the VIP before the majority's new leader claims it,
 // and healing must leave one holder without an outage.
 func TestPartitionedLeaderDropsTheVIPBeforeTheMajorityClaimsIt(t *testing.T) {
+	testenv.NeedProgram(t, "nft", "cuts traffic with it (sudo make test installs nftables)")
 	for _, tc := range []struct {
 		name      string
 		cut, heal func(h *bed.Host) error
@@ -495,6 +493,7 @@ func TestSIGHUPOnTheLeaderMovesNothing(t *testing.T) {
 // Scenario 5: every backend becomes unreachable from the leader only; the
 // leader is unfit and leadership moves to a node that sees healthy backends.
 func TestLeaderWithoutHealthyBackendsHandsOver(t *testing.T) {
+	testenv.NeedProgram(t, "nft", "cuts traffic with it (sudo make test installs nftables)")
 	e := setup(t, "")
 	old := e.holder()
 	h := e.bed.Host(old)

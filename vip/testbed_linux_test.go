@@ -20,6 +20,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/vipd/vipd/internal/testenv"
 )
 
 // Test bed: three network namespaces. "nbr" (the neighbour) owns bridge br0
@@ -48,12 +50,8 @@ var families = []struct {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces, a bridge and veth links (run as root, as .ci/run does)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Fatalf("the namespace tests need iproute2's ip to start helpers in a namespace: %v", err)
-	}
+	testenv.NeedRoot(t, "builds network namespaces, a bridge and veth links")
+	testenv.NeedProgram(t, "ip", "iproute2's ip starts the helpers in a namespace")
 }
 
 var nsSeq atomic.Int64

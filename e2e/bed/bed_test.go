@@ -18,6 +18,8 @@ import (
 	"github.com/mdlayher/ethernet"
 	"github.com/vishvananda/netlink"
 	"go.uber.org/goleak"
+
+	"github.com/vipd/vipd/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -28,9 +30,7 @@ func TestMain(m *testing.M) {
 // printing the process logs when the test failed.
 func newBed(t *testing.T) *Bed {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces (run as root, as CI does)")
-	}
+	testenv.NeedRoot(t, "builds network namespaces")
 	if _, err := SweepStale(); err != nil {
 		t.Logf("sweep stale namespaces: %v", err)
 	}
@@ -136,9 +136,7 @@ func TestBedConnectsHostsOnlyThroughTheBridge(t *testing.T) {
 }
 
 func TestCloseKillsProcessesAndRemovesNamespaces(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces (run as root, as CI does)")
-	}
+	testenv.NeedRoot(t, "builds network namespaces")
 	b, err := New(DefaultHosts(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -333,9 +331,7 @@ func TestClientMeasuresOutageOfAVIPMove(t *testing.T) {
 }
 
 func TestSweepStaleRemovesNamespacesOfDeadRuns(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces (run as root, as CI does)")
-	}
+	testenv.NeedRoot(t, "builds network namespaces")
 	// A pid that cannot be alive: above the kernel's pid_max ceiling.
 	name := namePrefix + "-4194305-1-x"
 	h, err := newNamedNS(name)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vipd/vipd/internal/testenv"
 )
 
 func specHosts() (nodes, backends []*Host) {
@@ -25,9 +27,7 @@ func TestVipdConfigPassesVipdCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Skipf("%s missing: run make build first", bin)
-	}
+	testenv.NeedFile(t, bin, "run make build first")
 	nodes, backends := specHosts()
 	o := DefaultVipdOptions(bin, nodes, backends, t.TempDir())
 	o.Witness = "n3"
@@ -57,9 +57,7 @@ func TestVipdConfigPassesVipdCheck(t *testing.T) {
 // The keepalived and HAProxy configs pass the daemons' own config checks.
 func TestKeepalivedAndHAProxyConfigsPassTheirChecks(t *testing.T) {
 	for _, bin := range []string{"keepalived", "haproxy"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed (apt-get install -y keepalived haproxy)", bin)
-		}
+		testenv.NeedProgram(t, bin, "the comparison bed's config check (sudo make test installs it)")
 	}
 	nodes, backends := specHosts()
 	dir := t.TempDir()

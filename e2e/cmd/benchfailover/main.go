@@ -76,7 +76,7 @@ func run() error {
 		if strings.HasPrefix(s, "keepalived") {
 			for _, bin := range []string{"keepalived", "haproxy"} {
 				if _, err := exec.LookPath(bin); err != nil {
-					return fmt.Errorf("%s not installed: apt-get install -y keepalived haproxy (and keep their system services stopped)", bin)
+					return fmt.Errorf("%s not installed: sudo make bench-failover installs it (scripts/deps.sh)", bin)
 				}
 			}
 		}
