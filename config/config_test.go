@@ -103,7 +103,7 @@ func TestSecretFileIsRead(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
-	if string(cfg.Cluster.SecretKey) != string(key) {
+	if len(cfg.Cluster.SecretKeys) != 1 || string(cfg.Cluster.SecretKeys[0]) != string(key) {
 		t.Errorf("secret key not decoded")
 	}
 }

@@ -44,7 +44,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		"node name":  func(o *Options) { o.NodeName = "" },
 		"raft bind":  func(o *Options) { o.RaftBind = "0.0.0.0:7000" },
 		"gossip":     func(o *Options) { o.GossipBind = "nowhere" },
-		"secret key": func(o *Options) { o.SecretKey = []byte("short") },
+		"secret key": func(o *Options) { o.SecretKeys = [][]byte{[]byte("short")} },
 		"role":       func(o *Options) { o.Role = "king" },
 		"lease": func(o *Options) {
 			o.Timing = Timing{Heartbeat: 50 * time.Millisecond, Election: 50 * time.Millisecond, Lease: 60 * time.Millisecond}

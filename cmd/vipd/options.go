@@ -71,9 +71,17 @@ func electionOptions(cfg *config.Config) (election.Options, error) {
 	return election.Options{
 		NodeName: cfg.Node.Name, RaftBind: c.RaftBind, GossipBind: c.GossipBind,
 		Join: c.Join, BootstrapExpect: c.BootstrapExpect, DataDir: c.DataDir,
-		SecretKey: c.SecretKey, Role: election.Role(c.Role), Timing: timing,
+		SecretKeys: c.SecretKeys, TLS: raftTLS(c.TLS), Role: election.Role(c.Role), Timing: timing,
 		FitnessGrace: c.FitnessGrace, AdminAddr: cfg.Admin.Listen,
 	}, nil
+}
+
+// raftTLS is cluster.tls for election: nil when it is not set.
+func raftTLS(t config.ClusterTLS) *election.TLSIdentity {
+	if !t.Set() {
+		return nil
+	}
+	return &election.TLSIdentity{CertPEM: t.CertPEM, KeyPEM: t.KeyPEM, CAPEM: t.CAPEM}
 }
 
 func vipOptions(cfg *config.Config) vip.Options {
