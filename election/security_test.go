@@ -282,7 +282,7 @@ func forgeVote(t *testing.T, sec *security, target raft.ServerAddress, term uint
 	return &resp, err
 }
 
-func newMetricsForTest(t *testing.T) *metrics {
+func newMetricsForTest(t testing.TB) *metrics {
 	t.Helper()
 	m, err := newMetrics(nil, func() float64 { return 0 }, func() float64 { return 0 }, func() float64 { return 0 })
 	if err != nil {
@@ -291,7 +291,7 @@ func newMetricsForTest(t *testing.T) *metrics {
 	return m
 }
 
-func testSecurity(t *testing.T, keys ...[]byte) *security {
+func testSecurity(t testing.TB, keys ...[]byte) *security {
 	t.Helper()
 	s, err := newSecurity(keys, nil)
 	if err != nil {
@@ -448,4 +448,63 @@ func (p *testPKI) identity(t *testing.T) *TLSIdentity {
 		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
 		CAPEM:   p.caPEM,
 	}
+}
+
+// BenchmarkRaftConnect measures what a new Raft connection costs before its
+// first RPC, plain and over TLS with the derived pair: dial, handshake, one
+// byte each way. A new leader opens a few of these on the failover path.
+func BenchmarkRaftConnect(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		sec  *security
+	}{{"plain", &security{}}, {"tls", testSecurity(b, keyA)}} {
+		b.Run(tc.name, func(b *testing.B) {
+			server, addr := benchLayer(b, tc.sec)
+			client, _ := benchLayer(b, tc.sec)
+			go func() {
+				for {
+					c, err := server.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer c.Close()
+						buf := make([]byte, 1)
+						if _, err := c.Read(buf); err == nil {
+							_, _ = c.Write(buf)
+						}
+					}()
+				}
+			}()
+			buf := make([]byte, 1)
+			for b.Loop() {
+				c, err := client.Dial(addr, time.Second)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.Read(buf); err != nil {
+					b.Fatal(err)
+				}
+				_ = c.Close()
+			}
+		})
+	}
+}
+
+// benchLayer returns a stream layer on a loopback port and its address.
+func benchLayer(b *testing.B, sec *security) (raft.StreamLayer, raft.ServerAddress) {
+	b.Helper()
+	tcp, err := listenTCP("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = tcp.Close() })
+	addr := raft.ServerAddress(tcp.ln.Addr().String())
+	if sec.raftServer == nil {
+		return tcp, addr
+	}
+	return newTLSLayer(tcp, sec, time.Second, zap.NewNop(), newMetricsForTest(b).handshakeFailures), addr
 }
