@@ -150,19 +150,19 @@ func pinnedTLS(keys [][]byte) (server, client *tls.Config, err error) {
 		}
 		return errUnknownPeerKey
 	}
-	server = &tls.Config{
-		MinVersion:       tls.VersionTLS13,
-		Certificates:     []tls.Certificate{own},
-		ClientAuth:       tls.RequireAnyClientCert,
-		VerifyConnection: pin,
-	}
-	client = &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		Certificates:       []tls.Certificate{own},
-		InsecureSkipVerify: true, // replaced by pin, see above
-		VerifyConnection:   pin,
-	}
+	server, client = mutualTLS(own)
+	server.ClientAuth = tls.RequireAnyClientCert
+	server.VerifyConnection = pin
+	client.InsecureSkipVerify = true // replaced by pin, see above
+	client.VerifyConnection = pin
 	return server, client, nil
+}
+
+// mutualTLS returns both ends of TLS 1.3 presenting cert, before their
+// verification settings.
+func mutualTLS(cert tls.Certificate) (server, client *tls.Config) {
+	server = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}
+	return server, server.Clone()
 }
 
 // caTLS builds ordinary mutual TLS 1.3 from a CA: the acceptor requires a
@@ -178,16 +178,9 @@ func caTLS(id *TLSIdentity) (server, client *tls.Config, err error) {
 	if !pool.AppendCertsFromPEM(id.CAPEM) {
 		return nil, nil, errors.New("ca: no PEM certificate found")
 	}
-	server = &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
-	}
-	client = &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      pool,
-	}
+	server, client = mutualTLS(cert)
+	server.ClientAuth = tls.RequireAndVerifyClientCert
+	server.ClientCAs = pool
+	client.RootCAs = pool
 	return server, client, nil
 }

@@ -2,6 +2,7 @@ package election
 
 import (
 	"bytes"
+	"errors"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -252,6 +254,32 @@ func TestForgedRequestVoteTakesOverWithoutKey(t *testing.T) {
 		return nil
 	})
 	c.waitLeader(15 * time.Second)
+}
+
+// TestSilentRaftPeerIsDropped connects to a keyed node's Raft port and says
+// nothing: the handshake gives up after the raft I/O timeout, closes the
+// connection and counts a timeout, so idle sockets cannot pile up.
+func TestSilentRaftPeerIsDropped(t *testing.T) {
+	c := newCluster(t, 1, 1, relaxedTiming, withKeys(keyA))
+	n := c.waitLeader(15 * time.Second)
+	conn, err := net.Dial("tcp", n.opts.RaftBind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	limit := 5 * ioTimeout(n.opts.Timing)
+	_ = conn.SetReadDeadline(time.Now().Add(limit))
+	start := time.Now()
+	if _, err := conn.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a silent peer kept its connection for %v", limit)
+	}
+	t.Logf("dropped after %v", time.Since(start).Round(time.Millisecond))
+	eventually(t, 5*time.Second, func() error {
+		if got := n.handshakeFailures(t, reasonTimeout); got != 1 {
+			return fmtErr("%v handshake timeouts counted, want 1", got)
+		}
+		return nil
+	})
 }
 
 // forgeVote sends one RequestVote to target through raft's NetworkTransport
