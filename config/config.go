@@ -51,9 +51,28 @@ type Cluster struct {
 	// down VIP link) before it hands leadership to a fit peer.
 	FitnessGrace time.Duration `yaml:"fitness_grace"`
 
-	// SecretKey is the decoded content of SecretFile (nil without one).
-	SecretKey []byte `yaml:"-"`
+	// TLS, when set, authenticates Raft with certificates from a CA instead
+	// of the key pair derived from the cluster key.
+	TLS ClusterTLS `yaml:"tls"`
+
+	// SecretKeys are the keys in SecretFile, one per line, the first used for
+	// sending and every one accepted (nil without a file).
+	SecretKeys [][]byte `yaml:"-"`
 }
+
+// ClusterTLS is mutual TLS for Raft from a CA the operator runs. It is set
+// when any of its files is; then all three are required.
+type ClusterTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	CAFile   string `yaml:"ca_file"`
+
+	// CertPEM, KeyPEM and CAPEM are the files' contents, read and checked by Load.
+	CertPEM, KeyPEM, CAPEM []byte `yaml:"-"`
+}
+
+// Set reports whether cluster.tls is configured.
+func (t ClusterTLS) Set() bool { return t.CertFile != "" || t.KeyFile != "" || t.CAFile != "" }
 
 // Timing is the Raft timing: in the file a named profile ("lan", "wan") or
 // the three durations. After Load the durations are always set (a profile

@@ -103,7 +103,7 @@ func TestSecretFileIsRead(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
-	if string(cfg.Cluster.SecretKey) != string(key) {
+	if len(cfg.Cluster.SecretKeys) != 1 || string(cfg.Cluster.SecretKeys[0]) != string(key) {
 		t.Errorf("secret key not decoded")
 	}
 }
@@ -201,18 +201,24 @@ func TestConfigErrors(t *testing.T) {
 		{"not YAML", "pools: [\n", []string{"not valid YAML"}},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse([]byte(tc.doc))
-			if err == nil {
-				t.Fatalf("Parse accepted:\n%s", tc.doc)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { parseFails(t, tc.doc, tc.want...) })
 	}
+}
+
+// parseFails checks that Parse rejects doc with an error that mentions
+// every string of want, and returns the error.
+func parseFails(t *testing.T, doc string, want ...string) error {
+	t.Helper()
+	_, err := Parse([]byte(doc))
+	if err == nil {
+		t.Fatalf("Parse accepted:\n%s", doc)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not mention %q", err, w)
+		}
+	}
+	return err
 }
 
 func TestAllErrorsAreReportedAtOnce(t *testing.T) {

@@ -77,11 +77,11 @@ func documentedDefaults(t *testing.T) map[string][]string {
 		prefix := strings.ReplaceAll(tb.heading, "[]", "") + "."
 		for _, row := range tb.rows {
 			key := strings.ReplaceAll(row[0], "`", "")
-			if strings.Contains(key, ".") { // "admin.listen" under "admin, log"
-				prefix = ""
+			if !strings.HasPrefix(tb.heading, "admin") { // "admin.listen" under "admin, log" is whole
+				key = prefix + key
 			}
 			if vals := spans(row[1]); len(vals) > 0 {
-				out[prefix+key] = vals
+				out[key] = vals
 			}
 		}
 	}

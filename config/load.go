@@ -2,7 +2,6 @@ package config
 
 import (
 	"bytes"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -257,13 +256,7 @@ func (v *validator) validateCluster(c *Cluster) {
 	}
 	v.oneOf("cluster.role", c.Role, RoleVoter, RoleWitness)
 	v.validateTiming(c.Timing)
-	if c.SecretFile != "" {
-		key, err := ReadSecret(c.SecretFile)
-		if err != nil {
-			v.bad("cluster.secret_file", c.SecretFile, "%v", err)
-		}
-		c.SecretKey = key
-	}
+	v.validateClusterSecurity(c)
 }
 
 // validateTiming checks the resolved timing against hashicorp/raft's limits
@@ -299,24 +292,6 @@ func durationValue(d time.Duration) string {
 		return ""
 	}
 	return d.String()
-}
-
-// ReadSecret reads a cluster key file: base64 of 16, 24 or 32 bytes (what
-// `vipctl keygen` prints). The error never includes the key.
-func ReadSecret(path string) ([]byte, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read key: %w", errors.Unwrap(err))
-	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
-	if err != nil {
-		return nil, errors.New("key file is not base64 (create one with vipctl keygen)")
-	}
-	switch len(key) {
-	case 16, 24, 32:
-		return key, nil
-	}
-	return nil, fmt.Errorf("key is %d bytes; it must be 16, 24 or 32", len(key))
 }
 
 func (v *validator) validateVIPs(vips []VIP) {

@@ -120,9 +120,19 @@ func TestCrashedNodeStaysVoterUntilRemoved(t *testing.T) {
 
 // TestLeaderShutdownElectsNewLeader kills the leader (Shutdown, no leave)
 // several times and measures until another node announces leadership; the
-// dead node restarts from its DataDir between trials.
+// dead node restarts from its DataDir between trials. It runs with Raft in
+// plain TCP and over TLS (a cluster key), to compare the two.
 func TestLeaderShutdownElectsNewLeader(t *testing.T) {
-	c := newCluster(t, 3, 3, lanTiming, nil)
+	for _, tc := range []struct {
+		name string
+		mod  func(int, *Options)
+	}{{"plain", nil}, {"tls", withKeys(keyA)}} {
+		t.Run(tc.name, func(t *testing.T) { leaderShutdownTrials(t, tc.mod) })
+	}
+}
+
+func leaderShutdownTrials(t *testing.T, mod func(int, *Options)) {
+	c := newCluster(t, 3, 3, lanTiming, mod)
 	leader := c.waitLeader(15 * time.Second)
 	c.waitVoters(5*time.Second, "n0", "n1", "n2")
 	const trials = 7

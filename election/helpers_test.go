@@ -517,7 +517,13 @@ func (c *cluster) waitLeader(timeout time.Duration, except ...*tnode) *tnode {
 // leads and all three are voters.
 func formedCluster(t *testing.T) (*cluster, *tnode) {
 	t.Helper()
-	c := newCluster(t, 3, 3, relaxedTiming, nil)
+	return formedClusterWith(t, nil)
+}
+
+// formedClusterWith is formedCluster with mod applied to each node's options.
+func formedClusterWith(t *testing.T, mod func(i int, o *Options)) (*cluster, *tnode) {
+	t.Helper()
+	c := newCluster(t, 3, 3, relaxedTiming, mod)
 	leader := c.waitLeader(15 * time.Second)
 	c.waitVoters(5*time.Second, "n0", "n1", "n2")
 	return c, leader

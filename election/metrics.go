@@ -11,8 +11,9 @@ type metrics struct {
 	reg        prometheus.Registerer
 	collectors []prometheus.Collector
 
-	isLeader prometheus.Gauge
-	changes  prometheus.Counter
+	isLeader          prometheus.Gauge
+	changes           prometheus.Counter
+	handshakeFailures *prometheus.CounterVec // raft TLS, by reason
 }
 
 // newMetrics registers the series on reg (nil: create, do not register).
@@ -26,9 +27,16 @@ func newMetrics(reg prometheus.Registerer, term, lastContact, membersAlive func(
 		changes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vipd_election_leadership_changes_total", Help: "Leadership gains and losses reported by this node.",
 		}),
+		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vipd_raft_handshake_failures_total",
+			Help: "Raft TLS handshakes that failed on this node, accepted or dialled, by reason.",
+		}, []string{"reason"}),
+	}
+	for _, r := range handshakeReasons {
+		m.handshakeFailures.WithLabelValues(r) // exported at 0 before the first failure
 	}
 	m.collectors = []prometheus.Collector{
-		m.isLeader, m.changes,
+		m.isLeader, m.changes, m.handshakeFailures,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "vipd_election_term", Help: "Current Raft term.",
 		}, term),

@@ -76,6 +76,7 @@ type Node struct {
 	opts    Options
 	log     *zap.Logger
 	fsm     *fsm
+	sec     *security // what the cluster keys make of the transports
 	gossip  *gossip
 	events  *eventQueue
 	metrics *metrics
@@ -125,6 +126,9 @@ func New(opts Options) (*Node, error) {
 		confirmedCh: make(chan uint64),
 		fitness:     Fitness{LinkUp: true},
 		unreachable: map[raft.ServerID]time.Time{},
+	}
+	if n.sec, err = newSecurity(opts.SecretKeys, opts.TLS); err != nil {
+		return nil, fmt.Errorf("election options: %w", err)
 	}
 	n.fsm = newFSM(n.pokeReconcile) // maintenance changes: the leader re-checks at once
 	n.gossip = newGossip(n.log.Named("gossip"), n.localMeta, n.pokeReconcile)
@@ -219,8 +223,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	var stream raft.StreamLayer = tcp
-	if n.opts.SecretKey != nil {
-		stream = newAuthLayer(stream, n.opts.SecretKey, ioTimeout(n.opts.Timing), n.log.Named("raft-auth"))
+	if n.sec.raftServer != nil {
+		stream = newTLSLayer(stream, n.sec, ioTimeout(n.opts.Timing), n.log.Named("raft-tls"), n.metrics.handshakeFailures)
 	}
 	if n.opts.wrapStream != nil {
 		stream = n.opts.wrapStream(stream)
@@ -297,9 +301,7 @@ func (n *Node) memberlistConfig() *memberlist.Config {
 	c.Delegate = n.gossip
 	c.Events = n.gossip
 	c.LogOutput = &levelWriter{z: n.log.Named("memberlist")}
-	if n.opts.SecretKey != nil {
-		c.SecretKey = n.opts.SecretKey
-	}
+	c.Keyring = n.sec.keyring // nil: gossip in clear
 	return c
 }
 

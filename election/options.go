@@ -89,7 +89,14 @@ type Options struct {
 	Join                           []string
 	BootstrapExpect                int
 	DataDir                        string
-	SecretKey                      []byte // nil = no encryption/authentication
+	// SecretKeys are the cluster keys: gossip is encrypted and Raft runs over
+	// TLS with a key pair derived from them. The first is used for sending
+	// and presenting, every one is accepted (key rotation). Empty: no
+	// encryption, no authentication.
+	SecretKeys [][]byte
+	// TLS, when set, authenticates Raft with this CA-issued identity instead
+	// of the derived key pair. It needs SecretKeys for gossip.
+	TLS *TLSIdentity
 
 	Role         Role
 	Timing       Timing
@@ -126,10 +133,12 @@ func (o Options) validate() (Options, error) {
 	if o.DataDir == "" {
 		return o, errors.New("data dir is empty")
 	}
-	switch len(o.SecretKey) {
-	case 0, 16, 24, 32:
-	default:
-		return o, fmt.Errorf("secret key is %d bytes: want 16, 24 or 32", len(o.SecretKey))
+	for i, k := range o.SecretKeys {
+		switch len(k) {
+		case 16, 24, 32:
+		default:
+			return o, fmt.Errorf("secret key %d is %d bytes: want 16, 24 or 32", i+1, len(k))
+		}
 	}
 	switch o.Role {
 	case "":

@@ -41,11 +41,15 @@ func TestTimingProfilesKeepLeaseBelowHeartbeat(t *testing.T) {
 func TestNewRejectsBadOptions(t *testing.T) {
 	good := Options{NodeName: "a", RaftBind: "127.0.0.1:7000", GossipBind: "127.0.0.1:7001", DataDir: t.TempDir()}
 	cases := map[string]func(o *Options){
-		"node name":  func(o *Options) { o.NodeName = "" },
-		"raft bind":  func(o *Options) { o.RaftBind = "0.0.0.0:7000" },
-		"gossip":     func(o *Options) { o.GossipBind = "nowhere" },
-		"secret key": func(o *Options) { o.SecretKey = []byte("short") },
-		"role":       func(o *Options) { o.Role = "king" },
+		"node name":               func(o *Options) { o.NodeName = "" },
+		"raft bind":               func(o *Options) { o.RaftBind = "0.0.0.0:7000" },
+		"gossip":                  func(o *Options) { o.GossipBind = "nowhere" },
+		"secret key":              func(o *Options) { o.SecretKeys = [][]byte{[]byte("short")} },
+		"needs a cluster key too": func(o *Options) { o.TLS = &TLSIdentity{} },
+		"certificate and key": func(o *Options) {
+			o.SecretKeys, o.TLS = [][]byte{keyA}, &TLSIdentity{CertPEM: []byte("not pem")}
+		},
+		"role": func(o *Options) { o.Role = "king" },
 		"lease": func(o *Options) {
 			o.Timing = Timing{Heartbeat: 50 * time.Millisecond, Election: 50 * time.Millisecond, Lease: 60 * time.Millisecond}
 		},

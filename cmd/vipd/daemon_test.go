@@ -668,7 +668,7 @@ func TestChangedSectionsNamesWhatARestartWouldChange(t *testing.T) {
 		t.Errorf("log level changed: sections %q, want log", got)
 	}
 	keyed := *running
-	keyed.Cluster.SecretKey = []byte("another key")
+	keyed.Cluster.SecretKeys = [][]byte{[]byte("another key")}
 	if got := strings.Join(changedSections(running, &keyed), ","); got != "cluster" {
 		t.Errorf("secret content changed: sections %q, want cluster", got)
 	}

@@ -73,10 +73,18 @@ func electionOptions(cfg *config.Config) election.Options {
 	return election.Options{
 		NodeName: cfg.Node.Name, RaftBind: c.RaftBind, GossipBind: c.GossipBind,
 		Join: c.Join, BootstrapExpect: c.BootstrapExpect, DataDir: c.DataDir,
-		SecretKey: c.SecretKey, Role: election.Role(c.Role),
+		SecretKeys: c.SecretKeys, TLS: raftTLS(c.TLS), Role: election.Role(c.Role),
 		Timing:       election.Timing{Heartbeat: c.Timing.Heartbeat, Election: c.Timing.Election, Lease: c.Timing.Lease},
 		FitnessGrace: c.FitnessGrace, AdminAddr: cfg.Admin.Listen,
 	}
+}
+
+// raftTLS is cluster.tls for election: nil when it is not set.
+func raftTLS(t config.ClusterTLS) *election.TLSIdentity {
+	if !t.Set() {
+		return nil
+	}
+	return &election.TLSIdentity{CertPEM: t.CertPEM, KeyPEM: t.KeyPEM, CAPEM: t.CAPEM}
 }
 
 func vipOptions(cfg *config.Config) vip.Options {
