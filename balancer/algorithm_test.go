@@ -18,7 +18,7 @@ func testPool(t testing.TB, algo string, slowStart time.Duration, weights ...int
 	for i, w := range weights {
 		pc.Backends = append(pc.Backends, BackendConfig{Address: "127.0.0.1:" + strconv.Itoa(1000+i), Weight: w, Health: healthyFromStart()})
 	}
-	p, err := newPool(pc, newMetrics())
+	p, err := newPool(pc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

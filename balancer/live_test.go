@@ -15,7 +15,7 @@ func openPair(t *testing.T) *livePair {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	lp := &livePair{be: &backend{}}
+	lp := &livePair{be: &backend{backendState: &backendState{}}, fe: &frontend{}}
 	lp.client, lp.server = tcpPair(t, ln)
 	t.Cleanup(lp.close)
 	return lp
