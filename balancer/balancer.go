@@ -113,6 +113,9 @@ type Balancer struct {
 	hardCancel context.CancelFunc
 	live       liveSet
 
+	// afterFunc arms retirement timers (afterFunc; tests fire them by hand).
+	afterFunc func(time.Duration, func()) stopper
+
 	acceptWG sync.WaitGroup // accept loops
 	connWG   sync.WaitGroup // connection goroutines
 	retireWG sync.WaitGroup // retirement timers armed and not yet ended
@@ -137,6 +140,7 @@ func New(opts Options) (*Balancer, error) {
 		reporter:   opts.Reporter,
 		metrics:    newMetrics(),
 		stopAccept: make(chan struct{}),
+		afterFunc:  afterFunc,
 		retiring:   make(map[*retirement]struct{}),
 	}
 	b.hardCtx, b.hardCancel = context.WithCancel(context.Background())

@@ -220,8 +220,15 @@ func (b *Balancer) Reconfigure(opts Options, grace time.Duration) error {
 
 // retirement is the grace period of what one Reconfigure removed.
 type retirement struct {
-	timer *time.Timer // set under b.mu
+	timer stopper // set under b.mu
 }
+
+// stopper is the part of a *time.Timer a retirement keeps.
+type stopper interface{ Stop() bool }
+
+// afterFunc is time.AfterFunc behind the stopper interface: the
+// Balancer's default clock for retirements.
+func afterFunc(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) }
 
 // retireLocked closes the live connections of gone once grace has passed.
 // The timer is the Balancer's: Shutdown stops it or waits for it. b.mu
@@ -229,7 +236,7 @@ type retirement struct {
 func (b *Balancer) retireLocked(gone retired, grace time.Duration) {
 	r := &retirement{}
 	b.retireWG.Add(1)
-	r.timer = time.AfterFunc(grace, func() {
+	r.timer = b.afterFunc(grace, func() {
 		defer b.retireWG.Done()
 		if n := b.live.retire(gone.frontends, gone.backends); n > 0 {
 			b.log.Info("reload grace over, closed connections of removed frontends and backends", zap.Int("connections", n))
