@@ -250,6 +250,31 @@ func expectRefused(t testing.TB, b *Balancer) {
 // metricValue gathers reg and returns the value of the series name{labels}.
 func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
+	m := findSeries(t, reg, name, labels)
+	switch {
+	case m == nil:
+		t.Fatalf("no series %s%v", name, labels)
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Histogram != nil:
+		return float64(m.Histogram.GetSampleCount())
+	}
+	t.Fatalf("series %s%v is neither counter, gauge nor histogram", name, labels)
+	return 0
+}
+
+// hasSeries reports whether reg exports a series name with these labels.
+func hasSeries(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) bool {
+	t.Helper()
+	return findSeries(t, reg, name, labels) != nil
+}
+
+// findSeries gathers reg and returns the first series name whose labels
+// include these, nil when there is none.
+func findSeries(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) *dto.Metric {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -260,19 +285,11 @@ func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map
 		}
 		for _, m := range mf.GetMetric() {
 			if hasLabels(m, labels) {
-				switch {
-				case m.Counter != nil:
-					return m.Counter.GetValue()
-				case m.Gauge != nil:
-					return m.Gauge.GetValue()
-				case m.Histogram != nil:
-					return float64(m.Histogram.GetSampleCount())
-				}
+				return m
 			}
 		}
 	}
-	t.Fatalf("no series %s%v", name, labels)
-	return 0
+	return nil
 }
 
 func hasLabels(m *dto.Metric, want map[string]string) bool {

@@ -13,8 +13,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // fakeTimers stands in for time.AfterFunc: retirements fire when the test
@@ -82,26 +80,6 @@ func reconfigure(t testing.TB, b *Balancer, opts Options, grace time.Duration) {
 	if err := b.Reconfigure(opts, grace); err != nil {
 		t.Fatalf("Reconfigure: %v", err)
 	}
-}
-
-// hasSeries reports whether reg exports a series name with these labels.
-func hasSeries(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) bool {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if hasLabels(m, labels) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // A reload that replaces a pool's backends: connections opened before keep
