@@ -132,10 +132,10 @@ func (f *frontend) serve() {
 const maxIdleWorkers = 64
 
 // work serves c, then, while fewer than maxIdleWorkers others wait, waits
-// for the next connection until the frontend's accept loop has ended. Reusing a
-// goroutine skips creating one and regrowing its stack: a new goroutine
-// starts with 2 KiB, and connect's call chain made the runtime copy it
-// larger for every connection.
+// for the next connection until the frontend's accept loop has ended.
+// Reusing a goroutine skips creating one and regrowing its stack: a new
+// goroutine starts with 2 KiB, and connect's call chain made the runtime
+// copy it larger for every connection.
 func (f *frontend) work(c *net.TCPConn) {
 	for {
 		f.handle(c)

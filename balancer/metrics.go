@@ -9,7 +9,8 @@ import (
 
 // metrics exposes the atomics the hot path keeps anyway (collected on
 // scrape, so counting costs nothing extra) plus the connect latency
-// histogram.
+// histogram. A scrape reads the running layout, so what a reload removed
+// leaves the metrics with it; Reconfigure deletes its histogram series.
 type metrics struct {
 	layout *atomic.Pointer[layout] // set once by New: what is running, read at each scrape
 	live   *liveSet                // set once by New: bytes of connections still relaying
