@@ -271,7 +271,7 @@ func TestReloadsUnderLoadRefuseAndResetNothing(t *testing.T) {
 		Pools:     []PoolConfig{poolOf("least_conn", s2, s3)},
 	}}
 	configs[1].Pools[0].Backends[0].Weight = 3
-	b, _ := startWith(t, configs[0])
+	b, reg := startWith(t, configs[0])
 	reloads := 0
 	reload := func() {
 		reloads++
@@ -305,6 +305,10 @@ func TestReloadsUnderLoadRefuseAndResetNothing(t *testing.T) {
 	before := reloads
 	for g.running() {
 		reload()
+		_ = b.Status() // what the admin API and a scrape read meanwhile
+		if _, err := reg.Gather(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	rate := g.wait()
 	check(fmt.Sprintf("with %d reloads back to back", reloads-before), g, rate)

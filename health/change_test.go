@@ -393,3 +393,54 @@ func TestApplyBeforeAndAfterRun(t *testing.T) {
 		t.Fatalf("%d timers made after Run ended", n)
 	}
 }
+
+// Applies that add, re-check and remove backends while their workers check
+// on a real clock and the proxy reports: no race (under -race), and after
+// the last Apply exactly its backends are offered and checked.
+func TestApplyWhileChecksAndReportsRun(t *testing.T) {
+	addrs := []string{newTCPServer(t).addr(), newTCPServer(t).addr(), newTCPServer(t).addr()}
+	set := func(i int) []PoolChecks {
+		c := complete(Check{Kind: KindTCP, Interval: time.Millisecond, Rise: 1 + i%2, StartHealthy: true})
+		return []PoolChecks{{Pool: "web", Backends: addrs[i%2 : i%2+2], Check: c}}
+	}
+	m, err := NewMonitor(Options{Pools: set(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	reports := make(chan struct{})
+	go func() {
+		defer close(reports)
+		for ctx.Err() == nil {
+			for _, a := range addrs {
+				m.ConnectFailed("web", a)
+				m.ConnectSucceeded("web", a)
+				_, _ = m.Backend("web", a)
+			}
+			_ = m.Status()
+			_ = m.Summary()
+		}
+	}()
+	for i := 1; i <= 20; i++ {
+		c, err := m.Prepare(set(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Apply(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond) // let the workers check in between
+	}
+	cancel()
+	<-reports
+	st := m.Status()[0]
+	if len(st.Backends) != 2 || st.Backends[0].Address != addrs[0] || st.Backends[1].Address != addrs[1] {
+		t.Fatalf("status after the last Apply %+v", st)
+	}
+	if _, err := m.Backend("web", addrs[2]); err == nil {
+		t.Fatal("a backend the last Apply removed is offered")
+	}
+}
