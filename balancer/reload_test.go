@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
 )
 
 // fakeTimers stands in for time.AfterFunc: retirements fire when the test
@@ -545,5 +547,46 @@ func TestShutdownEndsAReloadGraceEarly(t *testing.T) {
 	b.mu.Unlock()
 	if left != 0 {
 		t.Fatalf("%d retirements left after Shutdown", left)
+	}
+}
+
+// A pool's PROXY protocol setting changes for the connections opened after
+// the reload; one opened before keeps what it had.
+func TestReloadChangesProxyProtocolForNewConnections(t *testing.T) {
+	be := startBackend(t, func(c *net.TCPConn) {
+		r := bufio.NewReader(c)
+		got := "none"
+		if h, err := proxyproto.Read(r); err == nil {
+			got = fmt.Sprintf("v%d", h.Version)
+		} else if !errors.Is(err, proxyproto.ErrNoProxyProtocol) {
+			return
+		}
+		if _, err := io.WriteString(c, got+"\n"); err != nil {
+			return
+		}
+		_, _ = io.Copy(c, r)
+	})
+	fe := FrontendConfig{Name: "fe", Listen: "127.0.0.1:0", Pool: "p"}
+	pc := poolOf("round_robin", be)
+	b, _ := startWith(t, Options{Frontends: []FrontendConfig{fe}, Pools: []PoolConfig{pc}})
+	before := dial(t, b)
+	if _, err := io.WriteString(before, "x\n"); err != nil { // the backend reads before it greets
+		t.Fatal(err)
+	}
+	beforeR := bufio.NewReader(before)
+	if line, err := beforeR.ReadString('\n'); err != nil || line != "none\n" {
+		t.Fatalf("before the reload: %q, %v", line, err)
+	}
+	pc.ProxyProtocol = "v2"
+	reconfigure(t, b, Options{Frontends: []FrontendConfig{fe}, Pools: []PoolConfig{pc}}, time.Minute)
+	after := dial(t, b)
+	if _, err := io.WriteString(after, "x\n"); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(after).ReadString('\n'); err != nil || line != "v2\n" {
+		t.Fatalf("after the reload: %q, %v", line, err)
+	}
+	if line, err := beforeR.ReadString('\n'); err != nil || line != "x\n" {
+		t.Fatalf("the connection from before the reload: %q, %v", line, err)
 	}
 }
