@@ -42,7 +42,7 @@ func TestAcceptBacksOffOnEMFILEAndRecovers(t *testing.T) {
 		restore()
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return b.frontends[0].acceptErrors.Load() >= 3 })
+	waitFor(t, func() bool { return b.layout.Load().frontends[0].acceptErrors.Load() >= 3 })
 	restore()
 
 	c, err := net.FileConn(file)

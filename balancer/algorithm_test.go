@@ -11,14 +11,14 @@ import (
 )
 
 // testPool builds a pool of healthy backends named by their index.
-func testPool(t *testing.T, algo string, slowStart time.Duration, weights ...int) *pool {
+func testPool(t testing.TB, algo string, slowStart time.Duration, weights ...int) *pool {
 	t.Helper()
 	pc := poolOf(algo)
 	pc.SlowStart = slowStart
 	for i, w := range weights {
 		pc.Backends = append(pc.Backends, BackendConfig{Address: "127.0.0.1:" + strconv.Itoa(1000+i), Weight: w, Health: healthyFromStart()})
 	}
-	p, err := newPool(pc, newMetrics())
+	p, err := newPool(pc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,5 +285,25 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	if _, err := New(Options{Pools: []PoolConfig{good}, Registerer: reg}); err != nil {
 		t.Fatalf("valid options: %v", err)
+	}
+}
+
+// BenchmarkPick is one pick of each algorithm over four healthy backends,
+// from parallel goroutines as the accept loops and workers pick.
+func BenchmarkPick(b *testing.B) {
+	for _, algo := range []string{"round_robin", "least_conn", "random2", "source_hash"} {
+		b.Run(algo, func(b *testing.B) {
+			p := testPool(b, algo, time.Minute, 1, 2, 1, 3)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				var key uint64
+				for pb.Next() {
+					key++
+					if p.pick(mix64(key), nil) < 0 {
+						b.Fatal("no backend picked")
+					}
+				}
+			})
+		})
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,8 @@ import (
 // Health is the health checker's record of one backend (health.Backend
 // implements it). The balancer keeps no copy: it asks at every pick, so
 // what the proxy does and what /status and fitness report cannot disagree.
+// Reconfigure compares records with == to tell a backend whose record
+// changed from one that kept it, so implementations are pointers.
 type Health interface {
 	// Healthy reports whether the backend may take new connections. It is
 	// called on every pick and must be cheap: no lock, no lookup.
@@ -65,7 +68,8 @@ type ConnectReporter interface {
 	ConnectSucceeded(pool, backend string)
 }
 
-// Options configure a Balancer.
+// Options configure a Balancer. Reconfigure takes Frontends and Pools
+// anew; Logger, Registerer and Reporter are New's for the Balancer's life.
 type Options struct {
 	Frontends  []FrontendConfig
 	Pools      []PoolConfig
@@ -96,32 +100,37 @@ type BackendStatus struct {
 
 // Balancer owns the frontends, the pools and every connection goroutine.
 type Balancer struct {
-	log       *zap.Logger
-	reporter  ConnectReporter
-	frontends []*frontend
-	pools     []*pool
-	poolByNm  map[string]*pool
-	metrics   *metrics
+	log      *zap.Logger
+	reporter ConnectReporter
+	metrics  *metrics
 
-	// stopAccept is closed when Shutdown begins: accept loops and their
-	// backoff sleeps end.
+	// layout is the running configuration, replaced whole by Reconfigure:
+	// Status, SetDrained and the metrics read it without a lock.
+	layout atomic.Pointer[layout]
+
+	// stopAccept is closed when Shutdown begins: accept loops' backoff
+	// sleeps end.
 	stopAccept chan struct{}
-	// acceptDone is closed once every accept loop has ended: idle
-	// connection workers end.
-	acceptDone chan struct{}
 	// hardCtx is cancelled when the shutdown grace runs out: pending dials
 	// end. live holds the relaying pairs, cut at the same moment.
 	hardCtx    context.Context
 	hardCancel context.CancelFunc
 	live       liveSet
 
+	// afterFunc arms retirement timers (afterFunc; tests fire them by hand).
+	afterFunc func(time.Duration, func()) stopper
+
 	acceptWG sync.WaitGroup // accept loops
 	connWG   sync.WaitGroup // connection goroutines
+	retireWG sync.WaitGroup // retirement timers armed and not yet ended
 
+	// mu serializes Start, Reconfigure and Shutdown: binding, swapping
+	// layouts, retiring.
 	mu       sync.Mutex
-	started  bool          // guarded by mu
-	stopping bool          // guarded by mu
-	drained  chan struct{} // guarded by mu; closed when the last goroutine has ended
+	started  bool                     // guarded by mu
+	stopping bool                     // guarded by mu
+	drained  chan struct{}            // guarded by mu; closed when the last goroutine has ended
+	retiring map[*retirement]struct{} // guarded by mu: grace periods of removed frontends and backends still running
 }
 
 // New validates opts and builds a Balancer. Nothing is bound until Start.
@@ -133,40 +142,20 @@ func New(opts Options) (*Balancer, error) {
 	b := &Balancer{
 		log:        log.Named("balancer"),
 		reporter:   opts.Reporter,
-		poolByNm:   make(map[string]*pool, len(opts.Pools)),
+		metrics:    newMetrics(),
 		stopAccept: make(chan struct{}),
-		acceptDone: make(chan struct{}),
+		afterFunc:  afterFunc,
+		retiring:   make(map[*retirement]struct{}),
 	}
 	b.hardCtx, b.hardCancel = context.WithCancel(context.Background())
-	b.metrics = newMetrics()
-	for _, pc := range opts.Pools {
-		if _, dup := b.poolByNm[pc.Name]; dup {
-			return nil, fmt.Errorf("pool %q: defined twice", pc.Name)
-		}
-		p, err := newPool(pc, b.metrics)
-		if err != nil {
-			return nil, err
-		}
-		b.pools = append(b.pools, p)
-		b.poolByNm[pc.Name] = p
+	empty := &layout{poolByName: map[string]*pool{}}
+	b.layout.Store(empty)
+	next, err := b.build(opts.Frontends, opts.Pools, empty)
+	if err != nil {
+		return nil, err
 	}
-	seen := make(map[string]bool, len(opts.Frontends))
-	for _, fc := range opts.Frontends {
-		if seen[fc.Name] {
-			return nil, fmt.Errorf("frontend %q: defined twice", fc.Name)
-		}
-		seen[fc.Name] = true
-		p, ok := b.poolByNm[fc.Pool]
-		if !ok {
-			return nil, fmt.Errorf("frontend %q: unknown pool %q", fc.Name, fc.Pool)
-		}
-		if fc.MaxConnections < 0 || fc.IdleTimeout < 0 {
-			return nil, fmt.Errorf("frontend %q: max_connections %d and idle_timeout %s must not be negative",
-				fc.Name, fc.MaxConnections, fc.IdleTimeout)
-		}
-		b.frontends = append(b.frontends, newFrontend(b, fc, p))
-	}
-	b.metrics.frontends, b.metrics.pools, b.metrics.live = b.frontends, b.pools, &b.live
+	b.commitLocked(empty, next) // nothing runs yet: no lock needed, nothing to retire
+	b.metrics.layout, b.metrics.live = &b.layout, &b.live
 	if opts.Registerer != nil {
 		if err := b.metrics.register(opts.Registerer); err != nil {
 			return nil, fmt.Errorf("register balancer metrics: %w", err)
@@ -186,21 +175,22 @@ func (b *Balancer) Start() error {
 	if b.stopping {
 		return errors.New("balancer: shut down")
 	}
-	for i, f := range b.frontends {
-		if err := f.listen(); err != nil {
-			for _, bound := range b.frontends[:i] {
-				_ = bound.ln.Close()
-			}
-			return err
-		}
+	l := b.layout.Load()
+	if err := bindNew(l.frontends); err != nil {
+		return err
 	}
 	b.started = true
-	for _, f := range b.frontends {
-		b.acceptWG.Go(f.serve)
-		b.log.Info("frontend listening", zap.String("frontend", f.cfg.Name),
-			zap.Stringer("addr", f.ln.Addr()), zap.String("pool", f.pool.name))
+	for _, f := range l.frontends {
+		b.serveLocked(f)
 	}
 	return nil
+}
+
+// serveLocked starts f's accept loop; b.mu must be held.
+func (b *Balancer) serveLocked(f *frontend) {
+	b.acceptWG.Go(f.serve)
+	b.log.Info("frontend listening", zap.String("frontend", f.name),
+		zap.Stringer("addr", f.ln.Addr()), zap.String("pool", f.route.Load().pool.name))
 }
 
 // Addr returns the bound address of a frontend, or nil when the frontend is
@@ -208,8 +198,8 @@ func (b *Balancer) Start() error {
 func (b *Balancer) Addr(frontend string) net.Addr {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for _, f := range b.frontends {
-		if f.cfg.Name == frontend && f.ln != nil {
+	for _, f := range b.layout.Load().frontends {
+		if f.name == frontend && f.ln != nil {
 			return f.ln.Addr()
 		}
 	}
@@ -219,21 +209,27 @@ func (b *Balancer) Addr(frontend string) net.Addr {
 // Shutdown stops accepting, lets live connections finish until ctx is done,
 // then closes those left. It waits for every goroutine the Balancer started
 // and is safe to call more than once. It returns ctx's error when
-// connections had to be cut.
+// connections had to be cut. Connections still in a reload's grace (of a
+// removed frontend or backend) get ctx's instead.
 func (b *Balancer) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	if !b.stopping {
 		b.stopping = true
 		close(b.stopAccept)
-		for _, f := range b.frontends {
+		for _, f := range b.layout.Load().frontends {
 			if f.ln != nil {
 				_ = f.ln.Close()
 			}
 		}
+		for r := range b.retiring {
+			if r.timer.Stop() {
+				b.retireWG.Done()
+			}
+		}
+		clear(b.retiring)
 		b.drained = make(chan struct{})
 		go func() { // ends once every connection has, which hardCancel guarantees
 			b.acceptWG.Wait()
-			close(b.acceptDone)
 			b.connWG.Wait()
 			close(b.drained)
 		}()
@@ -245,21 +241,23 @@ func (b *Balancer) Shutdown(ctx context.Context) error {
 	select {
 	case <-drained:
 	case <-ctx.Done():
-		if n := b.liveConnections(); n > 0 {
+		if n := b.live.count(); n > 0 {
 			err = fmt.Errorf("balancer shutdown: closing %d live connections: %w", n, ctx.Err())
-			b.log.Warn("shutdown grace over, closing live connections", zap.Int64("connections", n))
+			b.log.Warn("shutdown grace over, closing live connections", zap.Int("connections", n))
 		}
 	}
 	b.hardCancel()
 	b.live.cutAll()
 	<-drained
+	b.retireWG.Wait() // a retirement that fired meanwhile
 	return err
 }
 
 // SetDrained marks a backend drained or not. A drained backend gets no new
-// connections; live ones continue until they end.
+// connections; live ones continue until they end. The mark stays through
+// Reconfigure for as long as the pool lists the backend.
 func (b *Balancer) SetDrained(pool, backend string, drained bool) error {
-	be, err := b.backend(pool, backend)
+	be, err := b.layout.Load().backend(pool, backend)
 	if err != nil {
 		return err
 	}
@@ -272,9 +270,10 @@ func (b *Balancer) SetDrained(pool, backend string, drained bool) error {
 
 // Status reports every pool and backend in configuration order.
 func (b *Balancer) Status() []PoolStatus {
-	out := make([]PoolStatus, 0, len(b.pools))
-	relayed := b.live.relayed(b.pools)
-	for _, p := range b.pools {
+	pools := b.layout.Load().pools
+	out := make([]PoolStatus, 0, len(pools))
+	relayed := b.live.relayed(pools)
+	for _, p := range pools {
 		ps := PoolStatus{Name: p.name, Backends: make([]BackendStatus, 0, len(p.backends))}
 		for _, be := range p.backends {
 			ps.Backends = append(ps.Backends, BackendStatus{
@@ -285,32 +284,11 @@ func (b *Balancer) Status() []PoolStatus {
 				ActiveConnections: be.active.Load(),
 				TotalConnections:  be.total.Load(),
 
-				BytesClientToBackend: relayed[be].up,
-				BytesBackendToClient: relayed[be].down,
+				BytesClientToBackend: relayed[be.backendState].up,
+				BytesBackendToClient: relayed[be.backendState].down,
 			})
 		}
 		out = append(out, ps)
 	}
 	return out
-}
-
-// liveConnections counts the client connections still open on all frontends.
-func (b *Balancer) liveConnections() int64 {
-	var n int64
-	for _, f := range b.frontends {
-		n += f.active.Load()
-	}
-	return n
-}
-
-func (b *Balancer) backend(pool, addr string) (*backend, error) {
-	p, ok := b.poolByNm[pool]
-	if !ok {
-		return nil, fmt.Errorf("unknown pool %q", pool)
-	}
-	be, ok := p.byAddr[addr]
-	if !ok {
-		return nil, fmt.Errorf("pool %q: unknown backend %q", pool, addr)
-	}
-	return be, nil
 }

@@ -102,13 +102,20 @@ func startBalancer(t testing.TB, pc PoolConfig, fc FrontendConfig, reporter Conn
 	t.Helper()
 	pc.Name = "p"
 	fc.Name, fc.Listen, fc.Pool = "fe", "127.0.0.1:0", "p"
+	return startWith(t, Options{Frontends: []FrontendConfig{fc}, Pools: []PoolConfig{pc}, Reporter: reporter})
+}
+
+// startWith runs a Balancer built from opts with a registry and a test
+// logger of its own; it is shut down when the test ends.
+func startWith(t testing.TB, opts Options) (*Balancer, *prometheus.Registry) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	log := zaptest.NewLogger(t) // debug: the per-connection line runs too
+	opts.Logger = zaptest.NewLogger(t) // debug: the per-connection line runs too
 	if _, bench := t.(*testing.B); bench {
-		log = zap.NewNop()
+		opts.Logger = zap.NewNop()
 	}
-	b, err := New(Options{Frontends: []FrontendConfig{fc}, Pools: []PoolConfig{pc},
-		Logger: log, Registerer: reg, Reporter: reporter})
+	opts.Registerer = reg
+	b, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +177,13 @@ func setHealthy(be *backend, healthy bool) { be.health.(*testHealth).healthy.Sto
 
 func dial(t testing.TB, b *Balancer) *net.TCPConn {
 	t.Helper()
-	c, err := net.Dial("tcp", b.Addr("fe").String())
+	return dialAddr(t, b.Addr("fe").String())
+}
+
+// dialAddr connects to addr; the conn is closed when the test ends.
+func dialAddr(t testing.TB, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +196,13 @@ func dial(t testing.TB, b *Balancer) *net.TCPConn {
 // name of the backend that answered.
 func greeting(t testing.TB, b *Balancer) (*net.TCPConn, *bufio.Reader, string) {
 	t.Helper()
-	c := dial(t, b)
+	return greetingAt(t, b.Addr("fe").String())
+}
+
+// greetingAt is greeting through the frontend at addr.
+func greetingAt(t testing.TB, addr string) (*net.TCPConn, *bufio.Reader, string) {
+	t.Helper()
+	c := dialAddr(t, addr)
 	r := bufio.NewReader(c)
 	line, err := r.ReadString('\n')
 	if err != nil {
@@ -231,6 +250,31 @@ func expectRefused(t testing.TB, b *Balancer) {
 // metricValue gathers reg and returns the value of the series name{labels}.
 func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
+	m := findSeries(t, reg, name, labels)
+	switch {
+	case m == nil:
+		t.Fatalf("no series %s%v", name, labels)
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Histogram != nil:
+		return float64(m.Histogram.GetSampleCount())
+	}
+	t.Fatalf("series %s%v is neither counter, gauge nor histogram", name, labels)
+	return 0
+}
+
+// hasSeries reports whether reg exports a series name with these labels.
+func hasSeries(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) bool {
+	t.Helper()
+	return findSeries(t, reg, name, labels) != nil
+}
+
+// findSeries gathers reg and returns the first series name whose labels
+// include these, nil when there is none.
+func findSeries(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) *dto.Metric {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -241,19 +285,11 @@ func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map
 		}
 		for _, m := range mf.GetMetric() {
 			if hasLabels(m, labels) {
-				switch {
-				case m.Counter != nil:
-					return m.Counter.GetValue()
-				case m.Gauge != nil:
-					return m.Gauge.GetValue()
-				case m.Histogram != nil:
-					return float64(m.Histogram.GetSampleCount())
-				}
+				return m
 			}
 		}
 	}
-	t.Fatalf("no series %s%v", name, labels)
-	return 0
+	return nil
 }
 
 func hasLabels(m *dto.Metric, want map[string]string) bool {

@@ -20,7 +20,8 @@ var errIdle = errors.New("idle timeout")
 // header if asked, relay until both directions end.
 func (f *frontend) handle(client *net.TCPConn) {
 	defer f.active.Add(-1)
-	be, server := f.connect(client)
+	r := f.route.Load()
+	be, server := f.connect(client, r.pool)
 	if server == nil {
 		f.refusedNoBackend.Add(1)
 		reset(client)
@@ -28,8 +29,8 @@ func (f *frontend) handle(client *net.TCPConn) {
 	}
 	defer be.active.Add(-1)
 	var header []byte
-	if f.pool.proxyVersion != 0 {
-		h := proxyproto.HeaderProxyFromAddrs(f.pool.proxyVersion, client.RemoteAddr(), client.LocalAddr())
+	if r.pool.proxyVersion != 0 {
+		h := proxyproto.HeaderProxyFromAddrs(r.pool.proxyVersion, client.RemoteAddr(), client.LocalAddr())
 		var err error
 		if header, err = h.Format(); err != nil {
 			f.log.Warn("build PROXY header failed", zap.String("backend", be.addr), zap.Error(err))
@@ -40,7 +41,7 @@ func (f *frontend) handle(client *net.TCPConn) {
 	}
 	// Past the grace period, Shutdown cuts every live pair; finish waits for
 	// a cut in progress, so no close outlives handle.
-	lp := &livePair{client: client, server: server, be: be, header: uint64(len(header))}
+	lp := &livePair{client: client, server: server, be: be, fe: f, header: uint64(len(header))}
 	f.b.live.add(lp)
 	var up, down int64
 	defer func() { f.b.live.finish(lp, up, down) }()
@@ -58,7 +59,7 @@ func (f *frontend) handle(client *net.TCPConn) {
 	if debug {
 		start = time.Now()
 	}
-	up, down, err := relay(client, server, f.cfg.IdleTimeout)
+	up, down, err := relay(client, server, r.idleTimeout)
 	if errors.Is(err, errIdle) {
 		f.idleClosed.Add(1)
 	}
@@ -69,11 +70,11 @@ func (f *frontend) handle(client *net.TCPConn) {
 	}
 }
 
-// connect dials backends picked by the pool's algorithm until one answers,
-// trying each at most once. The client has sent nothing to anyone yet, so a
-// retry is invisible to it. It returns a nil conn when none answered.
-func (f *frontend) connect(client *net.TCPConn) (*backend, *net.TCPConn) {
-	p := f.pool
+// connect dials backends picked by the algorithm of p (one version of the
+// pool, whatever a reload does meanwhile) until one answers, trying each at
+// most once. The client has sent nothing to anyone yet, so a retry is
+// invisible to it. It returns a nil conn when none answered.
+func (f *frontend) connect(client *net.TCPConn, p *pool) (*backend, *net.TCPConn) {
 	key := clientKey(client.RemoteAddr())
 	d := net.Dialer{Timeout: p.connectTimeout, KeepAlive: -1}
 	d.SetMultipathTCP(false)

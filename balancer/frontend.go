@@ -31,13 +31,18 @@ const (
 	acceptBackoffMax = time.Second
 )
 
-// frontend is one listener feeding one pool.
+// frontend is one listener feeding one pool. It lives, bound and accepting,
+// for as long as the configuration has a frontend of its name and listen
+// address; what it feeds and its limits are its route, replaced by
+// Reconfigure.
 type frontend struct {
-	b    *Balancer
-	cfg  FrontendConfig
-	pool *pool
-	log  *zap.Logger
-	ln   *net.TCPListener // set by listen, under b.mu
+	b      *Balancer
+	name   string
+	listen string
+	log    *zap.Logger
+	route  atomic.Pointer[route]
+	ln     *net.TCPListener // set by bind, under b.mu
+	served chan struct{}    // closed when serve returns: idle workers end
 
 	active           atomic.Int64
 	accepted         atomic.Uint64
@@ -48,20 +53,33 @@ type frontend struct {
 
 	idle        chan *net.TCPConn // unbuffered: serve hands a connection to a waiting worker
 	idleWorkers atomic.Int32      // workers committed to receive on idle
+
+	// retired is set, under the liveSet's mutex, once the frontend has been
+	// removed and its drain grace is over: its pairs are cut, and a pair
+	// that links later is closed at once.
+	retired bool
 }
 
-func newFrontend(b *Balancer, fc FrontendConfig, p *pool) *frontend {
-	return &frontend{b: b, cfg: fc, pool: p, log: b.log.With(zap.String("frontend", fc.Name)),
-		idle: make(chan *net.TCPConn)}
+// route is where a frontend's new connections go and under which limits;
+// never changed once built. Each connection loads it once.
+type route struct {
+	pool           *pool
+	maxConnections int64         // 0 = unlimited
+	idleTimeout    time.Duration // 0 = never
 }
 
-// listen binds the frontend's address.
-func (f *frontend) listen() error {
+func newFrontend(b *Balancer, name, listen string) *frontend {
+	return &frontend{b: b, name: name, listen: listen, log: b.log.With(zap.String("frontend", name)),
+		served: make(chan struct{}), idle: make(chan *net.TCPConn)}
+}
+
+// bind binds the frontend's address.
+func (f *frontend) bind() error {
 	lc := net.ListenConfig{Control: listenControl, KeepAlive: -1} // keepalive comes from the listener
 	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(context.Background(), "tcp", f.cfg.Listen)
+	ln, err := lc.Listen(context.Background(), "tcp", f.listen)
 	if err != nil {
-		return fmt.Errorf("frontend %q: %w", f.cfg.Name, err)
+		return fmt.Errorf("frontend %q: %w", f.name, err)
 	}
 	f.ln = ln.(*net.TCPListener)
 	return nil
@@ -70,6 +88,7 @@ func (f *frontend) listen() error {
 // serve accepts until the listener is closed. Accept errors never end it:
 // it pauses with exponential backoff, so a full file table is not a busy loop.
 func (f *frontend) serve() {
+	defer close(f.served)
 	var backoff time.Duration
 	for {
 		c, err := f.ln.AcceptTCP()
@@ -91,7 +110,7 @@ func (f *frontend) serve() {
 		}
 		backoff = 0
 		f.accepted.Add(1)
-		if n := f.active.Add(1); f.cfg.MaxConnections > 0 && n > int64(f.cfg.MaxConnections) {
+		if n, limit := f.active.Add(1), f.route.Load().maxConnections; limit > 0 && n > limit {
 			f.active.Add(-1)
 			f.refusedMax.Add(1)
 			reset(c)
@@ -113,10 +132,10 @@ func (f *frontend) serve() {
 const maxIdleWorkers = 64
 
 // work serves c, then, while fewer than maxIdleWorkers others wait, waits
-// for the next connection until every accept loop has ended. Reusing a
-// goroutine skips creating one and regrowing its stack: a new goroutine
-// starts with 2 KiB, and connect's call chain made the runtime copy it
-// larger for every connection.
+// for the next connection until the frontend's accept loop has ended.
+// Reusing a goroutine skips creating one and regrowing its stack: a new
+// goroutine starts with 2 KiB, and connect's call chain made the runtime
+// copy it larger for every connection.
 func (f *frontend) work(c *net.TCPConn) {
 	for {
 		f.handle(c)
@@ -131,7 +150,7 @@ func (f *frontend) work(c *net.TCPConn) {
 		}
 		select {
 		case c = <-f.idle: // serve took the count
-		case <-f.b.acceptDone: // no serve left to send
+		case <-f.served: // no serve left to send
 			f.idleWorkers.Add(-1)
 			return
 		}

@@ -11,6 +11,7 @@ import (
 type livePair struct {
 	client, server *net.TCPConn
 	be             *backend
+	fe             *frontend
 	header         uint64 // PROXY header bytes written to server before the relay
 	// What the peers acknowledged so far in each direction, as last sampled:
 	// never more than the relay's final counts.
@@ -25,26 +26,29 @@ func (lp *livePair) close() {
 }
 
 // liveSet holds the relaying pairs so Shutdown can cut them when its grace
-// runs out. It is an intrusive list under one mutex: adding and removing a
+// runs out, and a reload those of what it removed when theirs does. It is an intrusive list under one mutex: adding and removing a
 // pair costs a lock and four pointer writes, no allocation beyond the pair,
 // no goroutine and no timer. A context.AfterFunc per connection on a shared
 // parent context did the same job for a closure, a channel and a map entry
 // in the parent's children set per connection.
 type liveSet struct {
-	mu   sync.Mutex
-	cut  bool     // guarded by mu; set by cutAll, pairs added later are closed at once
-	head livePair // guarded by mu; sentinel of the circular list
+	mu     sync.Mutex
+	cut    bool     // guarded by mu; set by cutAll, pairs added later are closed at once
+	head   livePair // guarded by mu; sentinel of the circular list
+	linked int      // guarded by mu; pairs in the list
 }
 
-// add links lp. If cutAll has already run, lp is closed instead and add
-// reports false; the caller still calls finish.
+// add links lp. If cutAll has already run, or retire for lp's frontend or
+// backend, lp is closed instead and add reports false; the caller still
+// calls finish.
 func (s *liveSet) add(lp *livePair) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cut {
+	if s.cut || lp.fe.retired || lp.be.retired {
 		lp.close()
 		return false
 	}
+	s.linked++
 	if s.head.next == nil {
 		s.head.next, s.head.prev = &s.head, &s.head
 	}
@@ -69,6 +73,14 @@ func (s *liveSet) finish(lp *livePair, up, down int64) {
 	}
 	lp.prev.next, lp.next.prev = lp.next, lp.prev
 	lp.prev, lp.next = nil, nil
+	s.linked--
+}
+
+// count is the number of pairs relaying.
+func (s *liveSet) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.linked
 }
 
 // byteCounts are bytes relayed client→backend (up) and backend→client (down).
@@ -80,7 +92,7 @@ type byteCounts struct{ up, down uint64 }
 // only grows from one call to the next. The TCP_INFO reads happen outside
 // the mutex, so connections come and go meanwhile; the sums are taken under
 // it, consistent with finish.
-func (s *liveSet) relayed(pools []*pool) map[*backend]byteCounts {
+func (s *liveSet) relayed(pools []*pool) map[*backendState]byteCounts {
 	s.mu.Lock()
 	var pairs []*livePair
 	s.each(func(lp *livePair) { pairs = append(pairs, lp) })
@@ -96,15 +108,15 @@ func (s *liveSet) relayed(pools []*pool) map[*backend]byteCounts {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[*backend]byteCounts)
+	out := make(map[*backendState]byteCounts)
 	for _, p := range pools {
 		for _, be := range p.backends {
-			out[be] = byteCounts{be.bytesUp.Load(), be.bytesDown.Load()}
+			out[be.backendState] = byteCounts{be.bytesUp.Load(), be.bytesDown.Load()}
 		}
 	}
 	s.each(func(lp *livePair) {
-		if c, ok := out[lp.be]; ok {
-			out[lp.be] = byteCounts{c.up + lp.ackedUp.Load(), c.down + lp.ackedDown.Load()}
+		if c, ok := out[lp.be.backendState]; ok {
+			out[lp.be.backendState] = byteCounts{c.up + lp.ackedUp.Load(), c.down + lp.ackedDown.Load()}
 		}
 	})
 	return out
@@ -139,4 +151,26 @@ func (s *liveSet) cutAll() {
 	defer s.mu.Unlock()
 	s.cut = true
 	s.each((*livePair).close)
+}
+
+// retire marks frontends and backends retired and closes every linked pair
+// of one of them; pairs of theirs added later are closed by add. It
+// returns how many pairs it closed.
+func (s *liveSet) retire(frontends []*frontend, backends []*backendState) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range frontends {
+		f.retired = true
+	}
+	for _, st := range backends {
+		st.retired = true
+	}
+	n := 0
+	s.each(func(lp *livePair) {
+		if lp.fe.retired || lp.be.retired {
+			lp.close()
+			n++
+		}
+	})
+	return n
 }

@@ -2,17 +2,18 @@ package balancer
 
 import (
 	"errors"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // metrics exposes the atomics the hot path keeps anyway (collected on
 // scrape, so counting costs nothing extra) plus the connect latency
-// histogram.
+// histogram. A scrape reads the running layout, so what a reload removed
+// leaves the metrics with it; Reconfigure deletes its histogram series.
 type metrics struct {
-	frontends []*frontend // set once by New
-	pools     []*pool     // set once by New
-	live      *liveSet    // set once by New: bytes of connections still relaying
+	layout *atomic.Pointer[layout] // set once by New: what is running, read at each scrape
+	live   *liveSet                // set once by New: bytes of connections still relaying
 
 	connectTime *prometheus.HistogramVec
 
@@ -59,8 +60,9 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter, gauge := prometheus.CounterValue, prometheus.GaugeValue
-	for _, f := range m.frontends {
-		n := f.cfg.Name
+	l := m.layout.Load()
+	for _, f := range l.frontends {
+		n := f.name
 		ch <- prometheus.MustNewConstMetric(m.feActive, gauge, float64(f.active.Load()), n)
 		ch <- prometheus.MustNewConstMetric(m.feAccepted, counter, float64(f.accepted.Load()), n)
 		ch <- prometheus.MustNewConstMetric(m.feRefused, counter, float64(f.refusedMax.Load()), n, "max_connections")
@@ -68,14 +70,14 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.feAcceptErrors, counter, float64(f.acceptErrors.Load()), n)
 		ch <- prometheus.MustNewConstMetric(m.feIdleClosed, counter, float64(f.idleClosed.Load()), n)
 	}
-	relayed := m.live.relayed(m.pools)
-	for _, p := range m.pools {
+	relayed := m.live.relayed(l.pools)
+	for _, p := range l.pools {
 		for _, be := range p.backends {
 			l := []string{p.name, be.addr}
 			ch <- prometheus.MustNewConstMetric(m.beActive, gauge, float64(be.active.Load()), l...)
 			ch <- prometheus.MustNewConstMetric(m.beTotal, counter, float64(be.total.Load()), l...)
-			ch <- prometheus.MustNewConstMetric(m.beBytes, counter, float64(relayed[be].up), p.name, be.addr, "client_to_backend")
-			ch <- prometheus.MustNewConstMetric(m.beBytes, counter, float64(relayed[be].down), p.name, be.addr, "backend_to_client")
+			ch <- prometheus.MustNewConstMetric(m.beBytes, counter, float64(relayed[be.backendState].up), p.name, be.addr, "client_to_backend")
+			ch <- prometheus.MustNewConstMetric(m.beBytes, counter, float64(relayed[be.backendState].down), p.name, be.addr, "backend_to_client")
 			ch <- prometheus.MustNewConstMetric(m.beConnectErrors, counter, float64(be.connectErrors.Load()), l...)
 			ch <- prometheus.MustNewConstMetric(m.beHealthy, gauge, boolFloat(be.health.Healthy()), l...)
 			ch <- prometheus.MustNewConstMetric(m.beDrained, gauge, boolFloat(be.drained.Load()), l...)

@@ -5,6 +5,8 @@ import (
 	"hash/fnv"
 	"math/rand/v2"
 	"net"
+	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,15 +22,10 @@ const weightScale = 1000
 // turns healthy (1/slowStartFloor).
 const slowStartFloor = 10
 
-// backend is one server of a pool. Its state is atomics, so the hot path
-// reads it without locks; whether it is healthy is health's to say.
-type backend struct {
-	addr      string
-	weight    int
-	slowStart time.Duration
-	seed      uint64 // source_hash identity, from the address
-	health    Health
-
+// backendState is what a backend keeps across reconfigurations for as long
+// as its pool lists it: the operator's drain and the counters. Its
+// counters are atomics, so the hot path reads them without locks.
+type backendState struct {
 	drained atomic.Bool
 
 	active        atomic.Int64
@@ -36,7 +33,28 @@ type backend struct {
 	bytesUp       atomic.Uint64 // client → backend
 	bytesDown     atomic.Uint64 // backend → client
 	connectErrors atomic.Uint64
-	connectTime   prometheus.Observer
+	// connectTime is resolved when the state is first published; nil
+	// until then, which marks a state no configuration has run with yet.
+	connectTime prometheus.Observer
+
+	// retired is set, under the liveSet's mutex, once the backend has been
+	// removed and its drain grace is over: its pairs are cut, and a pair
+	// that links later (a connect in flight at the time) is closed at once.
+	retired bool
+}
+
+// backend is one server as one version of its pool has it: what the config
+// says (never changed once built) and its state, shared with the same
+// address in the pool's earlier and later versions. Whether it is healthy
+// is health's to say.
+type backend struct {
+	addr      string
+	weight    int
+	slowStart time.Duration
+	seed      uint64 // source_hash identity, from the address
+	health    Health
+
+	*backendState
 }
 
 // available reports whether the backend may take new connections.
@@ -72,8 +90,12 @@ type tried []bool
 
 func (t tried) has(i int) bool { return t != nil && t[i] }
 
-// pool is a set of backends and the algorithm that picks among them.
+// pool is one version of a set of backends and the algorithm that picks
+// among them. It is never changed once built: Reconfigure builds a new
+// version of a pool whose config changed and swaps it in whole, so a
+// connection picks, and retries, within one consistent version.
 type pool struct {
+	cfg            PoolConfig // as built from, to tell a changed pool from the same one
 	name           string
 	connectTimeout time.Duration
 	proxyVersion   byte // 0 = none, 1 or 2
@@ -82,8 +104,12 @@ type pool struct {
 	algo           algorithm
 }
 
-func newPool(pc PoolConfig, m *metrics) (*pool, error) {
+// newPool validates pc and builds a version of its pool. A backend that
+// prev (the running version, or nil) lists too keeps its state; the others
+// get a new one.
+func newPool(pc PoolConfig, prev *pool) (*pool, error) {
 	p := &pool{
+		cfg:            pc,
 		name:           pc.Name,
 		connectTimeout: pc.ConnectTimeout,
 		byAddr:         make(map[string]*backend, len(pc.Backends)),
@@ -119,12 +145,16 @@ func newPool(pc PoolConfig, m *metrics) (*pool, error) {
 		h := fnv.New64a()
 		h.Write([]byte(bc.Address))
 		be := &backend{
-			addr:        bc.Address,
-			weight:      bc.Weight,
-			slowStart:   pc.SlowStart,
-			seed:        h.Sum64(),
-			health:      bc.Health,
-			connectTime: m.connectTime.WithLabelValues(pc.Name, bc.Address),
+			addr:      bc.Address,
+			weight:    bc.Weight,
+			slowStart: pc.SlowStart,
+			seed:      h.Sum64(),
+			health:    bc.Health,
+		}
+		if old := prev.backend(bc.Address); old != nil {
+			be.backendState = old.backendState
+		} else {
+			be.backendState = &backendState{}
 		}
 		p.backends = append(p.backends, be)
 		p.byAddr[bc.Address] = be
@@ -135,6 +165,26 @@ func newPool(pc PoolConfig, m *metrics) (*pool, error) {
 	}
 	p.algo = algo
 	return p, nil
+}
+
+// backend returns the backend at addr, nil when there is none or p is nil.
+func (p *pool) backend(addr string) *backend {
+	if p == nil {
+		return nil
+	}
+	return p.byAddr[addr]
+}
+
+// sameConfig reports whether pc would build this version again: the same
+// settings and the same backends, in order, with the same weights and the
+// same Health records (compared with ==).
+func (p *pool) sameConfig(pc PoolConfig) bool {
+	a, b := p.cfg, pc
+	if !slices.Equal(a.Backends, b.Backends) {
+		return false
+	}
+	a.Backends, b.Backends = nil, nil
+	return reflect.DeepEqual(a, b)
 }
 
 // pick chooses an available backend not yet tried, or -1 when none is left.

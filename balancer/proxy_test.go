@@ -602,7 +602,7 @@ func TestConnectTimeoutMovesToNextBackend(t *testing.T) {
 func TestWorkerServesNextConnectionAndEndsAtShutdown(t *testing.T) {
 	be := startBackend(t, namedEcho("a"))
 	b, _ := startBalancer(t, poolOf("round_robin", be), FrontendConfig{}, nil)
-	f := b.frontends[0]
+	f := b.layout.Load().frontends[0]
 	c1, r1, _ := greeting(t, b)
 	echo(t, c1, r1, "first")
 	_ = c1.Close()

@@ -5,8 +5,9 @@
 // fitness Summary.
 //
 // It imports no other vipd package: cmd/vipd hands each Backend (from
-// Monitor.Backend) to the balancer, which asks it at every pick, passes the
-// Monitor to the balancer as its ConnectReporter, and forwards
+// Monitor.Backend, or Change.Backend when it reconfigures the pools with
+// Prepare and Apply) to the balancer, which asks it at every pick, passes
+// the Monitor to the balancer as its ConnectReporter, and forwards
 // SummaryChanges to the election.
 package health
 

@@ -104,6 +104,41 @@ func (fc *fakeClock) fireAll() {
 	fc.pending = nil
 }
 
+// made is how many timers workers have asked for so far.
+func (fc *fakeClock) made() int {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	return len(fc.delays)
+}
+
+// pendingTimers are the timers waiting to fire now.
+func (fc *fakeClock) pendingTimers() []*fakeTimer {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	return slices.Clone(fc.pending)
+}
+
+// stillPending counts the timers of ts that still wait: a worker that was
+// stopped has stopped its timer.
+func (fc *fakeClock) stillPending(ts []*fakeTimer) int {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	n := 0
+	for _, t := range ts {
+		if slices.Contains(fc.pending, t) {
+			n++
+		}
+	}
+	return n
+}
+
+// pendingNow is how many timers wait to fire.
+func (fc *fakeClock) pendingNow() int {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	return len(fc.pending)
+}
+
 // lastDelay is the delay of the most recent timer.
 func (fc *fakeClock) lastDelay() time.Duration {
 	fc.mu.Lock()
@@ -200,6 +235,17 @@ func (h *harness) transitions() []transition {
 // metric returns the value of a gauge or counter with exactly these labels.
 func (h *harness) metric(name string, labels map[string]string) float64 {
 	h.t.Helper()
+	v, ok := h.series(name, labels)
+	if !ok {
+		h.t.Fatalf("metric %s%v not found", name, labels)
+	}
+	return v
+}
+
+// series finds the gauge or counter name with exactly these labels and
+// returns its value; false when there is none.
+func (h *harness) series(name string, labels map[string]string) (float64, bool) {
+	h.t.Helper()
 	fams, err := h.reg.Gather()
 	if err != nil {
 		h.t.Fatalf("gather: %v", err)
@@ -219,13 +265,24 @@ func (h *harness) metric(name string, labels map[string]string) float64 {
 				}
 			}
 			if mt.GetCounter() != nil {
-				return mt.GetCounter().GetValue()
+				return mt.GetCounter().GetValue(), true
 			}
-			return mt.GetGauge().GetValue()
+			return mt.GetGauge().GetValue(), true
 		}
 	}
-	h.t.Fatalf("metric %s%v not found", name, labels)
-	return 0
+	return 0, false
+}
+
+// deadAddr is a loopback address nothing listens on: connects are refused.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
 }
 
 // tcpServer accepts and closes connections, counting them.

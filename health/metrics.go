@@ -68,3 +68,12 @@ func (m *metrics) forBackend(pool, backend string) backendMetrics {
 	}
 	return bm
 }
+
+// deleteBackend removes every series of a backend no longer checked.
+func (m *metrics) deleteBackend(pool, backend string) {
+	l := prometheus.Labels{"pool": pool, "backend": backend}
+	m.up.DeletePartialMatch(l)
+	m.duration.DeletePartialMatch(l)
+	m.failures.DeletePartialMatch(l)
+	m.transitions.DeletePartialMatch(l)
+}

@@ -2,11 +2,13 @@ package health
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,10 +16,13 @@ import (
 	"go.uber.org/zap"
 )
 
-// Monitor checks every backend of its pools and tracks their health.
+// Monitor checks every backend of its pools and tracks their health. Its
+// set of pools can be replaced while it runs (Prepare, then Change.Apply).
 type Monitor struct {
 	log   *zap.Logger
 	clock clock
+	dial  dialFunc
+	met   *metrics
 	// afterCheck, when set (tests only), runs after each active check has
 	// been recorded, on the worker's goroutine.
 	afterCheck func(b *Backend, reason string)
@@ -25,13 +30,26 @@ type Monitor struct {
 	// order per backend, on the goroutine that observed it.
 	onTransition func(transition)
 
-	pools    []*pool
-	backends map[backendKey]*Backend // every backend; read-only after NewMonitor
-	running  atomic.Bool
+	// state is the running set of pools, replaced whole by Apply, so the
+	// proxy's reports (ConnectFailed) read it with one load and no lock.
+	state atomic.Pointer[monitorState]
+
+	// mu serializes Apply with Run's start and end, so every actively
+	// checked backend of state has exactly one worker while Run runs.
+	mu      sync.Mutex
+	ran     bool                 // guarded by mu: Run was called
+	runCtx  context.Context      // guarded by mu: Run's context while it runs, else nil
+	workers map[*Backend]*worker // guarded by mu
 
 	summaryMu   sync.Mutex
 	lastSummary Summary // guarded by summaryMu: the last value sent on summaryCh
 	summaryCh   chan Summary
+}
+
+// monitorState is one set of pools; never changed once published.
+type monitorState struct {
+	pools    []*pool
+	backends map[backendKey]*Backend
 }
 
 type pool struct {
@@ -42,17 +60,22 @@ type pool struct {
 
 type backendKey struct{ pool, backend string }
 
+// worker is the goroutine checking one backend, stopped by cancel.
+type worker struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the goroutine has returned
+}
+
 // Backend is one backend's check and state: the only record of whether it
-// may take connections. The balancer holds it (from Monitor.Backend) and
-// asks Healthy at every pick, so there is no second copy to keep in step.
-// Each configured backend has its own Backend for the Monitor's lifetime; a
-// backend added later would get a new one, and one removed is simply no
-// longer asked.
+// may take connections. The balancer holds it (from Monitor.Backend or
+// Change.Backend) and asks Healthy at every pick, so there is no second
+// copy to keep in step. A backend keeps its Backend, and so its state, for
+// as long as its pool lists it, across reconfigurations; one removed is
+// no longer checked or offered.
 type Backend struct {
-	pool, addr             string
-	interval, fastInterval time.Duration
-	prober                 prober // nil for KindNone: no check, always healthy
-	metrics                backendMetrics
+	pool, addr string
+	spec       atomic.Pointer[checkSpec] // how it is checked; replaced by Apply when the pool's check changes
+	metrics    backendMetrics            // resolved by Apply before any worker or report can use it
 
 	healthy atomic.Bool  // mirrors sm.healthy for lock-free reads (Healthy, Summary)
 	upSince atomic.Int64 // unix nanos of the last unhealthy→healthy transition; 0 = healthy from the start or never up
@@ -72,13 +95,29 @@ type Backend struct {
 	recent []StateChange // guarded by mu: the last recentChanges transitions, newest first
 }
 
+// checkSpec is how one backend is checked; never changed once built.
+type checkSpec struct {
+	check    Check
+	tlsFiles [sha256.Size]byte // digest of the certificate files read for the check (https)
+	prober   prober            // nil for KindNone: no check, always healthy
+}
+
+// sameAs reports whether a check built from c with these certificate files
+// would be the one s is. StartHealthy is left out: it only decides the
+// state of a backend that has none yet.
+func (s *checkSpec) sameAs(c Check, tlsFiles [sha256.Size]byte) bool {
+	a, b := s.check, c
+	a.StartHealthy, b.StartHealthy = false, false
+	return reflect.DeepEqual(a, b) && s.tlsFiles == tlsFiles
+}
+
 // Healthy reports whether the backend may take new connections. It is one
 // atomic load, cheap enough for every pick of the proxy.
 func (b *Backend) Healthy() bool { return b.healthy.Load() }
 
 // HealthySince is when the backend last turned healthy; the zero Time when
-// it has been healthy since the Monitor was built, or has never been. The
-// balancer ramps a backend's weight up from this moment (slow start).
+// it has been healthy since it was added, or has never been. The balancer
+// ramps a backend's weight up from this moment (slow start).
 func (b *Backend) HealthySince() time.Time {
 	if n := b.upSince.Load(); n != 0 {
 		return time.Unix(0, n)
@@ -86,10 +125,14 @@ func (b *Backend) HealthySince() time.Time {
 	return time.Time{}
 }
 
-// Backend returns the record of one backend of a pool, for the balancer to
-// ask. The error names what is unknown.
+// Backend returns the record of one backend of a running pool, for the
+// balancer to ask. The error names what is unknown.
 func (m *Monitor) Backend(pool, addr string) (*Backend, error) {
-	if b := m.backends[backendKey{pool, addr}]; b != nil {
+	return m.state.Load().backend(pool, addr)
+}
+
+func (s *monitorState) backend(pool, addr string) (*Backend, error) {
+	if b := s.backends[backendKey{pool, addr}]; b != nil {
 		return b, nil
 	}
 	return nil, fmt.Errorf("health: pool %q has no backend %q", pool, addr)
@@ -117,67 +160,22 @@ func NewMonitor(opts Options) (*Monitor, error) {
 	m := &Monitor{
 		log:       log.Named("health"),
 		clock:     realClock{},
-		backends:  make(map[backendKey]*Backend),
+		dial:      dial,
+		met:       met,
+		workers:   make(map[*Backend]*worker),
 		summaryCh: make(chan Summary, 1),
 	}
-	seen := make(map[string]bool, len(opts.Pools))
-	for _, pc := range opts.Pools {
-		if seen[pc.Pool] {
-			return nil, fmt.Errorf("health: pool %q listed twice", pc.Pool)
-		}
-		seen[pc.Pool] = true
-		p, err := m.newPool(pc, dial, met)
-		if err != nil {
-			return nil, fmt.Errorf("health: pool %q: %w", pc.Pool, err)
-		}
-		m.pools = append(m.pools, p)
+	m.state.Store(&monitorState{backends: map[backendKey]*Backend{}})
+	c, err := m.Prepare(opts.Pools)
+	if err != nil {
+		return nil, err
 	}
+	m.mu.Lock()
+	m.applyLocked(c)
+	m.mu.Unlock()
 	m.lastSummary = m.Summary()
 	m.summaryCh <- m.lastSummary
 	return m, nil
-}
-
-// newPool builds a pool's backends and indexes them.
-func (m *Monitor) newPool(pc PoolChecks, dial dialFunc, met *metrics) (*pool, error) {
-	c := pc.Check
-	if err := c.validate(); err != nil {
-		return nil, err
-	}
-	var tlsBase *tls.Config
-	var err error
-	if c.Kind == KindHTTPS {
-		if tlsBase, err = loadTLS(c); err != nil {
-			return nil, err
-		}
-	}
-	p := &pool{name: pc.Pool, kind: c.Kind}
-	for _, addr := range pc.Backends {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return nil, fmt.Errorf("backend %q: %w", addr, err)
-		}
-		key := backendKey{pc.Pool, addr}
-		if _, dup := m.backends[key]; dup {
-			return nil, fmt.Errorf("backend %q listed twice", addr)
-		}
-		b := &Backend{
-			pool: pc.Pool, addr: addr,
-			interval: c.Interval, fastInterval: c.FastInterval,
-			metrics: met.forBackend(pc.Pool, addr),
-			sm:      machine{rise: c.Rise, fall: c.Fall, healthy: c.Kind == KindNone || c.StartHealthy},
-		}
-		b.healthy.Store(b.sm.healthy)
-		if b.sm.healthy {
-			b.metrics.up.Set(1)
-		} else {
-			b.metrics.up.Set(0)
-		}
-		if b.prober, err = newProber(c, addr, dial, tlsBase); err != nil {
-			return nil, fmt.Errorf("backend %q: %w", addr, err)
-		}
-		m.backends[key] = b
-		p.backends = append(p.backends, b)
-	}
-	return p, nil
 }
 
 // newProber returns the check for one backend, nil for KindNone.
@@ -233,35 +231,71 @@ func (c Check) validate() error {
 	return nil
 }
 
-// Run starts one worker per actively checked backend and returns when ctx
-// is done and every worker has stopped (an in-flight check is aborted).
-// A Monitor runs once; a second call returns at once.
+// Run checks every actively checked backend, one worker each, including
+// those a later Apply adds, and returns when ctx is done and every worker
+// has stopped (an in-flight check is aborted). A Monitor runs once; a
+// second call returns at once.
 func (m *Monitor) Run(ctx context.Context) {
-	if !m.running.CompareAndSwap(false, true) {
+	m.mu.Lock()
+	if m.ran {
+		m.mu.Unlock()
 		m.log.Error("Run called more than once; ignored")
 		return
 	}
-	var wg sync.WaitGroup
-	checked := 0
-	for _, b := range m.backends {
-		if b.prober != nil {
-			checked++
-			wg.Go(func() { m.work(ctx, b) })
-		}
+	m.ran, m.runCtx = true, ctx
+	st := m.state.Load()
+	for _, b := range st.backends {
+		m.startLocked(b)
 	}
-	m.log.Info("health checks started", zap.Int("backends", checked), zap.Int("pools", len(m.pools)))
+	checked := len(m.workers)
+	m.mu.Unlock()
+	m.log.Info("health checks started", zap.Int("backends", checked), zap.Int("pools", len(st.pools)))
 	<-ctx.Done()
-	wg.Wait()
+	m.mu.Lock()
+	m.runCtx = nil
+	for b := range m.workers {
+		m.stopLocked(b)
+	}
+	m.mu.Unlock()
 	m.log.Info("health checks stopped")
 }
 
-// work checks one backend until ctx is done. The first check comes after a
-// random offset within one interval, the next ones after the interval (the
-// fast interval while a change is pending) with ±10% jitter, so backends
-// configured together do not fire together. Checks of one backend never
-// overlap: the next wait starts when a check ends.
-func (m *Monitor) work(ctx context.Context, b *Backend) {
-	delay := rand.N(b.interval)
+// startLocked starts b's worker while Run runs, unless b has no active
+// check. m.mu must be held.
+func (m *Monitor) startLocked(b *Backend) {
+	spec := b.spec.Load()
+	if m.runCtx == nil || spec.prober == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(m.runCtx)
+	w := &worker{cancel: cancel, done: make(chan struct{})}
+	m.workers[b] = w
+	go func() {
+		defer close(w.done)
+		m.work(ctx, b, spec)
+	}()
+}
+
+// stopLocked stops b's worker, if it has one, and waits until it has
+// returned: a check in flight is aborted and its outcome dropped. m.mu
+// must be held.
+func (m *Monitor) stopLocked(b *Backend) {
+	w := m.workers[b]
+	if w == nil {
+		return
+	}
+	w.cancel()
+	<-w.done
+	delete(m.workers, b)
+}
+
+// work checks one backend with spec until ctx is done. The first check
+// comes after a random offset within one interval, the next ones after the
+// interval (the fast interval while a change is pending) with ±10% jitter,
+// so backends configured together do not fire together. Checks of one
+// backend never overlap: the next wait starts when a check ends.
+func (m *Monitor) work(ctx context.Context, b *Backend, spec *checkSpec) {
+	delay := rand.N(spec.check.Interval)
 	for {
 		t := m.clock.NewTimer(delay)
 		select {
@@ -271,7 +305,7 @@ func (m *Monitor) work(ctx context.Context, b *Backend) {
 		case <-t.C():
 		}
 		start := time.Now()
-		reason, err := b.prober.probe(ctx)
+		reason, err := spec.prober.probe(ctx)
 		if ctx.Err() != nil {
 			return // stopped mid-check: the outcome says nothing about the backend
 		}
@@ -284,19 +318,19 @@ func (m *Monitor) work(ctx context.Context, b *Backend) {
 		if m.afterCheck != nil {
 			m.afterCheck(b, reason)
 		}
-		delay = jitter(b.nextInterval())
+		delay = jitter(b.nextInterval(spec.check))
 	}
 }
 
-// nextInterval is the fast interval while a change is pending, else the interval.
-func (b *Backend) nextInterval() time.Duration {
+// nextInterval is c's fast interval while a change is pending, else its interval.
+func (b *Backend) nextInterval(c Check) time.Duration {
 	b.mu.Lock()
 	changing := b.sm.changing()
 	b.mu.Unlock()
 	if changing {
-		return b.fastInterval
+		return c.FastInterval
 	}
-	return b.interval
+	return c.Interval
 }
 
 // jitter spreads d uniformly over [0.9d, 1.1d].
@@ -327,12 +361,19 @@ func (m *Monitor) observe(b *Backend, reason string, err error, active bool) {
 		b.checks++
 		b.lastCheck = time.Now()
 	}
-	healthy := b.sm.healthy
 	b.failing.Store(b.sm.failures > 0)
 	if !changed {
 		b.mu.Unlock()
 		return
 	}
+	m.announceLocked(b, reason, err)
+}
+
+// announceLocked publishes the transition b.sm just made to its current
+// state: the lock-free mirrors, then (in order per backend, outside b.mu)
+// metrics, log, test hook and summary. b.mu must be held; it is released.
+func (m *Monitor) announceLocked(b *Backend, reason string, err error) {
+	healthy := b.sm.healthy
 	if healthy {
 		b.upSince.Store(time.Now().UnixNano())
 	}
@@ -364,7 +405,7 @@ func (m *Monitor) observe(b *Backend, reason string, err error, active bool) {
 // of KindNone pools (which no active check could bring back) are ignored.
 // It is called per proxied connection and does not allocate.
 func (m *Monitor) ConnectFailed(pool, backend string) {
-	if b := m.backends[backendKey{pool, backend}]; b != nil && b.prober != nil {
+	if b := m.state.Load().backends[backendKey{pool, backend}]; b != nil && b.spec.Load().prober != nil {
 		m.observe(b, ReasonPassive, errPassive, false)
 	}
 }
@@ -375,7 +416,7 @@ func (m *Monitor) ConnectFailed(pool, backend string) {
 // (a wedged server still accepts), so only active checks count toward Rise.
 // Unknown names are ignored. It does not allocate.
 func (m *Monitor) ConnectSucceeded(pool, backend string) {
-	b := m.backends[backendKey{pool, backend}]
+	b := m.state.Load().backends[backendKey{pool, backend}]
 	if b == nil || !b.failing.Load() || !b.healthy.Load() {
 		return // the common case: nothing to reset, no lock taken
 	}
@@ -387,8 +428,9 @@ func (m *Monitor) ConnectSucceeded(pool, backend string) {
 
 // Summary counts the pools and those with at least one healthy backend.
 func (m *Monitor) Summary() Summary {
-	s := Summary{Pools: len(m.pools)}
-	for _, p := range m.pools {
+	pools := m.state.Load().pools
+	s := Summary{Pools: len(pools)}
+	for _, p := range pools {
 		for _, b := range p.backends {
 			if b.healthy.Load() {
 				s.HealthyPools++
@@ -401,7 +443,8 @@ func (m *Monitor) Summary() Summary {
 
 // SummaryChanges delivers the Summary whenever it changes, latest value
 // only: the channel (buffered 1) holds the newest unread Summary, starting
-// with the one at NewMonitor. It is never closed.
+// with the one at NewMonitor; Apply sends one when the pools it puts in
+// place change it. It is never closed.
 func (m *Monitor) SummaryChanges() <-chan Summary { return m.summaryCh }
 
 // publishSummary replaces the unread value on summaryCh with the current
@@ -458,8 +501,9 @@ type BackendHealth struct {
 
 // Status is a snapshot of every pool and backend, for the admin /status.
 func (m *Monitor) Status() []PoolHealth {
-	out := make([]PoolHealth, 0, len(m.pools))
-	for _, p := range m.pools {
+	pools := m.state.Load().pools
+	out := make([]PoolHealth, 0, len(pools))
+	for _, p := range pools {
 		ph := PoolHealth{Name: p.name, Kind: p.kind, Backends: make([]BackendHealth, 0, len(p.backends))}
 		for _, b := range p.backends {
 			b.mu.Lock()

@@ -472,7 +472,7 @@ func TestKindNoneIsAlwaysHealthyAndNeverChecked(t *testing.T) {
 	if st := m.Status(); !be.Healthy() || !st[0].Backends[0].Healthy || st[0].Kind != KindNone || !m.Summary().Fit() {
 		t.Fatalf("handle healthy %v, status %+v, summary %+v", be.Healthy(), st, m.Summary())
 	}
-	if be.prober != nil {
+	if be.spec.Load().prober != nil {
 		t.Fatal("a kind none backend would get a worker")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -174,34 +175,56 @@ func buildRequest(path, host string) ([]byte, error) {
 
 // loadTLS builds the pool's TLS client config from the Check; errors name
 // the file that could not be used. serverName is filled in per backend.
-func loadTLS(c Check) (*tls.Config, error) {
+// files is a digest of the CA, certificate and key files as read, so a
+// reload can tell a rotated certificate at the same path from an unchanged
+// one.
+func loadTLS(c Check) (_ *tls.Config, files [sha256.Size]byte, _ error) {
 	cfg := &tls.Config{
 		InsecureSkipVerify: c.TLSSkipVerify, // operator's explicit choice (HAProxy "verify none")
 		NextProtos:         []string{"http/1.1"},
 		MinVersion:         tls.VersionTLS12,
 	}
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
+	digest := sha256.New()
+	read := func(key, path string) ([]byte, error) {
+		b, err := os.ReadFile(path)
 		if err != nil {
-			return nil, fmt.Errorf("read ca_file %s: %w", c.CAFile, err)
+			return nil, fmt.Errorf("read %s %s: %w", key, path, err)
+		}
+		fmt.Fprintf(digest, "%s %d\n", key, len(b))
+		digest.Write(b)
+		return b, nil
+	}
+	if c.CAFile != "" {
+		pem, err := read("ca_file", c.CAFile)
+		if err != nil {
+			return nil, files, err
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca_file %s: no PEM certificate found", c.CAFile)
+			return nil, files, fmt.Errorf("ca_file %s: no PEM certificate found", c.CAFile)
 		}
 		cfg.RootCAs = pool
 	}
 	if c.CertFile != "" || c.KeyFile != "" {
 		if c.CertFile == "" || c.KeyFile == "" {
-			return nil, fmt.Errorf("cert_file %q and key_file %q: both or neither must be set", c.CertFile, c.KeyFile)
+			return nil, files, fmt.Errorf("cert_file %q and key_file %q: both or neither must be set", c.CertFile, c.KeyFile)
 		}
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		certPEM, err := read("cert_file", c.CertFile)
 		if err != nil {
-			return nil, fmt.Errorf("load cert_file %s / key_file %s: %w", c.CertFile, c.KeyFile, err)
+			return nil, files, err
+		}
+		keyPEM, err := read("key_file", c.KeyFile)
+		if err != nil {
+			return nil, files, err
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, files, fmt.Errorf("load cert_file %s / key_file %s: %w", c.CertFile, c.KeyFile, err)
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
-	return cfg, nil
+	copy(files[:], digest.Sum(nil))
+	return cfg, files, nil
 }
 
 // serverNameFor picks the name to send as SNI and to verify: the configured

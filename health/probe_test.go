@@ -22,7 +22,7 @@ func newTestProber(t *testing.T, c Check, addr string) prober {
 	var base *tls.Config
 	var err error
 	if c.Kind == KindHTTPS {
-		if base, err = loadTLS(c); err != nil {
+		if base, _, err = loadTLS(c); err != nil {
 			t.Fatal(err)
 		}
 	}
