@@ -8,27 +8,33 @@ import (
 
 // metrics are the node's Prometheus series, prefix vipd_election_.
 type metrics struct {
-	reg        prometheus.Registerer
 	collectors []prometheus.Collector
 
-	isLeader prometheus.Gauge
-	changes  prometheus.Counter
+	isLeader   prometheus.Gauge
+	changes    prometheus.Counter
+	reconnects prometheus.Counter // members believed dead that answered a redial
+	forgotten  prometheus.Counter // members dead past the reconnect timeout
 }
 
-// newMetrics registers the series on reg (nil: create, do not register).
-// The func gauges read live values through the given callbacks.
-func newMetrics(reg prometheus.Registerer, term, lastContact, membersAlive func() float64) (*metrics, error) {
+// newMetrics creates the series; register puts them on a registry. The
+// func gauges read live values through the given callbacks.
+func newMetrics(term, lastContact, membersAlive func() float64) *metrics {
 	m := &metrics{
-		reg: reg,
 		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vipd_election_is_leader", Help: "1 while this node is the confirmed leader that holds the VIPs; 0 on a witness or a node in maintenance even while it holds Raft leadership, which it hands over.",
 		}),
 		changes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vipd_election_leadership_changes_total", Help: "Leadership gains and losses reported by this node.",
 		}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vipd_election_gossip_reconnects_total", Help: "Members gossip believed dead that answered a redial: healed partitions.",
+		}),
+		forgotten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vipd_election_gossip_members_forgotten_total", Help: "Members forgotten after being dead longer than the reconnect timeout; they stay in the Raft configuration.",
+		}),
 	}
 	m.collectors = []prometheus.Collector{
-		m.isLeader, m.changes,
+		m.isLeader, m.changes, m.reconnects, m.forgotten,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "vipd_election_term", Help: "Current Raft term.",
 		}, term),
@@ -40,18 +46,27 @@ func newMetrics(reg prometheus.Registerer, term, lastContact, membersAlive func(
 			Name: "vipd_election_members_alive", Help: "Cluster members that gossip reports alive, this node included.",
 		}, membersAlive),
 	}
+	return m
+}
+
+// register puts every series on reg, or none of them, and returns their
+// removal. A nil reg registers nothing.
+func (m *metrics) register(reg prometheus.Registerer) (unregister func(), err error) {
 	if reg == nil {
-		return m, nil
+		return func() {}, nil
+	}
+	remove := func(cs []prometheus.Collector) {
+		for _, c := range cs {
+			reg.Unregister(c)
+		}
 	}
 	for i, c := range m.collectors {
 		if err := reg.Register(c); err != nil {
-			for _, done := range m.collectors[:i] {
-				reg.Unregister(done)
-			}
+			remove(m.collectors[:i])
 			return nil, fmt.Errorf("register election metrics: %w", err)
 		}
 	}
-	return m, nil
+	return func() { remove(m.collectors) }, nil
 }
 
 func (m *metrics) leadership(leader bool) {
@@ -60,14 +75,5 @@ func (m *metrics) leadership(leader bool) {
 		m.isLeader.Set(1)
 	} else {
 		m.isLeader.Set(0)
-	}
-}
-
-func (m *metrics) unregister() {
-	if m.reg == nil {
-		return
-	}
-	for _, c := range m.collectors {
-		m.reg.Unregister(c)
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/vipd/vipd/balancer"
@@ -62,12 +61,6 @@ func healthOptions(cfg *config.Config) health.Options {
 func electionOptions(cfg *config.Config) (election.Options, error) {
 	c := cfg.Cluster
 	timing := election.Timing{Heartbeat: c.Timing.Heartbeat, Election: c.Timing.Election, Lease: c.Timing.Lease}
-	if c.Timing.Profile != "" {
-		var err error
-		if timing, err = election.TimingProfile(c.Timing.Profile); err != nil {
-			return election.Options{}, fmt.Errorf("cluster.timing: %w", err)
-		}
-	}
 	return election.Options{
 		NodeName: cfg.Node.Name, RaftBind: c.RaftBind, GossipBind: c.GossipBind,
 		Join: c.Join, BootstrapExpect: c.BootstrapExpect, DataDir: c.DataDir,
