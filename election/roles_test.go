@@ -1,9 +1,12 @@
 package election
 
 import (
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // forceLeader makes raft hand leadership to target, bypassing the
@@ -159,6 +162,78 @@ func TestUnfitLeaderTransfersToFitPeer(t *testing.T) {
 	time.Sleep(3 * grace)
 	if ls := c.leaders(); len(ls) != 1 || ls[0] != fit {
 		t.Fatal("with no fit peer the leader should keep leading")
+	}
+	c.checkNoOverlap()
+}
+
+// TestLeaderWhoseVIPHoldFailedHandsOff: a leader whose VIP claim failed, with
+// its link up and every pool healthy, is unfit on that count alone and hands
+// off after the grace; /status's member JSON names the hold state.
+func TestLeaderWhoseVIPHoldFailedHandsOff(t *testing.T) {
+	const grace = 700 * time.Millisecond
+	c := newCluster(t, 3, 3, relaxedTiming, func(i int, o *Options) { o.FitnessGrace = grace })
+	leader := c.waitLeader(15 * time.Second)
+	c.waitVoters(5*time.Second, "n0", "n1", "n2")
+	leader.SetFitness(Fitness{Pools: 1, HealthyPools: 1, LinkUp: true, VIPHoldOK: false})
+	next := c.waitLeader(10*time.Second, leader)
+	eventually(t, 5*time.Second, func() error {
+		b, err := json.Marshal(next.Status())
+		if err != nil {
+			return err
+		}
+		var st struct {
+			Members []map[string]any `json:"members"`
+		}
+		if err := json.Unmarshal(b, &st); err != nil {
+			return err
+		}
+		for _, m := range st.Members {
+			if m["name"] != leader.opts.NodeName {
+				continue
+			}
+			if m["vip_hold_ok"] != false || m["link_up"] != true || m["fit"] != false || m["healthy_pools"] != 1.0 {
+				return fmtErr("%s in the new leader's status: %v", leader.opts.NodeName, m)
+			}
+			return nil
+		}
+		return fmtErr("%s missing from the new leader's status", leader.opts.NodeName)
+	})
+	c.checkNoOverlap()
+}
+
+// TestLeadershipLostAndRegainedEmitsLossThenGain moves leadership away and
+// straight back, several times: the node's events alternate, so each loss
+// is reported before the next gain.
+func TestLeadershipLostAndRegainedEmitsLossThenGain(t *testing.T) {
+	c, leader := formedCluster(t)
+	other := c.follower(leader)
+	for round := range 3 {
+		gains := leader.rec.gains()
+		forceLeader(t, leader, other)
+		eventually(t, 5*time.Second, func() error {
+			if other.raft().State() != raft.Leader {
+				return fmtErr("round %d: %s is not raft leader", round+1, other.opts.NodeName)
+			}
+			return nil
+		})
+		forceLeader(t, other, leader)
+		eventually(t, 10*time.Second, func() error {
+			if leader.rec.gains() == gains || !leader.rec.isLeader() {
+				return fmtErr("round %d: %s did not announce leadership again", round+1, leader.opts.NodeName)
+			}
+			return nil
+		})
+	}
+	leader.rec.mu.Lock()
+	events := append([]Event(nil), leader.rec.events...)
+	leader.rec.mu.Unlock()
+	for i, e := range events {
+		if e.Leader != (i%2 == 0) {
+			t.Fatalf("events %v: event %d is not the alternation gain, loss, gain, ...", events, i)
+		}
+	}
+	if len(events) != 7 {
+		t.Fatalf("events %v: want 4 gains and 3 losses", events)
 	}
 	c.checkNoOverlap()
 }
