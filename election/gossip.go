@@ -24,8 +24,8 @@ type meta struct {
 	// LinkUp is the VIP link alone. Nodes before VIPHoldFailed existed sent
 	// "link up and the last claim did not fail" here, which still reads right.
 	LinkUp bool `json:"l"`
-	// VIPHoldFailed is Fitness.VIPHoldOK negated, so that metadata without
-	// the key (an older node) does not read as a failed hold.
+	// VIPHoldFailed is omitted when false: metadata without it (an older
+	// node) reads as no failed hold.
 	VIPHoldFailed bool  `json:"vf,omitempty"`
 	Leaving       bool  `json:"x,omitempty"` // set before a deliberate Leave
 	Clustered     bool  `json:"c,omitempty"` // has Raft state: nobody may bootstrap beside it
@@ -33,7 +33,7 @@ type meta struct {
 }
 
 func (m meta) fitness() Fitness {
-	return Fitness{Pools: m.Pools, HealthyPools: m.Healthy, LinkUp: m.LinkUp, VIPHoldOK: !m.VIPHoldFailed}
+	return Fitness{Pools: m.Pools, HealthyPools: m.Healthy, LinkUp: m.LinkUp, VIPHoldFailed: m.VIPHoldFailed}
 }
 
 // fit reports whether this peer may take leadership for being healthy. A

@@ -60,17 +60,17 @@ type Status struct {
 
 // Member merges a node's Raft configuration entry with its gossip record.
 type Member struct {
-	Name         string `json:"name"`
-	RaftAddr     string `json:"raft_addr"`
-	Voter        bool   `json:"voter"`
-	Alive        bool   `json:"alive"`
-	Role         string `json:"role"`
-	HealthyPools int    `json:"healthy_pools"`
-	Pools        int    `json:"pools"`
-	LinkUp       bool   `json:"link_up"`     // the member's VIP link
-	VIPHoldOK    bool   `json:"vip_hold_ok"` // false: its last VIP claim failed
-	Fit          bool   `json:"fit"`         // may take leadership for being healthy
-	AdminAddr    string `json:"admin_addr"`
+	Name          string `json:"name"`
+	RaftAddr      string `json:"raft_addr"`
+	Voter         bool   `json:"voter"`
+	Alive         bool   `json:"alive"`
+	Role          string `json:"role"`
+	HealthyPools  int    `json:"healthy_pools"`
+	Pools         int    `json:"pools"`
+	LinkUp        bool   `json:"link_up"`         // the member's VIP link
+	VIPHoldFailed bool   `json:"vip_hold_failed"` // its last VIP claim failed
+	Fit           bool   `json:"fit"`             // may take leadership for being healthy
+	AdminAddr     string `json:"admin_addr"`
 }
 
 // Node is one member of the election cluster. Create with New, run with Start,
@@ -166,7 +166,7 @@ func New(opts Options) (*Node, error) {
 		metaCh:      make(chan struct{}, 1),
 		eligibleCh:  make(chan struct{}, 1),
 		confirmedCh: make(chan uint64),
-		fitness:     Fitness{LinkUp: true, VIPHoldOK: true},
+		fitness:     Fitness{LinkUp: true},
 		unreachable: map[raft.ServerID]time.Time{},
 	}
 	if n.raftCfg, err = n.raftConfig(); err != nil {
@@ -390,7 +390,7 @@ func (n *Node) localMeta() meta {
 	n.mu.Unlock()
 	return meta{
 		RaftAddr: n.opts.RaftBind, Role: n.opts.Role, Admin: n.opts.AdminAddr,
-		Pools: f.Pools, Healthy: f.HealthyPools, LinkUp: f.LinkUp, VIPHoldFailed: !f.VIPHoldOK,
+		Pools: f.Pools, Healthy: f.HealthyPools, LinkUp: f.LinkUp, VIPHoldFailed: f.VIPHoldFailed,
 		Leaving: leaving, Clustered: n.clustered.Load(), Started: n.started.UnixNano(),
 	}
 }
@@ -524,7 +524,7 @@ func (n *Node) Status() Status {
 		}
 		f := p.meta.fitness()
 		m.Alive, m.Role, m.AdminAddr = p.alive, string(p.meta.Role), p.meta.Admin
-		m.Pools, m.HealthyPools, m.LinkUp, m.VIPHoldOK, m.Fit = f.Pools, f.HealthyPools, f.LinkUp, f.VIPHoldOK, p.meta.fit()
+		m.Pools, m.HealthyPools, m.LinkUp, m.VIPHoldFailed, m.Fit = f.Pools, f.HealthyPools, f.LinkUp, f.VIPHoldFailed, p.meta.fit()
 	}
 	for _, m := range members {
 		st.Members = append(st.Members, *m)

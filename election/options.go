@@ -31,20 +31,22 @@ type Timing struct {
 }
 
 // Fitness is this node's ability to serve, gossiped in memberlist metadata.
-// The zero value is unfit; a new Node starts as fit with no pools until
-// SetFitness is called.
+// The zero value means "link down"; a new Node starts as fit with no pools
+// until SetFitness is called.
 type Fitness struct {
 	Pools, HealthyPools int
 	LinkUp              bool // the VIP interface's link is up
-	// VIPHoldOK is false once this node's last claim of its VIPs failed (a
-	// missing capability, a vanished interface), until a claim succeeds: a
-	// leader that cannot hold the VIPs must hand them on.
-	VIPHoldOK bool
+	// VIPHoldFailed is set while this node's last claim of its VIPs failed
+	// (a missing capability, a vanished interface), until a claim succeeds:
+	// a leader that cannot hold the VIPs must hand them on. Its zero value,
+	// no failure, is right for followers, for nodes without VIPs and for
+	// peers too old to send it.
+	VIPHoldFailed bool
 }
 
 // Fit reports whether every pool has a healthy backend, the link is up and
-// the VIPs can be held.
-func (f Fitness) Fit() bool { return f.LinkUp && f.VIPHoldOK && f.HealthyPools >= f.Pools }
+// no VIP claim failed.
+func (f Fitness) Fit() bool { return f.LinkUp && !f.VIPHoldFailed && f.HealthyPools >= f.Pools }
 
 // Options configure a Node. New validates them.
 type Options struct {

@@ -174,7 +174,7 @@ func TestLeaderWhoseVIPHoldFailedHandsOff(t *testing.T) {
 	c := newCluster(t, 3, 3, relaxedTiming, func(i int, o *Options) { o.FitnessGrace = grace })
 	leader := c.waitLeader(15 * time.Second)
 	c.waitVoters(5*time.Second, "n0", "n1", "n2")
-	leader.SetFitness(Fitness{Pools: 1, HealthyPools: 1, LinkUp: true, VIPHoldOK: false})
+	leader.SetFitness(Fitness{Pools: 1, HealthyPools: 1, LinkUp: true, VIPHoldFailed: true})
 	next := c.waitLeader(10*time.Second, leader)
 	eventually(t, 5*time.Second, func() error {
 		b, err := json.Marshal(next.Status())
@@ -191,7 +191,7 @@ func TestLeaderWhoseVIPHoldFailedHandsOff(t *testing.T) {
 			if m["name"] != leader.opts.NodeName {
 				continue
 			}
-			if m["vip_hold_ok"] != false || m["link_up"] != true || m["fit"] != false || m["healthy_pools"] != 1.0 {
+			if m["vip_hold_failed"] != true || m["link_up"] != true || m["fit"] != false || m["healthy_pools"] != 1.0 {
 				return fmtErr("%s in the new leader's status: %v", leader.opts.NodeName, m)
 			}
 			return nil

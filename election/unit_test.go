@@ -214,26 +214,26 @@ func TestRaftLeadershipEndsAWindowOnALossItDidNotSee(t *testing.T) {
 	}
 }
 
-// TestFitnessNeedsAHeldVIP: a failed VIP hold makes a node unfit on its own
+// TestFitnessNeedsNoFailedVIPHold: a failed VIP hold makes a node unfit on its own
 // field, gossip carries it, and metadata of a node from before the field
 // (no "vf" key) reads as before: its "l" already folded a failed hold in.
-func TestFitnessNeedsAHeldVIP(t *testing.T) {
-	fit := Fitness{Pools: 2, HealthyPools: 2, LinkUp: true, VIPHoldOK: true}
+func TestFitnessNeedsNoFailedVIPHold(t *testing.T) {
+	fit := Fitness{Pools: 2, HealthyPools: 2, LinkUp: true}
 	if !fit.Fit() {
 		t.Fatalf("%+v is unfit", fit)
 	}
 	for what, f := range map[string]Fitness{
-		"hold failed":    {Pools: 2, HealthyPools: 2, LinkUp: true},
-		"link down":      {Pools: 2, HealthyPools: 2, VIPHoldOK: true},
-		"pool unhealthy": {Pools: 2, HealthyPools: 1, LinkUp: true, VIPHoldOK: true},
+		"hold failed":    {Pools: 2, HealthyPools: 2, LinkUp: true, VIPHoldFailed: true},
+		"link down":      {Pools: 2, HealthyPools: 2},
+		"pool unhealthy": {Pools: 2, HealthyPools: 1, LinkUp: true},
 		"zero value":     {},
 	} {
 		if f.Fit() {
 			t.Errorf("%s: %+v is fit", what, f)
 		}
 	}
-	for _, f := range []Fitness{fit, {Pools: 2, HealthyPools: 2, LinkUp: true}} {
-		b, err := json.Marshal(meta{Role: RoleVoter, Pools: f.Pools, Healthy: f.HealthyPools, LinkUp: f.LinkUp, VIPHoldFailed: !f.VIPHoldOK})
+	for _, f := range []Fitness{fit, {Pools: 2, HealthyPools: 2, LinkUp: true, VIPHoldFailed: true}} {
+		b, err := json.Marshal(meta{Role: RoleVoter, Pools: f.Pools, Healthy: f.HealthyPools, LinkUp: f.LinkUp, VIPHoldFailed: f.VIPHoldFailed})
 		if err != nil {
 			t.Fatal(err)
 		}

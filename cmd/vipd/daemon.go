@@ -329,7 +329,7 @@ func (d *daemon) fitnessLoop(ctx context.Context) {
 	for {
 		d.node.SetFitness(election.Fitness{
 			Pools: summary.Pools, HealthyPools: summary.HealthyPools,
-			LinkUp: d.linkUp.Load(), VIPHoldOK: !d.holdFailed.Load(),
+			LinkUp: d.linkUp.Load(), VIPHoldFailed: d.holdFailed.Load(),
 		})
 		select {
 		case <-ctx.Done():
