@@ -12,10 +12,25 @@ import (
 	"go.uber.org/goleak"
 )
 
-// noElectionMetrics fails if reg holds any series.
-func noElectionMetrics(t *testing.T, reg *prometheus.Registry, after string) {
+// leftovers remembers what ran before a test made a node, and the registry
+// the node is given, to find what the node left behind.
+type leftovers struct {
+	before goleak.Option
+	reg    *prometheus.Registry
+}
+
+func watchLeftovers() leftovers {
+	return leftovers{before: goleak.IgnoreCurrent(), reg: prometheus.NewRegistry()}
+}
+
+// none fails if a goroutine started since watchLeftovers still runs or a
+// series is registered.
+func (l leftovers) none(t *testing.T, after string) {
 	t.Helper()
-	mfs, err := reg.Gather()
+	if err := goleak.Find(l.before); err != nil {
+		t.Errorf("%s, goroutines are left: %v", after, err)
+	}
+	mfs, err := l.reg.Gather()
 	if err != nil {
 		t.Fatalf("gather: %v", err)
 	}
@@ -44,18 +59,14 @@ func eventsClosed(t *testing.T, ch <-chan Event, after string) {
 // (the daemon failed on a later component) runs no goroutine and holds no
 // metric, and Shutdown still closes Events.
 func TestNewOpensNothing(t *testing.T) {
-	before := goleak.IgnoreCurrent()
-	reg := prometheus.NewRegistry()
+	left := watchLeftovers()
 	o := testOptions(t)
-	o.Registerer = reg
+	o.Registerer = left.reg
 	n, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := goleak.Find(before); err != nil {
-		t.Errorf("New left goroutines: %v", err)
-	}
-	noElectionMetrics(t, reg, "after New")
+	left.none(t, "after New")
 	if err := n.Shutdown(); err != nil {
 		t.Fatalf("shutdown of a node never started: %v", err)
 	}
@@ -70,10 +81,9 @@ func TestNewOpensNothing(t *testing.T) {
 // up: everything is undone, Events is closed, and a second node with the same
 // options and registry starts.
 func TestFailedStartLeavesNothingBehind(t *testing.T) {
-	before := goleak.IgnoreCurrent()
-	reg := prometheus.NewRegistry()
+	left := watchLeftovers()
 	o := testOptions(t)
-	o.Registerer = reg
+	o.Registerer = left.reg
 	taken, err := net.Listen("tcp", o.GossipBind)
 	if err != nil {
 		t.Fatal(err)
@@ -88,10 +98,7 @@ func TestFailedStartLeavesNothingBehind(t *testing.T) {
 		t.Fatalf("start with the gossip port taken: %v, want a gossip error", err)
 	}
 	eventsClosed(t, n.Events(), "after a failed Start")
-	if err := goleak.Find(before); err != nil {
-		t.Errorf("a failed Start left goroutines: %v", err)
-	}
-	noElectionMetrics(t, reg, "after a failed Start")
+	left.none(t, "after a failed Start")
 	if err := n.Shutdown(); err != nil {
 		t.Errorf("shutdown after a failed start: %v", err)
 	}
