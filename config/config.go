@@ -50,6 +50,9 @@ type Cluster struct {
 	// FitnessGrace is how long the leader may have no healthy pool (or a
 	// down VIP link) before it hands leadership to a fit peer.
 	FitnessGrace time.Duration `yaml:"fitness_grace"`
+	// ReconnectTimeout is how long a member gossip believes dead (and that
+	// did not leave on purpose) is redialled before it is forgotten.
+	ReconnectTimeout time.Duration `yaml:"reconnect_timeout"`
 
 	// TLS, when set, authenticates Raft with certificates from a CA instead
 	// of the key pair derived from the cluster key.

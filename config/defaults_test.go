@@ -117,6 +117,7 @@ pools:
 		"cluster.role":                 {cfg.Cluster.Role},
 		"cluster.timing":               {cfg.Cluster.Timing.Profile},
 		"cluster.fitness_grace":        {cfg.Cluster.FitnessGrace},
+		"cluster.reconnect_timeout":    {cfg.Cluster.ReconnectTimeout},
 		"vips.lifetime":                {vip.Lifetime},
 		"vips.refresh":                 {vip.Refresh},
 		"vips.announce_count":          {vip.AnnounceCount},

@@ -70,6 +70,7 @@ const (
 	DefaultAdminListen      = "127.0.0.1:9900"
 	DefaultShutdownGrace    = 10 * time.Second
 	DefaultFitnessGrace     = time.Second
+	DefaultReconnectTimeout = 72 * time.Hour // Serf's: a member down over a long weekend comes back by itself
 	DefaultVIPLifetime      = 3 * time.Second
 	DefaultVIPRefresh       = time.Second
 	DefaultAnnounceCount    = 4
@@ -124,6 +125,7 @@ func (v *validator) applyDefaults(c *Config) {
 		c.Cluster.Timing = p
 	}
 	setDefault(v, "cluster.fitness_grace", &c.Cluster.FitnessGrace, DefaultFitnessGrace)
+	setDefault(v, "cluster.reconnect_timeout", &c.Cluster.ReconnectTimeout, DefaultReconnectTimeout)
 	for i := range c.VIPs {
 		vip, path := &c.VIPs[i], fmt.Sprintf("vips[%d].", i)
 		setDefault(v, path+"lifetime", &vip.Lifetime, DefaultVIPLifetime)
@@ -256,6 +258,7 @@ func (v *validator) validateCluster(c *Cluster) {
 	}
 	v.oneOf("cluster.role", c.Role, RoleVoter, RoleWitness)
 	v.validateTiming(c.Timing)
+	v.positive("cluster.reconnect_timeout", c.ReconnectTimeout)
 	v.validateClusterSecurity(c)
 }
 

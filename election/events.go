@@ -18,11 +18,12 @@ type Event struct {
 // producer. Undelivered events coalesce so the queue holds at most a loss and
 // a gain, in order: a loss is never hidden behind a later gain.
 type eventQueue struct {
-	out  chan Event
-	wake chan struct{} // buffered 1: pending changed
-	stop chan struct{} // closed by close(): flush and end
-	done chan struct{} // closed when the dispatcher has closed out
-	log  *zap.Logger
+	out     chan Event
+	wake    chan struct{} // buffered 1: pending changed
+	stop    chan struct{} // closed by close(): flush and end
+	done    chan struct{} // closed when the dispatcher has closed out
+	log     *zap.Logger
+	running bool // start was called; start and close are called in turn, never at once
 
 	mu      sync.Mutex
 	pending []Event
@@ -39,8 +40,13 @@ func newEventQueue(log *zap.Logger) *eventQueue {
 		done: make(chan struct{}),
 		log:  log,
 	}
-	go q.run()
 	return q
+}
+
+// start runs the dispatcher. Call at most once, before close.
+func (q *eventQueue) start() {
+	q.running = true
+	go q.run()
 }
 
 // push queues e. With pending [a] and e of the same kind, e replaces a. With
@@ -122,6 +128,10 @@ func (q *eventQueue) flush(e Event) {
 // close flushes what is pending (bounded) and closes the channel. Call once,
 // after the last push.
 func (q *eventQueue) close() {
+	if !q.running {
+		close(q.out)
+		return
+	}
 	close(q.stop)
 	<-q.done
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 	"go.uber.org/zap"
@@ -15,19 +16,24 @@ const maxNameLen = 128
 // meta is what a node gossips about itself. Short keys keep it far below
 // memberlist.MetaMaxSize (512 bytes); New checks the worst case.
 type meta struct {
-	RaftAddr  string `json:"r"`
-	Role      Role   `json:"o"`
-	Admin     string `json:"a,omitempty"`
-	Pools     int    `json:"p"`
-	Healthy   int    `json:"h"`
-	LinkUp    bool   `json:"l"`
-	Leaving   bool   `json:"x,omitempty"` // set before a deliberate Leave
-	Clustered bool   `json:"c,omitempty"` // has Raft state: nobody may bootstrap beside it
-	Started   int64  `json:"s"`           // start time: a restart changes the metadata
+	RaftAddr string `json:"r"`
+	Role     Role   `json:"o"`
+	Admin    string `json:"a,omitempty"`
+	Pools    int    `json:"p"`
+	Healthy  int    `json:"h"`
+	// LinkUp is the VIP link alone. Nodes before VIPHoldFailed existed sent
+	// "link up and the last claim did not fail" here, which still reads right.
+	LinkUp bool `json:"l"`
+	// VIPHoldFailed is omitted when false: metadata without it (an older
+	// node) reads as no failed hold.
+	VIPHoldFailed bool  `json:"vf,omitempty"`
+	Leaving       bool  `json:"x,omitempty"` // set before a deliberate Leave
+	Clustered     bool  `json:"c,omitempty"` // has Raft state: nobody may bootstrap beside it
+	Started       int64 `json:"s"`           // start time: a restart changes the metadata
 }
 
 func (m meta) fitness() Fitness {
-	return Fitness{Pools: m.Pools, HealthyPools: m.Healthy, LinkUp: m.LinkUp}
+	return Fitness{Pools: m.Pools, HealthyPools: m.Healthy, LinkUp: m.LinkUp, VIPHoldFailed: m.VIPHoldFailed}
 }
 
 // fit reports whether this peer may take leadership for being healthy. A
@@ -36,9 +42,10 @@ func (m meta) fit() bool { return m.Role == RoleVoter && m.fitness().Fit() }
 
 // peer is the last thing gossip told us about a node.
 type peer struct {
-	meta  meta
-	alive bool
-	addr  string // gossip address, for reconnecting after a partition
+	meta      meta
+	alive     bool
+	addr      string    // gossip address, for reconnecting after a partition
+	deadSince time.Time // when gossip declared it dead; zero while alive
 }
 
 // gossip keeps the cluster view built from memberlist events. memberlist
@@ -46,8 +53,9 @@ type peer struct {
 // node, never blocks.
 type gossip struct {
 	log   *zap.Logger
-	local func() meta // this node's metadata, read when memberlist asks
-	poke  func()      // something changed: the leader should reconcile
+	local func() meta      // this node's metadata, read when memberlist asks
+	poke  func()           // something changed: the leader should reconcile
+	now   func() time.Time // stamps deaths, for reaping
 
 	mu         sync.Mutex
 	peers      map[string]peer
@@ -59,8 +67,8 @@ var (
 	_ memberlist.EventDelegate = (*gossip)(nil)
 )
 
-func newGossip(log *zap.Logger, local func() meta, poke func()) *gossip {
-	return &gossip{log: log, local: local, poke: poke, peers: map[string]peer{}, tombstones: map[string]int64{}}
+func newGossip(log *zap.Logger, local func() meta, poke func(), now func() time.Time) *gossip {
+	return &gossip{log: log, local: local, poke: poke, now: now, peers: map[string]peer{}, tombstones: map[string]int64{}}
 }
 
 func (g *gossip) NodeMeta(limit int) []byte {
@@ -96,7 +104,15 @@ func (g *gossip) update(n *memberlist.Node, alive bool) {
 		delete(g.tombstones, n.Name) // the removed node restarted: it may join again
 	}
 	old, known := g.peers[n.Name]
-	g.peers[n.Name] = peer{meta: m, alive: alive, addr: n.Address()}
+	p := peer{meta: m, alive: alive, addr: n.Address()}
+	switch {
+	case alive:
+	case known && !old.alive:
+		p.deadSince = old.deadSince
+	default:
+		p.deadSince = g.now()
+	}
+	g.peers[n.Name] = p
 	g.mu.Unlock()
 	if !known || old.alive != alive {
 		g.log.Info("gossip member changed", zap.String("member", n.Name), zap.Bool("alive", alive),
@@ -132,17 +148,31 @@ func (g *gossip) tombstone(name string) {
 	g.tombstones[name] = g.peers[name].meta.Started
 }
 
-// lost returns the gossip addresses of members believed dead that did not
-// leave on purpose: the ones worth reconnecting to.
-func (g *gossip) lost() []string {
-	var out []string
-	for _, p := range g.snapshot() {
-		if !p.alive && !p.meta.Leaving && p.addr != "" {
-			out = append(out, p.addr)
+// reconnectTargets returns the gossip addresses of members believed dead
+// that did not leave on purpose: the ones worth redialling. A member dead for
+// longer than timeout is forgotten instead, as Serf's reaper does after its
+// reconnect timeout: memberlist itself dropped it long ago (after
+// GossipToTheDeadTime), so this view was the last place that remembered it.
+// If it returns, its join (or a peer's) announces it afresh.
+func (g *gossip) reconnectTargets(timeout time.Duration) (addrs []string, forgotten int) {
+	now := g.now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for name, p := range g.peers {
+		if _, removed := g.tombstones[name]; removed || p.alive || p.meta.Leaving || p.addr == "" {
+			continue
 		}
+		if dead := now.Sub(p.deadSince); dead > timeout {
+			delete(g.peers, name)
+			forgotten++
+			g.log.Info("forgot gossip member after the reconnect timeout", zap.String("member", name),
+				zap.Duration("dead_for", dead), zap.Duration("reconnect_timeout", timeout))
+			continue
+		}
+		addrs = append(addrs, p.addr)
 	}
-	sort.Strings(out)
-	return out
+	sort.Strings(addrs)
+	return addrs, forgotten
 }
 
 func (g *gossip) aliveCount() int {

@@ -20,7 +20,6 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestMain(m *testing.M) {
@@ -160,10 +159,13 @@ type cutGossip struct {
 	streams chan net.Conn
 	done    chan struct{}
 	wg      sync.WaitGroup
+
+	mu    sync.Mutex
+	dials map[string]int // stream dials attempted, by address
 }
 
 func newCutGossip(nt *memberlist.NetTransport) *cutGossip {
-	c := &cutGossip{NetTransport: nt, packets: make(chan *memberlist.Packet), streams: make(chan net.Conn), done: make(chan struct{})}
+	c := &cutGossip{NetTransport: nt, packets: make(chan *memberlist.Packet), streams: make(chan net.Conn), done: make(chan struct{}), dials: map[string]int{}}
 	c.wg.Add(2)
 	go forwardUncut(c, nt.PacketCh(), c.packets, func(*memberlist.Packet) {})
 	go forwardUncut(c, nt.StreamCh(), c.streams, func(conn net.Conn) { _ = conn.Close() })
@@ -208,10 +210,20 @@ func (c *cutGossip) WriteTo(b []byte, addr string) (time.Time, error) {
 }
 
 func (c *cutGossip) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	c.mu.Lock()
+	c.dials[a.Addr]++
+	c.mu.Unlock()
 	if c.cut.Load() {
 		return nil, errors.New("test partition: gossip dial refused")
 	}
 	return c.NetTransport.DialAddressTimeout(a, timeout)
+}
+
+// dialsTo counts the stream dials made to addr so far.
+func (c *cutGossip) dialsTo(addr string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dials[addr]
 }
 
 func (c *cutGossip) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
@@ -311,7 +323,6 @@ type tnode struct {
 	rec  *recorder
 	cut  *cutLayer
 	gcut *cutGossip
-	logs *observer.ObservedLogs
 	reg  *prometheus.Registry
 	up   bool
 }
@@ -353,12 +364,17 @@ func (s *testSink) close() {
 // this shared 2-core VM stalls whole processes for 100-200 ms when other
 // jobs run, which moves lan leadership now and then (see the report), and
 // those tests are about logic, not timing. Tests that measure or prove the
-// lan profile use lanTiming.
+// lan profile use lanTiming. lanTiming and wanTiming are config's lan and
+// wan profiles (docs/failover.md), which config resolves before New.
 var (
 	relaxedTiming = Timing{Heartbeat: 300 * time.Millisecond, Election: 300 * time.Millisecond, Lease: 200 * time.Millisecond}
-	lanTiming, _  = TimingProfile("lan")
-	wanTiming, _  = TimingProfile("wan")
+	lanTiming     = Timing{Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond}
+	wanTiming     = Timing{Heartbeat: time.Second, Election: time.Second, Lease: 500 * time.Millisecond}
 )
+
+// testReconnectTimeout keeps dead members for the whole of any test; the
+// reaping test moves a fake clock past it.
+const testReconnectTimeout = time.Hour
 
 // newCluster starts n nodes with the given timing that all join each other
 // and wait for bootstrapExpect of them. mod may adjust each node's options.
@@ -370,14 +386,16 @@ func newCluster(t *testing.T, n, expect int, timing Timing, mod func(i int, o *O
 	dir := t.TempDir()
 	for i := range n {
 		o := Options{
-			NodeName:        fmt.Sprintf("n%d", i),
-			RaftBind:        fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-			GossipBind:      fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-			BootstrapExpect: expect,
-			DataDir:         filepath.Join(dir, fmt.Sprintf("n%d", i)),
-			FitnessGrace:    time.Second,
-			AdminAddr:       fmt.Sprintf("127.0.0.1:%d", 9900+i),
-			Timing:          timing,
+			NodeName:         fmt.Sprintf("n%d", i),
+			RaftBind:         fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			GossipBind:       fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			BootstrapExpect:  expect,
+			DataDir:          filepath.Join(dir, fmt.Sprintf("n%d", i)),
+			Role:             RoleVoter,
+			FitnessGrace:     time.Second,
+			ReconnectTimeout: testReconnectTimeout,
+			AdminAddr:        fmt.Sprintf("127.0.0.1:%d", 9900+i),
+			Timing:           timing,
 		}
 		join = append(join, o.GossipBind)
 		c.nodes = append(c.nodes, &tnode{opts: o})
@@ -400,13 +418,16 @@ func (c *cluster) add(mod func(o *Options)) *tnode {
 	c.t.Helper()
 	first := c.nodes[0].opts
 	o := Options{
-		NodeName:     fmt.Sprintf("n%d", len(c.nodes)),
-		RaftBind:     fmt.Sprintf("127.0.0.1:%d", freePort(c.t)),
-		GossipBind:   fmt.Sprintf("127.0.0.1:%d", freePort(c.t)),
-		DataDir:      filepath.Join(filepath.Dir(first.DataDir), fmt.Sprintf("n%d", len(c.nodes))),
-		FitnessGrace: first.FitnessGrace,
-		Join:         first.Join,
-		Timing:       first.Timing,
+		NodeName:         fmt.Sprintf("n%d", len(c.nodes)),
+		RaftBind:         fmt.Sprintf("127.0.0.1:%d", freePort(c.t)),
+		GossipBind:       fmt.Sprintf("127.0.0.1:%d", freePort(c.t)),
+		DataDir:          filepath.Join(filepath.Dir(first.DataDir), fmt.Sprintf("n%d", len(c.nodes))),
+		Role:             RoleVoter,
+		FitnessGrace:     first.FitnessGrace,
+		ReconnectTimeout: first.ReconnectTimeout,
+		Join:             first.Join,
+		Timing:           first.Timing,
+		now:              first.now,
 	}
 	if mod != nil {
 		mod(&o)
@@ -420,10 +441,9 @@ func (c *cluster) add(mod func(o *Options)) *tnode {
 // start creates and starts tn from its options (again after a stop).
 func (c *cluster) start(tn *tnode) {
 	c.t.Helper()
-	core, logs := observer.New(zapcore.InfoLevel)
 	tl := zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), c.sink, zapcore.WarnLevel)
 	o := tn.opts
-	o.Logger = zap.New(zapcore.NewTee(tl, core)).Named(o.NodeName)
+	o.Logger = zap.New(tl).Named(o.NodeName)
 	tn.cut, tn.gcut = nil, nil
 	tn.reg = prometheus.NewRegistry()
 	o.Registerer = tn.reg
@@ -439,7 +459,7 @@ func (c *cluster) start(tn *tnode) {
 	if err != nil {
 		c.t.Fatalf("new %s: %v", o.NodeName, err)
 	}
-	tn.Node, tn.logs, tn.up = node, logs, true
+	tn.Node, tn.up = node, true
 	tn.rec = record(o.NodeName, node.Events())
 	if err := node.Start(context.Background()); err != nil {
 		c.t.Fatalf("start %s: %v", o.NodeName, err)
@@ -629,4 +649,66 @@ func (tn *tnode) metric(t *testing.T, name string) float64 {
 	}
 	t.Fatalf("metric %s not registered", name)
 	return 0
+}
+
+// fakeClock is a clock a test moves by hand.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_700_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// stateWatch counts tn's Raft state changes into and out of leader, seen
+// through a raft observer, so a test can tell that a node led for a moment
+// even when it never announced leadership.
+type stateWatch struct {
+	ch           chan raft.Observation
+	leader       bool
+	gains, drops int
+}
+
+func watchStates(t *testing.T, tn *tnode) *stateWatch {
+	t.Helper()
+	w := &stateWatch{ch: make(chan raft.Observation, 64), leader: tn.raft().State() == raft.Leader}
+	obs := raft.NewObserver(w.ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.RaftState)
+		return ok
+	})
+	r := tn.raft()
+	r.RegisterObserver(obs)
+	t.Cleanup(func() { r.DeregisterObserver(obs) })
+	return w
+}
+
+// counts folds what was observed so far and returns how often the node
+// became leader and stopped being leader since the watch began.
+func (w *stateWatch) counts() (gains, drops int) {
+	for {
+		select {
+		case o := <-w.ch:
+			leader := o.Data.(raft.RaftState) == raft.Leader
+			switch {
+			case leader && !w.leader:
+				w.gains++
+			case !leader && w.leader:
+				w.drops++
+			}
+			w.leader = leader
+		default:
+			return w.gains, w.drops
+		}
+	}
 }

@@ -114,6 +114,7 @@ func (n *Node) maybeBootstrap(rt *running, b *bootstrapper) bool {
 		n.log.Warn("bootstrap skipped", zap.Error(err))
 		return true
 	}
+	n.formed.Store(true)
 	n.clustered.Store(true)
 	n.pokeMeta()
 	n.log.Info("bootstrapped raft cluster", zap.Strings("servers", names))
@@ -125,6 +126,7 @@ func (n *Node) maybeBootstrap(rt *running, b *bootstrapper) bool {
 // than its suspicion timeout each side would keep the other dead until a
 // restart (Serf's reconnector solves the same problem). One exchange is
 // enough: the returning node hears it was declared dead and refutes it.
+// After ReconnectTimeout a dead member is forgotten and no longer dialled.
 func (n *Node) reconnectLoop(rt *running) {
 	defer n.wg.Done()
 	every := ioTimeout(n.opts.Timing) // 1 s on lan, longer on slower profiles
@@ -134,7 +136,9 @@ func (n *Node) reconnectLoop(rt *running) {
 			return
 		case <-time.After(every):
 		}
-		n.reconnect(rt, n.gossip.lost())
+		addrs, forgotten := n.gossip.reconnectTargets(n.opts.ReconnectTimeout)
+		n.metrics.forgotten.Add(float64(forgotten))
+		n.reconnect(rt, addrs)
 	}
 }
 
@@ -148,6 +152,7 @@ func (n *Node) reconnect(rt *running, addrs []string) {
 				n.log.Debug("gossip reconnect failed", zap.String("addr", a), zap.Error(err))
 				return
 			}
+			n.metrics.reconnects.Inc()
 			n.log.Info("gossip reconnected to a member believed dead", zap.String("addr", a))
 		})
 	}

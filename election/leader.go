@@ -11,6 +11,7 @@ import (
 
 // window is one stretch of Raft leadership of this node, owned by monitor.
 type window struct {
+	stretch   uint64 // raftLeadership.began when it opened
 	term      uint64
 	stop      chan struct{} // closed by monitor when the window ends
 	done      chan struct{} // closed by leaderLoop on exit
@@ -18,46 +19,85 @@ type window struct {
 	announced bool          // a gain was emitted and not yet withdrawn
 }
 
-// pollInterval backs up the observer and LeaderCh: raft's state is re-read
-// this often, so a dropped notification costs at most this much.
-func (n *Node) pollInterval() time.Duration { return max(n.opts.Timing.Lease/2, minTiming) }
+// raftLeadership folds raft's NotifyCh values, read in order, into what the
+// monitor needs however late it looks: raft's latest word, and how many
+// stretches of leadership raft has begun. A loss and a regain between two
+// looks leave leader true but a new stretch, so the first window still ends
+// (with its loss) before the next opens. LeaderCh keeps only the latest
+// value and would hide that loss.
+type raftLeadership struct {
+	leader bool
+	began  uint64
+}
+
+func (l *raftLeadership) note(leader bool) {
+	if leader && !l.leader {
+		l.began++
+	}
+	l.leader = leader
+}
+
+// endedBy reports whether raft's stretch of leadership that opened w is over.
+func (w *window) endedBy(rl raftLeadership) bool { return !rl.leader || rl.began != w.stretch }
+
+// drain notes every value raft has queued on ch, without waiting.
+func (l *raftLeadership) drain(ch <-chan bool) {
+	for {
+		select {
+		case v := <-ch:
+			l.note(v)
+		default:
+			return
+		}
+	}
+}
 
 // monitor is the one goroutine that owns leadership (Consul's
-// monitorLeadership): it opens a window with a leaderLoop when Raft says
-// leader, and on loss emits the loss first, then stops the loop and waits.
+// monitorLeadership): it opens a window with a leaderLoop when raft's
+// NotifyCh says leader, and on loss emits the loss first, then stops the loop
+// and waits. NotifyCh carries every change (raft blocks until it is read), so
+// nothing is polled; the monitor reads it even while it waits for a loop.
 func (n *Node) monitor(rt *running) {
 	defer n.wg.Done()
-	t := time.NewTicker(n.pollInterval())
-	defer t.Stop()
-	var w *window
+	var (
+		w  *window
+		rl raftLeadership
+	)
 	for {
 		select {
 		case <-n.stop:
-			n.endWindow(rt, &w, "shutdown")
+			n.endWindow(rt, &w, &rl, "shutdown")
 			return
-		case <-rt.raft.LeaderCh():
+		case v := <-rt.notifyCh:
+			rl.note(v)
+			rl.drain(rt.notifyCh)
 		case o := <-rt.obsCh:
-			n.noteHeartbeat(o)
+			n.observe(o)
+			continue
 		case term := <-n.confirmedCh:
 			if w != nil && w.term == term {
 				w.confirmed = true
 			}
-		case <-t.C:
-			if !n.clustered.Load() && rt.raft.LastIndex() > 0 {
-				n.clustered.Store(true)
-				n.pokeMeta()
-			}
+		case <-n.eligibleCh:
 		}
-		n.notePrevLeader(rt)
-		n.check(rt, &w)
+		n.check(rt, &w, &rl)
+	}
+}
+
+// observe keeps what raft's observations tell about peers.
+func (n *Node) observe(o raft.Observation) {
+	switch d := o.Data.(type) {
+	case raft.LeaderObservation:
+		n.notePrevLeader(d.LeaderID)
+	case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
+		n.noteHeartbeat(o)
 	}
 }
 
 // notePrevLeader remembers the last other node seen leading. When this node
 // wins because that leader died, gossip may still call it alive and Raft has
 // not failed a heartbeat to it yet; a hand-off must not pick it first.
-func (n *Node) notePrevLeader(rt *running) {
-	_, id := rt.raft.LeaderWithID()
+func (n *Node) notePrevLeader(id raft.ServerID) {
 	if id == "" || string(id) == n.opts.NodeName {
 		return
 	}
@@ -94,17 +134,16 @@ func (n *Node) forgetUnreachable() {
 	clear(n.unreachable)
 }
 
-// check reconciles the window with raft's state: end it on loss or a new
-// term, open one on gain, and announce or withdraw the gain as eligibility
-// (witness, maintenance) allows.
-func (n *Node) check(rt *running, wp **window) {
-	isLeader := rt.raft.State() == raft.Leader
-	term := rt.raft.CurrentTerm()
-	if w := *wp; w != nil && (!isLeader || term != w.term) {
-		n.endWindow(rt, wp, "raft")
+// check reconciles the window with what raft said: end it when raft's
+// stretch of leadership ended, open one when raft leads, and announce or
+// withdraw the gain as eligibility (witness, maintenance, leaving) allows.
+func (n *Node) check(rt *running, wp **window, rl *raftLeadership) {
+	if w := *wp; w != nil && w.endedBy(*rl) {
+		n.endWindow(rt, wp, rl, "raft")
 	}
-	if *wp == nil && isLeader {
-		w := &window{term: term, stop: make(chan struct{}), done: make(chan struct{})}
+	if *wp == nil && rl.leader {
+		term := rt.raft.CurrentTerm()
+		w := &window{stretch: rl.began, term: term, stop: make(chan struct{}), done: make(chan struct{})}
 		*wp = w
 		n.forgetUnreachable() // heartbeat history of an earlier term says nothing now
 		n.log.Info("raft leadership won; confirming", zap.Uint64("term", term))
@@ -126,8 +165,10 @@ func (n *Node) check(rt *running, wp **window) {
 }
 
 // endWindow withdraws an announced gain before anything else, then stops
-// the leader loop and waits for it.
-func (n *Node) endWindow(rt *running, wp **window, why string) {
+// the leader loop and waits for it, noting what raft says meanwhile: raft's
+// main loop blocks on a full NotifyCh, and the leader loop may be waiting on
+// raft.
+func (n *Node) endWindow(rt *running, wp **window, rl *raftLeadership, why string) {
 	w := *wp
 	if w == nil {
 		return
@@ -136,7 +177,14 @@ func (n *Node) endWindow(rt *running, wp **window, why string) {
 		n.emit(Event{Leader: false, Term: max(rt.raft.CurrentTerm(), w.term)})
 	}
 	close(w.stop)
-	<-w.done
+	for waiting := true; waiting; {
+		select {
+		case <-w.done:
+			waiting = false
+		case v := <-rt.notifyCh:
+			rl.note(v)
+		}
+	}
 	*wp = nil
 	n.log.Info("raft leadership ended", zap.Uint64("term", w.term), zap.String("why", why))
 }

@@ -8,19 +8,19 @@ import (
 
 // metrics are the node's Prometheus series, prefix vipd_election_.
 type metrics struct {
-	reg        prometheus.Registerer
 	collectors []prometheus.Collector
 
 	isLeader          prometheus.Gauge
 	changes           prometheus.Counter
 	handshakeFailures *prometheus.CounterVec // raft TLS, by reason
+	reconnects        prometheus.Counter     // members believed dead that answered a redial
+	forgotten         prometheus.Counter     // members dead past the reconnect timeout
 }
 
-// newMetrics registers the series on reg (nil: create, do not register).
-// The func gauges read live values through the given callbacks.
-func newMetrics(reg prometheus.Registerer, term, lastContact, membersAlive func() float64) (*metrics, error) {
+// newMetrics creates the series; register puts them on a registry. The
+// func gauges read live values through the given callbacks.
+func newMetrics(term, lastContact, membersAlive func() float64) *metrics {
 	m := &metrics{
-		reg: reg,
 		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vipd_election_is_leader", Help: "1 while this node is the confirmed leader that holds the VIPs; 0 on a witness or a node in maintenance even while it holds Raft leadership, which it hands over.",
 		}),
@@ -31,12 +31,18 @@ func newMetrics(reg prometheus.Registerer, term, lastContact, membersAlive func(
 			Name: "vipd_raft_handshake_failures_total",
 			Help: "Raft TLS handshakes that failed on this node, accepted or dialled, by reason.",
 		}, []string{"reason"}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vipd_election_gossip_reconnects_total", Help: "Members gossip believed dead that answered a redial: healed partitions.",
+		}),
+		forgotten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vipd_election_gossip_members_forgotten_total", Help: "Members forgotten after being dead longer than the reconnect timeout; they stay in the Raft configuration.",
+		}),
 	}
 	for _, r := range handshakeReasons {
 		m.handshakeFailures.WithLabelValues(r) // exported at 0 before the first failure
 	}
 	m.collectors = []prometheus.Collector{
-		m.isLeader, m.changes, m.handshakeFailures,
+		m.isLeader, m.changes, m.handshakeFailures, m.reconnects, m.forgotten,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "vipd_election_term", Help: "Current Raft term.",
 		}, term),
@@ -48,18 +54,27 @@ func newMetrics(reg prometheus.Registerer, term, lastContact, membersAlive func(
 			Name: "vipd_election_members_alive", Help: "Cluster members that gossip reports alive, this node included.",
 		}, membersAlive),
 	}
+	return m
+}
+
+// register puts every series on reg, or none of them, and returns their
+// removal. A nil reg registers nothing.
+func (m *metrics) register(reg prometheus.Registerer) (unregister func(), err error) {
 	if reg == nil {
-		return m, nil
+		return func() {}, nil
+	}
+	remove := func(cs []prometheus.Collector) {
+		for _, c := range cs {
+			reg.Unregister(c)
+		}
 	}
 	for i, c := range m.collectors {
 		if err := reg.Register(c); err != nil {
-			for _, done := range m.collectors[:i] {
-				reg.Unregister(done)
-			}
+			remove(m.collectors[:i])
 			return nil, fmt.Errorf("register election metrics: %w", err)
 		}
 	}
-	return m, nil
+	return func() { remove(m.collectors) }, nil
 }
 
 func (m *metrics) leadership(leader bool) {
@@ -68,14 +83,5 @@ func (m *metrics) leadership(leader bool) {
 		m.isLeader.Set(1)
 	} else {
 		m.isLeader.Set(0)
-	}
-}
-
-func (m *metrics) unregister() {
-	if m.reg == nil {
-		return
-	}
-	for _, c := range m.collectors {
-		m.reg.Unregister(c)
 	}
 }

@@ -60,14 +60,17 @@ type Status struct {
 
 // Member merges a node's Raft configuration entry with its gossip record.
 type Member struct {
-	Name         string `json:"name"`
-	RaftAddr     string `json:"raft_addr"`
-	Voter        bool   `json:"voter"`
-	Alive        bool   `json:"alive"`
-	Role         string `json:"role"`
-	HealthyPools int    `json:"healthy_pools"`
-	Pools        int    `json:"pools"`
-	AdminAddr    string `json:"admin_addr"`
+	Name          string `json:"name"`
+	RaftAddr      string `json:"raft_addr"`
+	Voter         bool   `json:"voter"`
+	Alive         bool   `json:"alive"`
+	Role          string `json:"role"`
+	HealthyPools  int    `json:"healthy_pools"`
+	Pools         int    `json:"pools"`
+	LinkUp        bool   `json:"link_up"`         // the member's VIP link
+	VIPHoldFailed bool   `json:"vip_hold_failed"` // its last VIP claim failed
+	Fit           bool   `json:"fit"`             // may take leadership for being healthy
+	AdminAddr     string `json:"admin_addr"`
 }
 
 // Node is one member of the election cluster. Create with New, run with Start,
@@ -75,6 +78,7 @@ type Member struct {
 type Node struct {
 	opts    Options
 	log     *zap.Logger
+	raftCfg *raft.Config
 	fsm     *fsm
 	sec     *security // what the cluster keys make of the transports
 	gossip  *gossip
@@ -82,35 +86,73 @@ type Node struct {
 	metrics *metrics
 	started time.Time
 
-	rt          atomic.Pointer[running] // set once by Start
+	rt          atomic.Pointer[running] // set once by a Start that succeeded
 	clustered   atomic.Bool             // Raft has state: bootstrapped or joined
-	stop        chan struct{}           // closed by Shutdown
+	formed      atomic.Bool             // this node bootstrapped the cluster
+	stop        chan struct{}           // closed when the node stops
 	wg          sync.WaitGroup          // goroutines started by Start
 	reconcileCh chan struct{}           // buffered 1: gossip, fitness or intent changed
 	metaCh      chan struct{}           // buffered 1: local metadata changed
+	eligibleCh  chan struct{}           // buffered 1: maintenance or leaving changed
 	confirmedCh chan uint64             // leader loop -> monitor: term confirmed by Barrier
+
+	life    sync.Mutex // serializes Start and Shutdown; guards the fields below
+	phase   phase
+	down    teardown // undoes what Start opened
+	downErr error    // what the teardown reported
 
 	mu          sync.Mutex // guards the fields below
 	fitness     Fitness
 	leavingOn   bool
-	startedOn   bool
 	unreachable map[raft.ServerID]time.Time // leader's failed heartbeats: peer -> last failure
 	prevLeader  raft.ServerID               // the last other node seen leading
-
-	shutdownOnce sync.Once
-	shutdownErr  error
 }
+
+// phase is where a Node is in its life: New, Start, Shutdown (or a failed Start).
+type phase int
+
+const (
+	phaseNew phase = iota
+	phaseRunning
+	phaseStopped
+)
 
 // running holds what Start created.
 type running struct {
 	raft     *raft.Raft
 	ml       *memberlist.Memberlist
-	store    *raftboltdb.BoltStore
+	notifyCh chan bool // raft.Config.NotifyCh: every leadership change, in order
 	observer *raft.Observer
 	obsCh    chan raft.Observation
+
+	raftDown     sync.Once
+	raftShutdown raft.Future
 }
 
-// New validates opts. It opens nothing: Start does.
+// stopRaft shuts raft down once and returns that shutdown's future; a second
+// raft.Shutdown would return a future that does not wait.
+func (rt *running) stopRaft() raft.Future {
+	rt.raftDown.Do(func() { rt.raftShutdown = rt.raft.Shutdown() })
+	return rt.raftShutdown
+}
+
+// teardown is the undo of each step Start took, run last first: by Start
+// itself when a later step fails, by Shutdown otherwise. One path for both.
+type teardown []func() error
+
+func (t *teardown) add(undo func() error) { *t = append(*t, undo) }
+
+func (t teardown) run() error {
+	var errs []error
+	for i := len(t) - 1; i >= 0; i-- {
+		if err := t[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// New validates opts. It opens, starts and registers nothing: Start does.
 func New(opts Options) (*Node, error) {
 	opts, err := opts.validate()
 	if err != nil {
@@ -123,6 +165,7 @@ func New(opts Options) (*Node, error) {
 		stop:        make(chan struct{}),
 		reconcileCh: make(chan struct{}, 1),
 		metaCh:      make(chan struct{}, 1),
+		eligibleCh:  make(chan struct{}, 1),
 		confirmedCh: make(chan uint64),
 		fitness:     Fitness{LinkUp: true},
 		unreachable: map[raft.ServerID]time.Time{},
@@ -130,23 +173,26 @@ func New(opts Options) (*Node, error) {
 	if n.sec, err = newSecurity(opts.SecretKeys, opts.TLS); err != nil {
 		return nil, fmt.Errorf("election options: %w", err)
 	}
-	n.fsm = newFSM(n.pokeReconcile) // maintenance changes: the leader re-checks at once
-	n.gossip = newGossip(n.log.Named("gossip"), n.localMeta, n.pokeReconcile)
+	if n.raftCfg, err = n.raftConfig(); err != nil {
+		return nil, fmt.Errorf("election options: %w", err)
+	}
+	// A maintenance change: the leader re-checks at once, and the monitor
+	// withdraws or announces.
+	n.fsm = newFSM(func() { n.pokeReconcile(); n.pokeEligible() })
+	n.gossip = newGossip(n.log.Named("gossip"), n.localMeta, n.pokeReconcile, opts.now)
 	worst := n.localMeta()
-	worst.Pools, worst.Healthy, worst.Started, worst.LinkUp, worst.Leaving, worst.Clustered = math.MaxInt64, math.MaxInt64, math.MaxInt64, true, true, true
+	worst.Pools, worst.Healthy, worst.Started, worst.LinkUp, worst.VIPHoldFailed, worst.Leaving, worst.Clustered =
+		math.MaxInt64, math.MaxInt64, math.MaxInt64, true, true, true, true
 	if b, _ := json.Marshal(worst); len(b) > memberlist.MetaMaxSize {
 		return nil, fmt.Errorf("election options: node metadata of %q needs %d bytes, gossip allows %d: shorten name or addresses",
 			opts.NodeName, len(b), memberlist.MetaMaxSize)
 	}
-	n.metrics, err = newMetrics(opts.Registerer, n.termGauge, n.lastContactGauge, func() float64 { return float64(n.gossip.aliveCount()) })
-	if err != nil {
-		return nil, err
-	}
+	n.metrics = newMetrics(n.termGauge, n.lastContactGauge, func() float64 { return float64(n.gossip.aliveCount()) })
 	n.events = newEventQueue(n.log)
 	return n, nil
 }
 
-// raftConfig maps Timing onto raft's knobs.
+// raftConfig maps Timing onto raft's knobs and lets raft validate them.
 func (n *Node) raftConfig() (*raft.Config, error) {
 	t := n.opts.Timing
 	c := raft.DefaultConfig()
@@ -158,52 +204,64 @@ func (n *Node) raftConfig() (*raft.Config, error) {
 	// followers; the leader's own commits do not wait for it. Half a
 	// heartbeat, at most raft's default 50 ms: followers learn intent changes
 	// quickly without doubling the RPC load of heartbeats.
-	c.CommitTimeout = min(max(t.Heartbeat/2, minTiming), 50*time.Millisecond)
+	c.CommitTimeout = min(t.Heartbeat/2, 50*time.Millisecond)
 	// A removed node stays up as a non-member: it can be added again.
 	c.ShutdownOnRemove = false
 	c.Logger = newHclog(n.log, "raft")
 	if err := raft.ValidateConfig(c); err != nil {
-		return nil, fmt.Errorf("raft config: %w", err)
+		return nil, fmt.Errorf("raft timing %+v: %w", t, err)
 	}
 	return c, nil
 }
 
+// notifyBuffer is the room raft's NotifyCh gives the monitor. raft's main
+// loop blocks on a full NotifyCh, and the monitor drains it even while it
+// waits for a leader loop to end, so this is slack, not a bound to live by.
+const notifyBuffer = 16
+
 // Start opens the Raft stores, binds the Raft transport and gossip, and
 // starts the background work: gossip join (retried until it succeeds or ctx
-// ends), bootstrap, leadership monitoring.
+// ends), bootstrap, leadership monitoring. A Start that fails leaves nothing
+// open, running or registered, and the node stopped (Events closed).
 func (n *Node) Start(ctx context.Context) (err error) {
-	n.mu.Lock()
-	if n.startedOn {
-		n.mu.Unlock()
+	n.life.Lock()
+	defer n.life.Unlock()
+	switch n.phase {
+	case phaseRunning:
 		return errors.New("election node already started")
-	}
-	n.startedOn = true
-	n.mu.Unlock()
-	select {
-	case <-n.stop:
+	case phaseStopped:
 		return ErrNotStarted
-	default:
 	}
-
-	var undo []func()
+	n.phase = phaseRunning
 	defer func() {
 		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
+			err = errors.Join(err, n.stopLocked())
 		}
 	}()
+
+	unregister, err := n.metrics.register(n.opts.Registerer)
+	if err != nil {
+		return err
+	}
+	n.down.add(func() error { unregister(); return nil })
+	n.events.start() // stopLocked closes it, started or not
+
 	if err := os.MkdirAll(n.opts.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir %s: %w", n.opts.DataDir, err)
 	}
 	rt := &running{}
 	dbPath := filepath.Join(n.opts.DataDir, "raft.db")
-	rt.store, err = raftboltdb.New(raftboltdb.Options{Path: dbPath, BoltOptions: &bbolt.Options{Timeout: time.Second}})
+	store, err := raftboltdb.New(raftboltdb.Options{Path: dbPath, BoltOptions: &bbolt.Options{Timeout: time.Second}})
 	if err != nil {
 		return fmt.Errorf("open raft store %s: %w", dbPath, err)
 	}
-	undo = append(undo, func() { _ = rt.store.Close() })
-	logs, err := raft.NewLogCache(512, rt.store)
+	n.down.add(func() error {
+		if err := store.Close(); err != nil {
+			return fmt.Errorf("close raft store: %w", err)
+		}
+		return nil
+	})
+	logs, err := raft.NewLogCache(512, store)
 	if err != nil {
 		return fmt.Errorf("raft log cache: %w", err)
 	}
@@ -212,7 +270,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("open raft snapshots in %s: %w", n.opts.DataDir, err)
 	}
-	hasState, err := raft.HasExistingState(logs, rt.store, snaps)
+	hasState, err := raft.HasExistingState(logs, store, snaps)
 	if err != nil {
 		return fmt.Errorf("read raft state in %s: %w", n.opts.DataDir, err)
 	}
@@ -232,26 +290,31 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: stream, MaxPool: 3, Timeout: ioTimeout(n.opts.Timing), Logger: hlog,
 	})
-	undo = append(undo, func() { _ = trans.Close() })
+	n.down.add(trans.Close) // raft's shutdown closes it too; a second Close does nothing
 
-	cfg, err := n.raftConfig()
-	if err != nil {
-		return err
-	}
-	rt.raft, err = raft.NewRaft(cfg, n.fsm, logs, rt.store, snaps, trans)
+	cfg := *n.raftCfg
+	rt.notifyCh = make(chan bool, notifyBuffer)
+	cfg.NotifyCh = rt.notifyCh
+	rt.raft, err = raft.NewRaft(&cfg, n.fsm, logs, store, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
-	undo = append(undo, func() { _ = rt.raft.Shutdown().Error() })
+	n.down.add(func() error {
+		if err := rt.stopRaft().Error(); err != nil {
+			return fmt.Errorf("raft shutdown: %w", err)
+		}
+		return nil
+	})
 	rt.obsCh = make(chan raft.Observation, 64)
 	rt.observer = raft.NewObserver(rt.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
-		case raft.RaftState, raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
+		case raft.LeaderObservation, raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
 			return true
 		}
 		return false
 	})
 	rt.raft.RegisterObserver(rt.observer)
+	n.down.add(func() error { rt.raft.DeregisterObserver(rt.observer); return nil })
 
 	mc := n.memberlistConfig()
 	if n.opts.wrapGossip != nil {
@@ -262,11 +325,23 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			return fmt.Errorf("start gossip on %s: %w", n.opts.GossipBind, err)
 		}
 		mc.Transport = n.opts.wrapGossip(nt)
+		n.down.add(func() error {
+			if rt.ml == nil { // memberlist owns the transport once Create succeeded
+				return mc.Transport.Shutdown()
+			}
+			return nil
+		})
 	}
 	rt.ml, err = memberlist.Create(mc)
 	if err != nil {
 		return fmt.Errorf("start gossip on %s: %w", n.opts.GossipBind, err)
 	}
+	n.down.add(func() error {
+		if err := rt.ml.Shutdown(); err != nil {
+			return fmt.Errorf("gossip shutdown: %w", err)
+		}
+		return nil
+	})
 	n.rt.Store(rt)
 	n.log.Info("election started", zap.String("raft", n.opts.RaftBind), zap.String("gossip", n.opts.GossipBind),
 		zap.String("role", string(n.opts.Role)), zap.Bool("existing_state", hasState), zap.Int("bootstrap_expect", n.opts.BootstrapExpect))
@@ -276,6 +351,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	go n.metaLoop(rt)
 	go n.joinLoop(ctx, rt)
 	go n.reconnectLoop(rt)
+	n.down.add(func() error {
+		rt.stopRaft() // fails pending futures, so loops blocked in raft return
+		n.wg.Wait()
+		return nil
+	})
 	return nil
 }
 
@@ -310,20 +390,23 @@ func (n *Node) localMeta() meta {
 	n.mu.Lock()
 	f, leaving := n.fitness, n.leavingOn
 	n.mu.Unlock()
-	m := meta{
+	return meta{
 		RaftAddr: n.opts.RaftBind, Role: n.opts.Role, Admin: n.opts.AdminAddr,
-		Pools: f.Pools, Healthy: f.HealthyPools, LinkUp: f.LinkUp,
+		Pools: f.Pools, Healthy: f.HealthyPools, LinkUp: f.LinkUp, VIPHoldFailed: f.VIPHoldFailed,
 		Leaving: leaving, Clustered: n.clustered.Load(), Started: n.started.UnixNano(),
 	}
-	if n.opts.Role == RoleWitness {
-		m.LinkUp = false // a witness never reports itself fit
-	}
-	return m
 }
 
 func (n *Node) pokeReconcile() {
 	select {
 	case n.reconcileCh <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) pokeEligible() {
+	select {
+	case n.eligibleCh <- struct{}{}:
 	default:
 	}
 }
@@ -336,16 +419,30 @@ func (n *Node) pokeMeta() {
 }
 
 // metaLoop re-gossips local metadata when it changes, off the caller's path.
+// Until this node has Raft state it also watches for the first log entry (a
+// leader added it): raft signals nothing for that, so it is polled, once a
+// heartbeat, and gossiped so that nobody bootstraps beside this node.
 func (n *Node) metaLoop(rt *running) {
 	defer n.wg.Done()
+	t := time.NewTicker(n.opts.Timing.Heartbeat)
+	defer t.Stop()
 	for {
 		select {
 		case <-n.stop:
 			return
-		case <-n.metaCh:
-			if err := rt.ml.UpdateNode(n.opts.Timing.Election * 5); err != nil {
-				n.log.Warn("gossip metadata update", zap.Error(err))
+		case <-t.C:
+			if n.clustered.Load() {
+				t.Stop()
+				continue
 			}
+			if rt.raft.LastIndex() == 0 {
+				continue
+			}
+			n.clustered.Store(true)
+		case <-n.metaCh:
+		}
+		if err := rt.ml.UpdateNode(n.opts.Timing.Election * 5); err != nil {
+			n.log.Warn("gossip metadata update", zap.Error(err))
 		}
 	}
 }
@@ -427,7 +524,9 @@ func (n *Node) Status() Status {
 			m = &Member{Name: name, RaftAddr: p.meta.RaftAddr}
 			members[name] = m
 		}
-		m.Alive, m.Role, m.Pools, m.HealthyPools, m.AdminAddr = p.alive, string(p.meta.Role), p.meta.Pools, p.meta.Healthy, p.meta.Admin
+		f := p.meta.fitness()
+		m.Alive, m.Role, m.AdminAddr = p.alive, string(p.meta.Role), p.meta.Admin
+		m.Pools, m.HealthyPools, m.LinkUp, m.VIPHoldFailed, m.Fit = f.Pools, f.HealthyPools, f.LinkUp, f.VIPHoldFailed, p.meta.fit()
 	}
 	for _, m := range members {
 		st.Members = append(st.Members, *m)
@@ -572,6 +671,7 @@ func (n *Node) Leave(ctx context.Context) error {
 	n.mu.Lock()
 	n.leavingOn = true
 	n.mu.Unlock()
+	n.pokeEligible() // withdraw an announced leadership first
 	if err := rt.ml.UpdateNode(n.opTimeout()); err != nil {
 		n.log.Warn("gossip leaving flag", zap.Error(err))
 	}
@@ -635,33 +735,29 @@ func voters(c raft.Configuration) int {
 
 // Shutdown reports a loss if leading, stops Raft and gossip (without leaving:
 // a crashed and a shut-down node look alike), waits for every goroutine and
-// closes Events. Safe to call twice.
+// closes Events. Safe to call twice, and before or after a failed Start.
 func (n *Node) Shutdown() error {
-	n.shutdownOnce.Do(func() { n.shutdownErr = n.shutdown() })
-	return n.shutdownErr
+	n.life.Lock()
+	defer n.life.Unlock()
+	if n.phase != phaseStopped {
+		n.stopLocked()
+	}
+	return n.downErr
 }
 
-func (n *Node) shutdown() error {
+// stopLocked runs the teardown and closes Events (it closes with the event
+// queue when Start got that far). Call with life held, once.
+func (n *Node) stopLocked() error {
 	close(n.stop)
-	var errs []error
-	if rt := n.rt.Load(); rt != nil {
-		f := rt.raft.Shutdown() // fails pending futures, so loops blocked in raft return
-		n.wg.Wait()
-		if err := f.Error(); err != nil {
-			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
-		}
-		rt.raft.DeregisterObserver(rt.observer)
-		if err := rt.ml.Shutdown(); err != nil {
-			errs = append(errs, fmt.Errorf("gossip shutdown: %w", err))
-		}
-		if err := rt.store.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close raft store: %w", err))
-		}
+	started := n.phase == phaseRunning && n.rt.Load() != nil
+	n.downErr = n.down.run()
+	n.down = nil
+	n.events.close()
+	n.phase = phaseStopped
+	if started {
 		n.log.Info("election stopped")
 	}
-	n.events.close()
-	n.metrics.unregister()
-	return errors.Join(errs...)
+	return n.downErr
 }
 
 func (n *Node) termGauge() float64 {

@@ -23,53 +23,11 @@ const (
 	RoleWitness Role = "witness"
 )
 
-// Timing is the Raft timing of a cluster. Lease must stay below Heartbeat so a
-// leader cut off from its quorum steps down before any follower can win
-// (DESIGN rule 6).
+// Timing is the Raft timing of a cluster, resolved and checked by config
+// (profiles, Lease < Heartbeat <= Election: DESIGN rule 6). New only refuses
+// zero durations and what hashicorp/raft itself rejects.
 type Timing struct {
 	Heartbeat, Election, Lease time.Duration
-}
-
-// minTiming is the smallest interval hashicorp/raft accepts.
-const minTiming = 5 * time.Millisecond
-
-// TimingProfile returns a named timing: "lan" replaces a dead leader in
-// about 200-300 ms, "wan" tolerates slow links and long pauses.
-//
-// The lan lease is 70 ms, not half the heartbeat: the lease is what makes a
-// leader step down when its process is briefly starved of CPU, and 50 ms
-// flapped under full CPU load on a 2-core VM where 70 ms held. The 30 ms left
-// below the followers' earliest timeout, plus the vote round trips and the
-// new leader's Barrier, keeps a cut-off leader withdrawn before a successor
-// announces (rule 6).
-func TimingProfile(name string) (Timing, error) {
-	switch name {
-	case "lan", "":
-		return Timing{Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond}, nil
-	case "wan":
-		return Timing{Heartbeat: time.Second, Election: time.Second, Lease: 500 * time.Millisecond}, nil
-	}
-	return Timing{}, fmt.Errorf("timing profile %q: want lan or wan", name)
-}
-
-// Validate reports whether raft accepts t and whether it keeps rule 6
-// (Lease < Heartbeat <= Election).
-func (t Timing) Validate() error {
-	for _, d := range []struct {
-		name string
-		v    time.Duration
-	}{{"heartbeat", t.Heartbeat}, {"election", t.Election}, {"lease", t.Lease}} {
-		if d.v < minTiming {
-			return fmt.Errorf("timing %s %v: must be at least %v", d.name, d.v, minTiming)
-		}
-	}
-	if t.Lease >= t.Heartbeat {
-		return fmt.Errorf("timing lease %v must be shorter than heartbeat %v, or a cut-off leader could overlap its successor", t.Lease, t.Heartbeat)
-	}
-	if t.Heartbeat > t.Election {
-		return fmt.Errorf("timing heartbeat %v must not exceed election %v", t.Heartbeat, t.Election)
-	}
-	return nil
 }
 
 // Fitness is this node's ability to serve, gossiped in memberlist metadata.
@@ -77,11 +35,18 @@ func (t Timing) Validate() error {
 // until SetFitness is called.
 type Fitness struct {
 	Pools, HealthyPools int
-	LinkUp              bool
+	LinkUp              bool // the VIP interface's link is up
+	// VIPHoldFailed is set while this node's last claim of its VIPs failed
+	// (a missing capability, a vanished interface), until a claim succeeds:
+	// a leader that cannot hold the VIPs must hand them on. Its zero value,
+	// no failure, is right for followers, for nodes without VIPs and for
+	// peers too old to send it.
+	VIPHoldFailed bool
 }
 
-// Fit reports whether every pool has a healthy backend and the link is up.
-func (f Fitness) Fit() bool { return f.LinkUp && f.HealthyPools >= f.Pools }
+// Fit reports whether every pool has a healthy backend, the link is up and
+// no VIP claim failed.
+func (f Fitness) Fit() bool { return f.LinkUp && !f.VIPHoldFailed && f.HealthyPools >= f.Pools }
 
 // Options configure a Node. New validates them.
 type Options struct {
@@ -101,6 +66,10 @@ type Options struct {
 	Role         Role
 	Timing       Timing
 	FitnessGrace time.Duration
+	// ReconnectTimeout is how long a member gossip believes dead (and that
+	// did not leave on purpose) is redialled before it is forgotten. Raft
+	// membership is not touched: that takes a leave or an operator's Remove.
+	ReconnectTimeout time.Duration
 
 	AdminAddr string // advertised in metadata so peers can forward admin calls
 
@@ -111,6 +80,8 @@ type Options struct {
 	wrapStream func(raft.StreamLayer) raft.StreamLayer
 	// wrapGossip does the same for the gossip transport.
 	wrapGossip func(*memberlist.NetTransport) memberlist.NodeAwareTransport
+	// now lets tests move the clock that reaps dead members.
+	now func() time.Time
 }
 
 // validate checks opts and fills defaults; it returns a copy.
@@ -141,23 +112,29 @@ func (o Options) validate() (Options, error) {
 		}
 	}
 	switch o.Role {
-	case "":
-		o.Role = RoleVoter
 	case RoleVoter, RoleWitness:
 	default:
 		return o, fmt.Errorf("role %q: want voter or witness", o.Role)
 	}
-	if o.Timing == (Timing{}) {
-		o.Timing, _ = TimingProfile("lan")
-	}
-	if err := o.Timing.Validate(); err != nil {
-		return o, err
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"Timing.Heartbeat", o.Timing.Heartbeat}, {"Timing.Election", o.Timing.Election},
+		{"Timing.Lease", o.Timing.Lease}, {"ReconnectTimeout", o.ReconnectTimeout},
+	} {
+		if d.v <= 0 {
+			return o, fmt.Errorf("%s %v: must be positive (config resolves it)", d.name, d.v)
+		}
 	}
 	if o.FitnessGrace < 0 {
 		return o, fmt.Errorf("fitness grace %v: must not be negative", o.FitnessGrace)
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
+	}
+	if o.now == nil {
+		o.now = time.Now
 	}
 	return o, nil
 }

@@ -312,11 +312,7 @@ func forgeVote(t *testing.T, sec *security, target raft.ServerAddress, term uint
 
 func newMetricsForTest(t testing.TB) *metrics {
 	t.Helper()
-	m, err := newMetrics(nil, func() float64 { return 0 }, func() float64 { return 0 }, func() float64 { return 0 })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return newMetrics(func() float64 { return 0 }, func() float64 { return 0 }, func() float64 { return 0 })
 }
 
 func testSecurity(t testing.TB, keys ...[]byte) *security {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -13,33 +14,8 @@ import (
 	"go.uber.org/zap"
 )
 
-func TestTimingProfilesKeepLeaseBelowHeartbeat(t *testing.T) {
-	for _, name := range []string{"lan", "wan"} {
-		tm, err := TimingProfile(name)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		if err := tm.Validate(); err != nil {
-			t.Fatalf("%s %+v: %v", name, tm, err)
-		}
-	}
-	if _, err := TimingProfile("moon"); err == nil {
-		t.Fatal("unknown profile accepted")
-	}
-	bad := map[string]Timing{
-		"lease":     {Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 100 * time.Millisecond},
-		"election":  {Heartbeat: 200 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 50 * time.Millisecond},
-		"heartbeat": {Heartbeat: time.Millisecond, Election: 100 * time.Millisecond, Lease: time.Millisecond},
-	}
-	for want, tm := range bad {
-		if err := tm.Validate(); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("%+v: error %v, want one naming %s", tm, err, want)
-		}
-	}
-}
-
 func TestNewRejectsBadOptions(t *testing.T) {
-	good := Options{NodeName: "a", RaftBind: "127.0.0.1:7000", GossipBind: "127.0.0.1:7001", DataDir: t.TempDir()}
+	good := testOptions(t)
 	cases := map[string]func(o *Options){
 		"node name":               func(o *Options) { o.NodeName = "" },
 		"raft bind":               func(o *Options) { o.RaftBind = "0.0.0.0:7000" },
@@ -49,8 +25,15 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		"certificate and key": func(o *Options) {
 			o.SecretKeys, o.TLS = [][]byte{keyA}, &TLSIdentity{CertPEM: []byte("not pem")}
 		},
-		"role": func(o *Options) { o.Role = "king" },
-		"lease": func(o *Options) {
+		"role":    func(o *Options) { o.Role = "king" },
+		`role ""`: func(o *Options) { o.Role = "" },
+		// Zero durations: config resolves every one, so a zero is a wiring bug.
+		"Timing.Heartbeat": func(o *Options) { o.Timing.Heartbeat = 0 },
+		"Timing.Election":  func(o *Options) { o.Timing.Election = 0 },
+		"Timing.Lease":     func(o *Options) { o.Timing.Lease = 0 },
+		"ReconnectTimeout": func(o *Options) { o.ReconnectTimeout = 0 },
+		// hashicorp/raft's own validation still applies.
+		"LeaderLeaseTimeout": func(o *Options) {
 			o.Timing = Timing{Heartbeat: 50 * time.Millisecond, Election: 50 * time.Millisecond, Lease: 60 * time.Millisecond}
 		},
 		"metadata": func(o *Options) { o.AdminAddr = strings.Repeat("x", 400) },
@@ -98,6 +81,7 @@ func TestEventQueueNeverHidesALoss(t *testing.T) {
 	}
 	for _, burst := range bursts {
 		q := newEventQueue(zap.NewNop())
+		q.start()
 		q.push(Event{true, 1})
 		if e := <-q.out; e != (Event{true, 1}) {
 			t.Fatalf("first event %v", e)
@@ -191,4 +175,90 @@ func (s *memSink) Cancel() error { return nil }
 func (s *memSink) Close() error  { return nil }
 func (s *memSink) reader() io.ReadCloser {
 	return io.NopCloser(bytes.NewReader(s.Bytes()))
+}
+
+// testOptions are valid options for one node on free loopback ports.
+func testOptions(t *testing.T) Options {
+	t.Helper()
+	return Options{
+		NodeName:         "a",
+		RaftBind:         fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		GossipBind:       fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		DataDir:          t.TempDir(),
+		BootstrapExpect:  1,
+		Role:             RoleVoter,
+		Timing:           relaxedTiming,
+		ReconnectTimeout: testReconnectTimeout,
+	}
+}
+
+// TestRaftLeadershipEndsAWindowOnALossItDidNotSee: raft lost and regained
+// leadership before the monitor looked. The window of the first stretch must
+// end (and withdraw its gain) although raft's latest word is "leader" again.
+func TestRaftLeadershipEndsAWindowOnALossItDidNotSee(t *testing.T) {
+	var rl raftLeadership
+	rl.note(true)
+	w := &window{stretch: rl.began}
+	if w.endedBy(rl) {
+		t.Fatal("the window ended while its stretch goes on")
+	}
+	ch := make(chan bool, notifyBuffer)
+	ch <- false
+	ch <- true
+	rl.drain(ch)
+	if !rl.leader {
+		t.Fatal("raft's latest word, leader, was lost")
+	}
+	if !w.endedBy(rl) {
+		t.Fatal("a loss followed by a regain left the first window open: its gain would never be withdrawn")
+	}
+	rl.note(false)
+	if !(&window{stretch: rl.began}).endedBy(rl) {
+		t.Fatal("a window survived a plain loss")
+	}
+}
+
+// TestFitnessNeedsNoFailedVIPHold: a failed VIP hold makes a node unfit on its own
+// field, gossip carries it, and metadata of a node from before the field
+// (no "vf" key) reads as before: its "l" already folded a failed hold in.
+func TestFitnessNeedsNoFailedVIPHold(t *testing.T) {
+	fit := Fitness{Pools: 2, HealthyPools: 2, LinkUp: true}
+	if !fit.Fit() {
+		t.Fatalf("%+v is unfit", fit)
+	}
+	for what, f := range map[string]Fitness{
+		"hold failed":    {Pools: 2, HealthyPools: 2, LinkUp: true, VIPHoldFailed: true},
+		"link down":      {Pools: 2, HealthyPools: 2},
+		"pool unhealthy": {Pools: 2, HealthyPools: 1, LinkUp: true},
+		"zero value":     {},
+	} {
+		if f.Fit() {
+			t.Errorf("%s: %+v is fit", what, f)
+		}
+	}
+	for _, f := range []Fitness{fit, {Pools: 2, HealthyPools: 2, LinkUp: true, VIPHoldFailed: true}} {
+		b, err := json.Marshal(meta{Role: RoleVoter, Pools: f.Pools, Healthy: f.HealthyPools, LinkUp: f.LinkUp, VIPHoldFailed: f.VIPHoldFailed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m meta
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.fitness(); got != f || m.fit() != f.Fit() {
+			t.Errorf("gossiped %+v, read back %+v (fit %v)", f, got, m.fit())
+		}
+	}
+	for old, want := range map[string]bool{
+		`{"r":"127.0.0.1:7000","o":"voter","p":1,"h":1,"l":true,"s":1}`:  true,
+		`{"r":"127.0.0.1:7000","o":"voter","p":1,"h":1,"l":false,"s":1}`: false, // link down or hold failed
+	} {
+		var m meta
+		if err := json.Unmarshal([]byte(old), &m); err != nil {
+			t.Fatal(err)
+		}
+		if m.fit() != want {
+			t.Errorf("older node's metadata %s: fit %v, want %v", old, m.fit(), want)
+		}
+	}
 }

@@ -311,7 +311,7 @@ func (d *daemon) fitnessLoop(ctx context.Context) {
 	for {
 		d.node.SetFitness(election.Fitness{
 			Pools: summary.Pools, HealthyPools: summary.HealthyPools,
-			LinkUp: d.linkUp.Load() && !d.owner.Failed(),
+			LinkUp: d.linkUp.Load(), VIPHoldFailed: d.owner.Failed(),
 		})
 		select {
 		case <-ctx.Done():

@@ -75,7 +75,7 @@ func electionOptions(cfg *config.Config) election.Options {
 		Join: c.Join, BootstrapExpect: c.BootstrapExpect, DataDir: c.DataDir,
 		SecretKeys: c.SecretKeys, TLS: raftTLS(c.TLS), Role: election.Role(c.Role),
 		Timing:       election.Timing{Heartbeat: c.Timing.Heartbeat, Election: c.Timing.Election, Lease: c.Timing.Lease},
-		FitnessGrace: c.FitnessGrace, AdminAddr: cfg.Admin.Listen,
+		FitnessGrace: c.FitnessGrace, ReconnectTimeout: c.ReconnectTimeout, AdminAddr: cfg.Admin.Listen,
 	}
 }
 

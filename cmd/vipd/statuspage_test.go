@@ -113,7 +113,9 @@ const readPage = `({
 // the other stays up. It loads nothing from anywhere but the daemon.
 func TestStatusPageInABrowserShowsABackendGoingDown(t *testing.T) {
 	chromium := findChromium(t)
-	n := startNode(t, fastHealth)
+	// Checks with time to answer: a loaded machine must not make the live
+	// backend flap, nor fill the dead one's transitions with timeouts.
+	n := startNode(t, "{type: tcp, interval: 300ms, timeout: 300ms, rise: 1, fall: 1, initial: healthy}")
 
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), chromiumFlags(chromium, t.TempDir())...)
 	defer cancelAlloc()
