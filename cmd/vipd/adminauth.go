@@ -319,8 +319,13 @@ func (a *adminAuth) newForwarder() *http.Transport {
 		MaxResponseHeaderBytes: maxAdminHeader,
 		DisableKeepAlives:      true,
 	}
-	if a.cert != nil {
-		t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: a.clientCAs, Certificates: []tls.Certificate{*a.cert}}
+	if cert := a.cert; cert != nil {
+		t.TLSClientConfig = &tls.Config{
+			MinVersion: tls.VersionTLS12, RootCAs: a.clientCAs,
+			// Presented even when the leader asks for another CA's, so the
+			// leader logs the certificate it refused.
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil },
+		}
 	}
 	return t
 }

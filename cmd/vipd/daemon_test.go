@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,7 +22,10 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/vipd/vipd/config"
 )
@@ -72,6 +76,8 @@ type testNode struct {
 	runErr          error          // what run returned; read after exited
 	configPath      string         // the file the daemon was started from
 	hup             chan os.Signal // stands in for SIGHUP
+	caller          *adminCaller   // how the helpers call the admin API; plain HTTP, no credentials by default
+	logs            *observer.ObservedLogs
 }
 
 const fastHealth = "{type: tcp, interval: 100ms, rise: 1, fall: 1, initial: healthy}"
@@ -82,7 +88,8 @@ const absentVIP = "vips: [{address: 198.18.0.100, interface: vipd-absent0}]"
 
 // startNode runs a single-node daemon on loopback, in process, with two
 // backends "a" and "b" checked as health says, and the extra top-level
-// config sections given.
+// config sections given. An extra section starting with "admin:" replaces
+// the default admin section (admin on a free loopback port, no credentials).
 func startNode(t *testing.T, health string, extra ...string) *testNode {
 	t.Helper()
 	n, cfg := newTestNode(t, health, extra...)
@@ -93,7 +100,15 @@ func startNode(t *testing.T, health string, extra ...string) *testNode {
 // newTestNode writes and loads the config that startNode runs.
 func newTestNode(t *testing.T, health string, extra ...string) (*testNode, *config.Config) {
 	t.Helper()
-	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t)}
+	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t), caller: plainCaller}
+	admin := fmt.Sprintf("admin: {listen: %s}", n.admin)
+	extra = slices.DeleteFunc(slices.Clone(extra), func(e string) bool {
+		if strings.HasPrefix(e, "admin:") {
+			admin = e
+			return true
+		}
+		return false
+	})
 	for _, name := range []string{"a", "b"} {
 		addr, kill := namedBackend(t, name)
 		n.backends = append(n.backends, addr)
@@ -107,9 +122,9 @@ pools:
   - name: web
     backends: [{address: %s}, {address: %s}]
     health: %s
-admin: {listen: %s}
 %s
-`, n.raft, n.gossip, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin, strings.Join(extra, "\n"))
+%s
+`, n.raft, n.gossip, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, admin, strings.Join(extra, "\n"))
 	n.configPath = filepath.Join(t.TempDir(), "vipd.yaml")
 	if err := os.WriteFile(n.configPath, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -118,13 +133,26 @@ admin: {listen: %s}
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
+	n.admin = cfg.Admin.Listen
 	return n, cfg
 }
 
 // start runs the daemon until the test ends and waits until it leads.
 func (n *testNode) start(t *testing.T, cfg *config.Config) {
 	t.Helper()
-	d, err := newDaemon(cfg, zaptest.NewLogger(t))
+	n.launch(t, cfg)
+	waitFor(t, "leader and ready", func() bool {
+		var st Status
+		return n.getJSON(t, "/status", &st) == 200 && st.Ready && st.State == "leader"
+	})
+}
+
+// launch runs the daemon until the test ends.
+func (n *testNode) launch(t *testing.T, cfg *config.Config) {
+	t.Helper()
+	core, logs := observer.New(zapcore.DebugLevel)
+	n.logs = logs
+	d, err := newDaemon(cfg, zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core)))
 	if err != nil {
 		t.Fatalf("newDaemon: %v", err)
 	}
@@ -140,10 +168,6 @@ func (n *testNode) start(t *testing.T, cfg *config.Config) {
 		return n.runErr
 	}
 	t.Cleanup(func() { n.stop() })
-	waitFor(t, "leader and ready", func() bool {
-		var st Status
-		return n.getJSON(t, "/status", &st) == 200 && st.Ready && st.State == "leader"
-	})
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -159,7 +183,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func (n *testNode) getJSON(t *testing.T, path string, v any) int {
 	t.Helper()
-	resp, err := http.Get("http://" + n.admin + path)
+	resp, err := n.caller.do("GET", n.admin, path, "")
 	if err != nil {
 		return 0
 	}
@@ -172,7 +196,7 @@ func (n *testNode) getJSON(t *testing.T, path string, v any) int {
 
 func (n *testNode) post(t *testing.T, path, body string) (int, string) {
 	t.Helper()
-	resp, err := http.Post("http://"+n.admin+path, "application/json", strings.NewReader(body))
+	resp, err := n.caller.do("POST", n.admin, path, body)
 	if err != nil {
 		t.Fatalf("POST %s: %v", path, err)
 	}
@@ -635,7 +659,7 @@ func TestChangedSectionsNamesWhatARestartWouldChange(t *testing.T) {
 // scrape reads /metrics as Prometheus does.
 func (n *testNode) scrape(t *testing.T) map[string]*dto.MetricFamily {
 	t.Helper()
-	resp, err := http.Get("http://" + n.admin + "/metrics")
+	resp, err := n.caller.do("GET", n.admin, "/metrics", "")
 	if err != nil {
 		t.Fatal(err)
 	}
