@@ -113,7 +113,9 @@ func newAdminAuth(cfg config.Admin, log *zap.Logger, reg prometheus.Registerer) 
 // minTokenLen characters that can travel in a header (RFC 6750 b64token),
 // in a file that not every user of the host can read.
 func readToken(path string) ([]byte, error) {
-	if err := notWorldReadable(path); err != nil {
+	if err := notWorldReadable(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w (create it: (umask 077 && vipctl keygen > %s))", err, path)
+	} else if err != nil {
 		return nil, err
 	}
 	data, err := os.ReadFile(path)
