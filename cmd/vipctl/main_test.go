@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -234,9 +233,7 @@ func TestTLSFlagsVerifyTheNodeAndPresentACertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM([]byte(readFile(t, ca.CertFile)))
-	addr, seen := seenAdmin(t, &tls.Config{Certificates: []tls.Certificate{serving}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert})
+	addr, seen := seenAdmin(t, &tls.Config{Certificates: []tls.Certificate{serving}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert})
 	for _, tc := range []struct {
 		name string
 		env  map[string]string
@@ -290,13 +287,4 @@ func TestClientOptionErrors(t *testing.T) {
 	if code := run([]string{"keygen"}, &out, &errOut); code != 0 {
 		t.Errorf("keygen with an unreadable VIPD_TOKEN_FILE: exit %d %s", code, errOut.String())
 	}
-}
-
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(data)
 }

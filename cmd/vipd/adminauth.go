@@ -211,6 +211,9 @@ func (a *adminAuth) serverTLS() *tls.Config {
 		return base
 	}
 	base.ClientCAs, base.ClientAuth = a.clientCAs, tls.RequestClientCert
+	// Each handshake gets a config of its own, whose tickets no other could
+	// resume: issue none. Every connection has its certificate verified.
+	base.SessionTicketsDisabled = true
 	withHook := base.Clone()
 	withHook.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		remote := hello.Conn.RemoteAddr().String()

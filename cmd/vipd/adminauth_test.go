@@ -396,7 +396,10 @@ func TestTokenAndClientCertificateAreBothRequired(t *testing.T) {
 func TestAdminCredentialsAreCheckedAtStart(t *testing.T) {
 	p := newAdminPKI(t)
 	garbage := writeSecret(t, "not a certificate", 0o600)
-	openKey := writeSecret(t, readFile(t, p.nodeKey), 0o644)
+	openCert, openKey := p.ca.Issue(t, "open")
+	if err := os.Chmod(openKey, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name  string
 		admin config.Admin
@@ -407,7 +410,7 @@ func TestAdminCredentialsAreCheckedAtStart(t *testing.T) {
 		{"empty token", config.Admin{TokenFile: writeSecret(t, " \n", 0o600)}, []string{"admin.token_file", "empty"}},
 		{"short token", config.Admin{TokenFile: writeSecret(t, "short\n", 0o600)}, []string{"admin.token_file", "5 characters", "vipctl keygen"}},
 		{"token with a space", config.Admin{TokenFile: writeSecret(t, "two halves of-a-token-0123", 0o600)}, []string{"admin.token_file", "only letters"}},
-		{"world-readable key", config.Admin{TLS: config.AdminTLS{CertFile: p.nodeCert, KeyFile: openKey}}, []string{"admin.tls.key_file", "readable by every user"}},
+		{"world-readable key", config.Admin{TLS: config.AdminTLS{CertFile: openCert, KeyFile: openKey}}, []string{"admin.tls.key_file", "readable by every user"}},
 		{"key of another certificate", config.Admin{TLS: config.AdminTLS{CertFile: p.nodeCert, KeyFile: p.clientKey}}, []string{"admin.tls.cert_file", p.nodeCert}},
 		{"client CA not PEM", config.Admin{TLS: config.AdminTLS{CertFile: p.nodeCert, KeyFile: p.nodeKey, ClientCAFile: garbage}}, []string{"admin.tls.client_ca_file", "no PEM certificate"}},
 		{"node certificate from another CA", config.Admin{TLS: config.AdminTLS{CertFile: p.foreignCert, KeyFile: p.foreignKey, ClientCAFile: p.ca.CertFile}},
@@ -431,15 +434,6 @@ func TestAdminCredentialsAreCheckedAtStart(t *testing.T) {
 	if err != nil || string(a.token) != testToken {
 		t.Fatalf("token with surrounding whitespace, group-readable: %v, token %q", err, a.token)
 	}
-}
-
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(data)
 }
 
 // `vipd --check` reads the admin credentials too, so systemd's
@@ -567,7 +561,7 @@ func TestForwardingCarriesTheNodesCredentials(t *testing.T) {
 	p := newAdminPKI(t)
 	token := writeSecret(t, testToken, 0o600)
 	both := filepath.Join(t.TempDir(), "both-cas.pem") // trusts the leader, and the follower's own foreign certificate
-	if err := os.WriteFile(both, []byte(readFile(t, p.ca.CertFile)+readFile(t, p.foreign.CertFile)), 0o600); err != nil {
+	if err := os.WriteFile(both, append(p.ca.PEM(), p.foreign.PEM()...), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	mtls := func(cert, key, ca string) string {

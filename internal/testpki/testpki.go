@@ -44,6 +44,18 @@ func NewCA(t testing.TB, name string) *CA {
 	return ca
 }
 
+// PEM is the CA's certificate in PEM.
+func (ca *CA) PEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
+}
+
+// Pool is a certificate pool of this CA alone.
+func (ca *CA) Pool() *x509.CertPool {
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	return pool
+}
+
 // Issue writes a certificate for name, usable both to serve on the given
 // addresses (and "localhost") and as a client certificate, and its key
 // (mode 0600). It returns the two file paths.
