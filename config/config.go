@@ -5,6 +5,8 @@ package config
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -233,10 +235,50 @@ func (r StatusRange) String() string {
 	return fmt.Sprintf("%d-%d", r.Min, r.Max)
 }
 
-// Admin is the admin HTTP server (metrics, health, status, vipctl's API).
+// Admin is the admin HTTP server (metrics, health, status, vipctl's API)
+// and who may call it. The daemon reads the files named here at start.
 type Admin struct {
 	Listen string `yaml:"listen"`
+	// TokenFile holds the bearer token that mutating calls (and reads, when
+	// OpenReads is off) must present.
+	TokenFile string   `yaml:"token_file"`
+	TLS       AdminTLS `yaml:"tls"`
+	// OpenReads lets GET requests (/healthz, /readyz, /metrics, /status, the
+	// status page) through without credentials. Default: Loopback().
+	OpenReads bool `yaml:"open_reads"`
+	// Insecure allows a non-loopback listener without authentication.
+	Insecure bool `yaml:"insecure"`
 }
+
+// AdminTLS serves the admin API over TLS; with ClientCAFile, a client
+// certificate issued by that CA authenticates the caller (mutual TLS).
+type AdminTLS struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// Enabled says whether the admin API speaks TLS.
+func (t AdminTLS) Enabled() bool { return t.CertFile != "" }
+
+// Loopback says whether only this host can reach the listener: its host is
+// a loopback IP (127.0.0.0/8, ::1) or "localhost". A wildcard (0.0.0.0, ::,
+// an empty host) or any other address is reachable from the network.
+func (a Admin) Loopback() bool {
+	host, _, err := net.SplitHostPort(a.Listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// Authenticated says whether callers must prove who they are: with a bearer
+// token, a client certificate, or both.
+func (a Admin) Authenticated() bool { return a.TokenFile != "" || a.TLS.ClientCAFile != "" }
 
 // Log settings.
 type Log struct {

@@ -196,6 +196,12 @@ func TestConfigErrors(t *testing.T) {
 			[]string{"cluster.timing.lease", "required, at least 5ms"}},
 		{"heartbeat beyond election", "cluster:\n  timing: {heartbeat: 200ms, election: 100ms, lease: 50ms}\n",
 			[]string{"cluster.timing.heartbeat", `"200ms"`, "must not exceed election"}},
+		{"open admin on the node's address", "admin:\n  listen: 198.18.0.11:9900\n",
+			[]string{"line 2", "admin.listen", `"198.18.0.11:9900"`, "admin.token_file", "admin.tls", "client_ca_file", "admin.insecure: true"}},
+		{"open admin on every address", "admin:\n  listen: 0.0.0.0:9900\n",
+			[]string{"admin.listen", "not a loopback address", "admin.token_file"}},
+		{"admin tls without a key", "admin:\n  tls: {cert_file: /etc/vipd/admin.crt}\n",
+			[]string{"line 2", "admin.tls.cert_file", "both cert_file and key_file"}},
 		{"list where a value belongs", "log:\n  level: [info]\n",
 			[]string{"line 2", "log.level", "expected a single value"}},
 		{"not YAML", "pools: [\n", []string{"not valid YAML"}},
@@ -271,5 +277,48 @@ func TestDefaultBurstOutlastsARPLocktime(t *testing.T) {
 	if span := time.Duration(DefaultAnnounceCount-1) * DefaultAnnounceInterval; span < arpLocktime {
 		t.Errorf("default burst spans %s (%d × %s apart), shorter than the %s arp locktime",
 			span, DefaultAnnounceCount, DefaultAnnounceInterval, arpLocktime)
+	}
+}
+
+func TestAdminLoopbackIsOnlyThisHost(t *testing.T) {
+	for listen, want := range map[string]bool{
+		"127.0.0.1:9900": true, "127.0.0.2:9900": true, "127.255.255.254:9900": true,
+		"[::1]:9900": true, "localhost:9900": true,
+		"0.0.0.0:9900": false, "[::]:9900": false, ":9900": false,
+		"198.18.0.11:9900": false, "[2001:2::1]:9900": false, "[::ffff:127.0.0.1]:9900": true, // IPv4-mapped loopback is loopback
+	} {
+		if got := (Admin{Listen: listen}).Loopback(); got != want {
+			t.Errorf("Loopback(%s) = %v, want %v", listen, got, want)
+		}
+	}
+}
+
+// A non-loopback admin listener needs authentication or an explicit opt-out;
+// reads are open by default exactly on loopback.
+func TestAdminAuthenticationRule(t *testing.T) {
+	for _, tc := range []struct {
+		admin     string
+		ok        bool
+		openReads bool
+	}{
+		{"{listen: 127.0.0.1:9900}", true, true},
+		{"{listen: 127.0.0.1:9900, token_file: /t, open_reads: false}", true, false},
+		{"{listen: 198.18.0.11:9900}", false, false},
+		{"{listen: 198.18.0.11:9900, tls: {cert_file: /c, key_file: /k}}", false, false}, // TLS alone authenticates no one
+		{"{listen: 198.18.0.11:9900, token_file: /t}", true, false},
+		{"{listen: 198.18.0.11:9900, tls: {cert_file: /c, key_file: /k, client_ca_file: /ca}}", true, false},
+		{"{listen: 198.18.0.11:9900, token_file: /t, open_reads: true}", true, true},
+		{"{listen: 198.18.0.11:9900, insecure: true}", true, false},
+		{"{listen: 0.0.0.0:9900, insecure: true, open_reads: true}", true, true},
+	} {
+		cfg, err := Parse([]byte("admin: " + tc.admin + "\n"))
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("admin %s: %v", tc.admin, err)
+		case !tc.ok && err == nil:
+			t.Errorf("admin %s: accepted a non-loopback listener without authentication", tc.admin)
+		case tc.ok && cfg.Admin.OpenReads != tc.openReads:
+			t.Errorf("admin %s: open_reads = %v, want %v", tc.admin, cfg.Admin.OpenReads, tc.openReads)
+		}
 	}
 }

@@ -137,6 +137,7 @@ pools:
 		"pools.health.rise / fall":     {api.Health.Rise, api.Health.Fall},
 		"pools.health.initial":         {tcp.Health.Initial},
 		"admin.listen":                 {cfg.Admin.Listen},
+		"admin.insecure":               {cfg.Admin.Insecure},
 		"log.level":                    {cfg.Log.Level},
 		"log.format":                   {cfg.Log.Format},
 	}

@@ -162,6 +162,7 @@ func (v *validator) applyDefaults(c *Config) {
 		}
 	}
 	setDefault(v, "admin.listen", &c.Admin.Listen, DefaultAdminListen)
+	setDefault(v, "admin.open_reads", &c.Admin.OpenReads, c.Admin.Loopback())
 	setDefault(v, "log.level", &c.Log.Level, "info")
 	setDefault(v, "log.format", &c.Log.Format, "json")
 }
@@ -240,9 +241,25 @@ func (v *validator) validate(c *Config) {
 	v.validateVIPs(c.VIPs)
 	pools := v.validatePools(c.Pools)
 	v.validateFrontends(c.Frontends, pools)
-	v.hostPort("admin.listen", c.Admin.Listen)
+	v.validateAdmin(&c.Admin)
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "json", "console")
+}
+
+func (v *validator) validateAdmin(a *Admin) {
+	before := len(v.errs)
+	v.hostPort("admin.listen", a.Listen)
+	if t := a.TLS; t.Enabled() || t.KeyFile != "" || t.ClientCAFile != "" {
+		if t.CertFile == "" || t.KeyFile == "" {
+			v.bad("admin.tls.cert_file", t.CertFile, "admin.tls needs both cert_file and key_file")
+		}
+	}
+	if len(v.errs) == before && !a.Loopback() && !a.Authenticated() && !a.Insecure {
+		v.bad("admin.listen", a.Listen, "not a loopback address, and the admin API has no authentication: "+
+			"anyone who reaches it could drain backends, move leadership or stop the node; "+
+			"set admin.token_file (a bearer token) or admin.tls with client_ca_file (client certificates), "+
+			"or admin.insecure: true to run it open on purpose")
+	}
 }
 
 func (v *validator) validateCluster(c *Cluster) {

@@ -5,6 +5,8 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -20,7 +22,7 @@ import (
 	"github.com/vipd/vipd/config"
 )
 
-const usage = `usage: vipctl [--admin HOST:PORT] COMMAND [ARGS]
+const usage = `usage: vipctl [--admin HOST:PORT|URL] [--token-file FILE] [--cacert FILE] [--cert FILE --key FILE] COMMAND [ARGS]
 
 commands:
   status [--json]               the node's view: leadership, VIPs, members, pools
@@ -31,7 +33,15 @@ commands:
   leave                         the node hands over, leaves the cluster and stops
   remove NAME                   remove a crashed node from the voter set
   validate FILE                 check a config file without running it
-  keygen                        print a new cluster key for secret_file
+  keygen                        print a new key: cluster.secret_file or admin.token_file
+
+flags (each also from the environment variable named):
+  --admin HOST:PORT|URL         a node's admin API (VIPD_ADMIN; default 127.0.0.1:9900);
+                                https://HOST:PORT, or any of the TLS flags, speaks TLS
+  --token-file FILE             bearer token, as in the node's admin.token_file (VIPD_TOKEN_FILE)
+  --cacert FILE                 CA that signed the node's admin.tls certificate (VIPD_CACERT)
+  --cert FILE, --key FILE       client certificate for admin.tls.client_ca_file (VIPD_CERT, VIPD_KEY)
+  --timeout DURATION            how long to wait for the node (default 10s)
 `
 
 func main() {
@@ -42,12 +52,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vipctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	admin := fs.String("admin", envOr("VIPD_ADMIN", config.DefaultAdminListen), "admin API address of a vipd node (env VIPD_ADMIN)")
-	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the node")
+	var o clientOptions
+	fs.StringVar(&o.admin, "admin", envOr("VIPD_ADMIN", config.DefaultAdminListen), "admin API of a vipd node: HOST:PORT or http(s)://HOST:PORT (env VIPD_ADMIN)")
+	fs.StringVar(&o.tokenFile, "token-file", os.Getenv("VIPD_TOKEN_FILE"), "file with the admin bearer token (env VIPD_TOKEN_FILE)")
+	fs.StringVar(&o.caCert, "cacert", os.Getenv("VIPD_CACERT"), "CA of the node's admin TLS certificate; implies https (env VIPD_CACERT)")
+	fs.StringVar(&o.cert, "cert", os.Getenv("VIPD_CERT"), "client certificate for admin mutual TLS; implies https (env VIPD_CERT)")
+	fs.StringVar(&o.key, "key", os.Getenv("VIPD_KEY"), "key of --cert (env VIPD_KEY)")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the node")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	c := &client{base: "http://" + *admin, http: &http.Client{Timeout: *timeout}}
+	c := newClient(o)
 	cmd, rest := fs.Arg(0), fs.Args()
 	if len(rest) > 0 {
 		rest = rest[1:]
@@ -134,17 +149,79 @@ func dispatch(c *client, cmd string, args []string, out io.Writer) error {
 	return usageError(fmt.Sprintf("unknown command %q", cmd))
 }
 
+// clientOptions say how to reach and authenticate to a node's admin API.
+type clientOptions struct {
+	admin, tokenFile, caCert, cert, key string
+	timeout                             time.Duration
+}
+
 type client struct {
-	base string
-	http *http.Client
+	base  string // scheme://host:port
+	http  *http.Client
+	token string // sent as a bearer token when set
+	err   error  // why the options do not make a client; returned by every call, so that validate and keygen still work
+}
+
+func newClient(o clientOptions) *client {
+	c := &client{}
+	c.err = c.setUp(o)
+	return c
+}
+
+func (c *client) setUp(o clientOptions) error {
+	useTLS := o.caCert != "" || o.cert != "" || o.key != ""
+	switch scheme, rest, ok := strings.Cut(o.admin, "://"); {
+	case !ok:
+		c.base = "http://" + o.admin
+		if useTLS {
+			c.base = "https://" + o.admin
+		}
+	case scheme == "https" || scheme == "http" && !useTLS:
+		c.base = scheme + "://" + strings.TrimSuffix(rest, "/")
+	case scheme == "http":
+		return fmt.Errorf("--admin %s is plain http, but --cacert, --cert or --key ask for TLS: use https://%s", o.admin, rest)
+	default:
+		return fmt.Errorf("--admin %s: the scheme must be http or https", o.admin)
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	if useTLS {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if o.caCert != "" {
+			pem, err := os.ReadFile(o.caCert)
+			if err != nil {
+				return fmt.Errorf("--cacert: %w", err)
+			}
+			if tc.RootCAs = x509.NewCertPool(); !tc.RootCAs.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("--cacert %s: no PEM certificate in it", o.caCert)
+			}
+		}
+		if (o.cert == "") != (o.key == "") {
+			return errors.New("--cert and --key go together")
+		}
+		if o.cert != "" {
+			cert, err := tls.LoadX509KeyPair(o.cert, o.key)
+			if err != nil {
+				return fmt.Errorf("--cert %s, --key %s: %w", o.cert, o.key, err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		transport.TLSClientConfig = tc
+	}
+	c.http = &http.Client{Timeout: o.timeout, Transport: transport}
+	if o.tokenFile != "" {
+		data, err := os.ReadFile(o.tokenFile)
+		if err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+		if c.token = strings.TrimSpace(string(data)); c.token == "" {
+			return fmt.Errorf("--token-file %s is empty", o.tokenFile)
+		}
+	}
+	return nil
 }
 
 func (c *client) get(path string, out io.Writer) error {
-	resp, err := c.http.Get(c.base + path)
-	if err != nil {
-		return fmt.Errorf("GET %s: %w", path, err)
-	}
-	return copyResponse(resp, out)
+	return c.do("GET", path, nil, out)
 }
 
 func (c *client) post(path string, body any, out io.Writer) error {
@@ -152,9 +229,24 @@ func (c *client) post(path string, body any, out io.Writer) error {
 	if body != nil {
 		data, _ = json.Marshal(body)
 	}
-	resp, err := c.http.Post(c.base+path, "application/json", bytes.NewReader(data))
+	return c.do("POST", path, data, out)
+}
+
+func (c *client) do(method, path string, body []byte, out io.Writer) error {
+	if c.err != nil {
+		return c.err
+	}
+	req, err := http.NewRequest(method, c.base+path, bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("POST %s: %w", path, err)
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	return copyResponse(resp, out)
 }

@@ -2,18 +2,23 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/vipd/vipd/internal/testpki"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -153,5 +158,133 @@ func TestKeygenPrintsAValidKey(t *testing.T) {
 	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(out.String()))
 	if err != nil || len(key) != 32 {
 		t.Errorf("keygen printed %q: %v, %d bytes", out.String(), err, len(key))
+	}
+}
+
+// seenAdmin answers every call with 200 and records, per call, the
+// Authorization header and the client certificate's subject ("" without).
+func seenAdmin(t *testing.T, tc *tls.Config) (addr string, seen *[]string) {
+	t.Helper()
+	var got []string
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		client := ""
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			client = r.TLS.PeerCertificates[0].Subject.CommonName
+		}
+		got = append(got, fmt.Sprintf("%s %s auth=%q cert=%q", r.Method, r.URL.Path, r.Header.Get("Authorization"), client))
+		io.WriteString(w, `{"result":"ok"}`)
+	}))
+	if tc != nil {
+		srv.TLS = tc
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String(), &got
+}
+
+func writeFile(t *testing.T, data string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// --token-file, or VIPD_TOKEN_FILE, sends the token on every call.
+func TestTokenFileSendsABearerToken(t *testing.T) {
+	token := writeFile(t, "\ts3cret-token-0123456789\n")
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+	}{
+		{"flag", nil, []string{"--token-file", token}},
+		{"environment", map[string]string{"VIPD_TOKEN_FILE": token}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, seen := seenAdmin(t, nil)
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			for _, cmd := range [][]string{{"drain", "web", "198.18.0.21:9000"}, {"status", "--json"}} {
+				var out, errOut bytes.Buffer
+				if code := run(append(append([]string{"--admin", addr}, tc.args...), cmd...), &out, &errOut); code != 0 {
+					t.Fatalf("vipctl %v: exit %d: %s", cmd, code, errOut.String())
+				}
+			}
+			want := []string{`POST /v1/drain auth="Bearer s3cret-token-0123456789" cert=""`, `GET /status auth="Bearer s3cret-token-0123456789" cert=""`}
+			if !slices.Equal(*seen, want) {
+				t.Errorf("calls = %q, want %q", *seen, want)
+			}
+		})
+	}
+}
+
+// --cacert verifies the node, --cert and --key present a client certificate
+// (flags or VIPD_CACERT, VIPD_CERT, VIPD_KEY); they imply https.
+func TestTLSFlagsVerifyTheNodeAndPresentACertificate(t *testing.T) {
+	ca, other := testpki.NewCA(t, "vipd-test"), testpki.NewCA(t, "elsewhere")
+	nodeCert, nodeKey := ca.Issue(t, "node", netip.MustParseAddr("127.0.0.1"))
+	opCert, opKey := ca.Issue(t, "operator")
+	serving, err := tls.LoadX509KeyPair(nodeCert, nodeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, seen := seenAdmin(t, &tls.Config{Certificates: []tls.Certificate{serving}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert})
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		ok   bool
+	}{
+		{"flags", nil, []string{"--admin", addr, "--cacert", ca.CertFile, "--cert", opCert, "--key", opKey}, true},
+		{"https URL", nil, []string{"--admin", "https://" + addr + "/", "--cacert", ca.CertFile, "--cert", opCert, "--key", opKey}, true},
+		{"environment", map[string]string{"VIPD_ADMIN": addr, "VIPD_CACERT": ca.CertFile, "VIPD_CERT": opCert, "VIPD_KEY": opKey}, nil, true},
+		{"no client certificate", nil, []string{"--admin", addr, "--cacert", ca.CertFile}, false},
+		{"the node's certificate not from --cacert", nil, []string{"--admin", addr, "--cacert", other.CertFile, "--cert", opCert, "--key", opKey}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			before := len(*seen)
+			var out, errOut bytes.Buffer
+			code := run(append(tc.args, "transfer"), &out, &errOut)
+			switch {
+			case tc.ok && (code != 0 || len(*seen) != before+1 || (*seen)[before] != `POST /v1/transfer auth="" cert="operator"`):
+				t.Errorf("exit %d, %s; calls %q", code, errOut.String(), (*seen)[before:])
+			case !tc.ok && (code != 1 || len(*seen) != before || !strings.Contains(errOut.String(), "tls")):
+				t.Errorf("exit %d, %q, calls %q; want exit 1, a TLS error, no call", code, errOut.String(), (*seen)[before:])
+			}
+		})
+	}
+}
+
+// Options that cannot make a client are errors of the commands that call
+// the node, named by their flag; validate and keygen do not need a node.
+func TestClientOptionErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--token-file", "/nonexistent/admin.token", "status"}, "--token-file"},
+		{[]string{"--token-file", writeFile(t, "\n"), "status"}, "is empty"},
+		{[]string{"--cert", "/x.crt", "status"}, "--cert and --key go together"},
+		{[]string{"--admin", "http://127.0.0.1:9900", "--cacert", "/ca.pem", "status"}, "use https://127.0.0.1:9900"},
+		{[]string{"--admin", "ftp://127.0.0.1:9900", "status"}, "http or https"},
+		{[]string{"--cacert", writeFile(t, "garbage"), "status"}, "no PEM certificate"},
+	} {
+		var out, errOut bytes.Buffer
+		if code := run(tc.args, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("vipctl %q: exit %d, %q; want exit 1 mentioning %q", tc.args, code, errOut.String(), tc.want)
+		}
+	}
+	t.Setenv("VIPD_TOKEN_FILE", "/nonexistent/admin.token")
+	var out, errOut bytes.Buffer
+	if code := run([]string{"keygen"}, &out, &errOut); code != 0 {
+		t.Errorf("keygen with an unreadable VIPD_TOKEN_FILE: exit %d %s", code, errOut.String())
 	}
 }

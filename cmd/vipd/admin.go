@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
@@ -140,7 +140,7 @@ func (d *daemon) adminHandler() http.Handler {
 		writeJSON(w, http.StatusAccepted, map[string]string{"result": "leaving: releasing the VIP, handing over, draining"})
 		d.requestLeave()
 	})
-	return mux
+	return d.auth.guard(mux)
 }
 
 // backendCall handles drain and undrain: it checks the pool and backend
@@ -185,7 +185,7 @@ func (d *daemon) leaderCall(call func(*http.Request) error) http.HandlerFunc {
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("read request: %w", err))
 			return
 		}
-		r.Body = io.NopCloser(strings.NewReader(string(body)))
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		err = call(r)
 		var notLeader *election.NotLeaderError
 		switch {
@@ -205,13 +205,18 @@ func (d *daemon) leaderCall(call func(*http.Request) error) http.HandlerFunc {
 	}
 }
 
+// forward passes r to the leader with this node's own credentials.
 func (d *daemon) forward(w http.ResponseWriter, r *http.Request, body []byte, leaderAdmin string) {
-	target := &url.URL{Scheme: "http", Host: leaderAdmin}
+	target := &url.URL{Scheme: d.auth.scheme(), Host: leaderAdmin}
 	d.log.Info("forward admin call to leader", zap.String("path", r.URL.Path), zap.String("leader_admin", leaderAdmin))
-	r.Body = io.NopCloser(strings.NewReader(string(body)))
+	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.Header.Set(forwardedHeader, d.cfg.Node.Name)
 	proxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			d.auth.authorize(pr.Out.Header)
+		},
+		Transport: d.auth.forwarder,
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			writeError(w, http.StatusBadGateway, fmt.Errorf("forward to leader at %s: %w", leaderAdmin, err))
 		},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
 
 	"github.com/vipd/vipd/balancer"
 	"github.com/vipd/vipd/config"
@@ -38,6 +40,7 @@ type daemon struct {
 	mon  *health.Monitor
 	node *election.Node
 	vips *vip.Manager // nil when the config has no VIP
+	auth *adminAuth
 
 	owner *ownership.Owner // holds the VIPs while this node leads
 
@@ -75,6 +78,9 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (_ *daemon, err error) {
 		return nil, err
 	}
 	d.notify = notify
+	if d.auth, err = newAdminAuth(cfg.Admin, log.Named("admin"), d.reg); err != nil {
+		return nil, err
+	}
 
 	hopts := healthOptions(cfg)
 	hopts.Logger, hopts.Registerer = log, d.reg
@@ -251,12 +257,24 @@ func (d *daemon) startAdmin() (*http.Server, <-chan error, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("admin listener: %w", err)
 	}
+	ln = netutil.LimitListener(ln, maxAdminConns)
+	if tc := d.auth.serverTLS(); tc != nil {
+		ln = tls.NewListener(ln, tc)
+	}
+	if a := d.cfg.Admin; !a.Loopback() && !a.Authenticated() { // admin.insecure: config allowed it
+		d.log.Warn("admin API open to anyone who can reach it: admin.insecure is set and neither admin.token_file nor admin.tls.client_ca_file",
+			zap.String("listen", a.Listen))
+	}
+	http1 := new(http.Protocols)
+	http1.SetHTTP1(true) // one request at a time per connection: what the bounds assume
 	srv := &http.Server{
 		Handler:           d.adminHandler(),
-		ReadHeaderTimeout: 5 * time.Second,
+		ReadHeaderTimeout: 5 * time.Second, // also bounds the TLS handshake
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    maxAdminHeader,
+		Protocols:         http1,
 		ErrorLog:          zap.NewStdLog(d.log.Named("admin")),
 	}
 	errc := make(chan error, 1)

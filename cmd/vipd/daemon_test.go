@@ -12,8 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,12 +22,23 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/vipd/vipd/config"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain fails on leaked goroutines, except memberlist's probe of a peer:
+// memberlist.Shutdown does not wait for one in flight, which ends on its own
+// within a few probe intervals (tests with two nodes gossip; see
+// election/helpers_test.go).
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
+		goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).sendPingAndWaitForAck"))
+}
 
 // freePort returns a loopback address that was free a moment ago.
 func freePort(t *testing.T) string {
@@ -73,6 +84,8 @@ type testNode struct {
 	runErr          error          // what run returned; read after exited
 	configPath      string         // the file the daemon was started from
 	hup             chan os.Signal // stands in for SIGHUP
+	caller          *adminCaller   // how the helpers call the admin API; plain HTTP, no credentials by default
+	logs            *observer.ObservedLogs
 }
 
 const fastHealth = "{type: tcp, interval: 100ms, rise: 1, fall: 1, initial: healthy}"
@@ -83,15 +96,13 @@ const absentVIP = "vips: [{address: 198.18.0.100, interface: vipd-absent0}]"
 
 // startNode runs a single-node daemon on loopback, in process, with two
 // backends "a" and "b" checked as health says, and the extra top-level
-// config sections given; it returns once the node leads.
+// config sections given; it returns once the node leads. An extra section
+// starting with "admin:" replaces the default admin section (admin on a
+// free loopback port, no credentials).
 func startNode(t *testing.T, health string, extra ...string) *testNode {
 	t.Helper()
 	n, cfg := newTestNode(t, "solo", "bootstrap_expect: 1", health, extra...)
-	n.start(t, "solo", cfg)
-	waitFor(t, "leader and ready", func() bool {
-		var st Status
-		return n.getJSON(t, "/status", &st) == 200 && st.Ready && st.State == "leader"
-	})
+	n.start(t, cfg)
 	return n
 }
 
@@ -100,14 +111,22 @@ func startNode(t *testing.T, health string, extra ...string) *testNode {
 func launchNode(t *testing.T, name, cluster, health string) *testNode {
 	t.Helper()
 	n, cfg := newTestNode(t, name, cluster, health)
-	n.start(t, name, cfg)
+	n.launch(t, cfg)
 	return n
 }
 
 // newTestNode writes and loads the config that startNode and launchNode run.
 func newTestNode(t *testing.T, name, cluster, health string, extra ...string) (*testNode, *config.Config) {
 	t.Helper()
-	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t)}
+	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t), caller: plainCaller}
+	admin := fmt.Sprintf("admin: {listen: %s}", n.admin)
+	extra = slices.DeleteFunc(slices.Clone(extra), func(e string) bool {
+		if strings.HasPrefix(e, "admin:") {
+			admin = e
+			return true
+		}
+		return false
+	})
 	for _, backend := range []string{"a", "b"} {
 		addr, kill := namedBackend(t, backend)
 		n.backends = append(n.backends, addr)
@@ -121,9 +140,9 @@ pools:
   - name: web
     backends: [{address: %s}, {address: %s}]
     health: %s
-admin: {listen: %s}
 %s
-`, name, n.raft, n.gossip, cluster, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, n.admin, strings.Join(extra, "\n"))
+%s
+`, name, n.raft, n.gossip, cluster, t.TempDir(), n.frontend, n.backends[0], n.backends[1], health, admin, strings.Join(extra, "\n"))
 	n.configPath = filepath.Join(t.TempDir(), "vipd.yaml")
 	if err := os.WriteFile(n.configPath, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -132,16 +151,37 @@ admin: {listen: %s}
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
+	n.admin = cfg.Admin.Listen
 	return n, cfg
 }
 
-// start runs the daemon until the test ends. A node that stops by itself
-// (e.g. a port taken since freePort) fails the test with its error.
-func (n *testNode) start(t *testing.T, name string, cfg *config.Config) {
+// start runs the daemon until the test ends and waits until it leads.
+func (n *testNode) start(t *testing.T, cfg *config.Config) {
 	t.Helper()
-	logs := &logsUntilTestEnds{TB: t}
-	t.Cleanup(logs.end) // registered before the daemon's stop, so it runs after it
-	d, err := newDaemon(cfg, zaptest.NewLogger(logs))
+	n.launch(t, cfg)
+	waitFor(t, "leader and ready", func() bool {
+		var st Status
+		return n.getJSON(t, "/status", &st) == 200 && st.Ready && st.State == "leader"
+	})
+}
+
+// launch runs the daemon until the test ends. Its logs go to n.logs, and
+// to the test's output if the test failed: never to t directly, because a
+// peer's memberlist may still log a probe after its Shutdown returned, when
+// t no longer takes logs. A node that stops by itself (e.g. a port taken
+// since freePort) fails the test with its error.
+func (n *testNode) launch(t *testing.T, cfg *config.Config) {
+	t.Helper()
+	core, logs := observer.New(zapcore.DebugLevel)
+	n.logs = logs
+	t.Cleanup(func() { // registered before the stop below, so it runs after it
+		if t.Failed() {
+			for _, e := range logs.All() {
+				t.Logf("%s %s %s %s %v", e.Time.Format("15:04:05.000"), e.Level, e.LoggerName, e.Message, e.ContextMap())
+			}
+		}
+	})
+	d, err := newDaemon(cfg, zap.New(core))
 	if err != nil {
 		t.Fatalf("newDaemon: %v", err)
 	}
@@ -154,7 +194,7 @@ func (n *testNode) start(t *testing.T, name string, cfg *config.Config) {
 		defer close(n.exited)
 		n.runErr = d.run(ctx)
 		if n.runErr != nil && ctx.Err() == nil {
-			t.Errorf("node %s stopped by itself: %v", name, n.runErr)
+			t.Errorf("node %s stopped by itself: %v", cfg.Node.Name, n.runErr)
 		}
 	}()
 	n.stop = func() error {
@@ -163,29 +203,6 @@ func (n *testNode) start(t *testing.T, name string, cfg *config.Config) {
 		return n.runErr
 	}
 	t.Cleanup(func() { n.stop() })
-}
-
-// logsUntilTestEnds passes a daemon's logs to the test until it ends and
-// drops them after: memberlist's suspicion timers outlive its Shutdown and
-// may still log, which the testing package would turn into a panic.
-type logsUntilTestEnds struct {
-	testing.TB
-	mu    sync.Mutex
-	ended bool // guarded by mu
-}
-
-func (l *logsUntilTestEnds) Logf(format string, args ...any) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.ended {
-		l.TB.Logf(format, args...)
-	}
-}
-
-func (l *logsUntilTestEnds) end() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.ended = true
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -201,7 +218,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func (n *testNode) getJSON(t *testing.T, path string, v any) int {
 	t.Helper()
-	resp, err := http.Get("http://" + n.admin + path)
+	resp, err := n.caller.do("GET", n.admin, path, "")
 	if err != nil {
 		return 0
 	}
@@ -214,7 +231,7 @@ func (n *testNode) getJSON(t *testing.T, path string, v any) int {
 
 func (n *testNode) post(t *testing.T, path, body string) (int, string) {
 	t.Helper()
-	resp, err := http.Post("http://"+n.admin+path, "application/json", strings.NewReader(body))
+	resp, err := n.caller.do("POST", n.admin, path, body)
 	if err != nil {
 		t.Fatalf("POST %s: %v", path, err)
 	}
@@ -677,7 +694,7 @@ func TestChangedSectionsNamesWhatARestartWouldChange(t *testing.T) {
 // scrape reads /metrics as Prometheus does.
 func (n *testNode) scrape(t *testing.T) map[string]*dto.MetricFamily {
 	t.Helper()
-	resp, err := http.Get("http://" + n.admin + "/metrics")
+	resp, err := n.caller.do("GET", n.admin, "/metrics", "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -27,7 +28,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vipd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "path of the YAML config file (empty: the embedded single-node default)")
-	check := fs.Bool("check", false, "validate the config and exit")
+	check := fs.Bool("check", false, "validate the config, read the admin credentials it names, and exit")
 	printDefault := fs.Bool("print-default", false, "print the embedded single-node config and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -46,6 +47,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *check {
+		if _, err := newAdminAuth(cfg.Admin, zap.NewNop(), prometheus.NewRegistry()); err != nil {
+			fmt.Fprintf(stderr, "vipd: %v\n", err)
+			return 1
+		}
 		fmt.Fprintf(stdout, "config ok: node %s, %d frontends, %d pools, %d vips\n",
 			cfg.Node.Name, len(cfg.Frontends), len(cfg.Pools), len(cfg.VIPs))
 		return 0
