@@ -104,7 +104,7 @@ const (
 // flapped under full CPU load on a 2-core VM where 70 ms held. The 30 ms left
 // below the followers' earliest timeout, plus the vote round trips and the
 // new leader's Barrier, keeps a cut-off leader withdrawn before a successor
-// announces (DESIGN.md rule 6).
+// announces (docs/architecture.md rule 6).
 var timingProfiles = map[string]Timing{
 	TimingLAN: {Profile: TimingLAN, Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond},
 	TimingWAN: {Profile: TimingWAN, Heartbeat: time.Second, Election: time.Second, Lease: 500 * time.Millisecond},

@@ -280,7 +280,7 @@ func (v *validator) validateCluster(c *Cluster) {
 }
 
 // validateTiming checks the resolved timing against hashicorp/raft's limits
-// and DESIGN.md rule 6 (lease < heartbeat <= election). A profile's values
+// and docs/architecture.md rule 6 (lease < heartbeat <= election). A profile's values
 // go through the same rules as the file's.
 func (v *validator) validateTiming(t Timing) {
 	if _, ok := timingProfiles[t.Profile]; t.Profile != "" && !ok {

@@ -24,7 +24,7 @@ const (
 )
 
 // Timing is the Raft timing of a cluster, resolved and checked by config
-// (profiles, Lease < Heartbeat <= Election: DESIGN rule 6). New only refuses
+// (profiles, Lease < Heartbeat <= Election: docs/architecture.md rule 6). New only refuses
 // zero durations and what hashicorp/raft itself rejects.
 type Timing struct {
 	Heartbeat, Election, Lease time.Duration

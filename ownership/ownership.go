@@ -4,7 +4,7 @@
 // its release before it looks at anything else (docs/architecture.md rules 1
 // and 2). A hold that fails while this node still leads is started again
 // after a pause, and until a hold succeeds the Owner reports the failure, so
-// that the node tells the cluster it is unfit to lead and hands over (rule 7).
+// that the node tells the cluster it is unfit to lead and hands over (docs/architecture.md rule 7).
 //
 // It imports neither the election nor the vip package: events arrive on a
 // channel of Event and the hold is any Holder (vip.Manager is one). Today one

@@ -15,7 +15,7 @@ import (
 )
 
 // sendTimeout bounds one announcement: a slow or blocked send must never hold
-// up anything else (rule 2).
+// up anything else (docs/architecture.md rule 2).
 const sendTimeout = 200 * time.Millisecond
 
 // announcer sends announcements for one VIP and watches for other hosts

@@ -4,8 +4,9 @@
 // without duplicate address detection) with a short kernel lifetime, announces
 // it with gratuitous ARP or unsolicited neighbour advertisements, and renews
 // the lifetime on every refresh tick. If the process dies or freezes, the
-// kernel drops the address by itself once the lifetime runs out (DESIGN.md,
-// VIP rule 3). Releasing deletes the address before anything else (rule 2).
+// kernel drops the address by itself once the lifetime runs out
+// (docs/architecture.md rule 3). Releasing deletes the address before
+// anything else (rule 2).
 //
 // It needs CAP_NET_ADMIN (addresses) and CAP_NET_RAW (ARP and ICMPv6 sockets)
 // and works inside a network namespace. Only Linux is supported; on other

@@ -39,7 +39,7 @@ func prefix(a netip.Addr) *net.IPNet {
 }
 
 // RemoveStale deletes every configured VIP found on its interface, whatever
-// its prefix length (DESIGN.md rule 4: a restarted node starts clean). A
+// its prefix length (docs/architecture.md rule 4: a restarted node starts clean). A
 // missing interface holds nothing and is skipped.
 func (m *Manager) RemoveStale() error {
 	h, err := newHandle()

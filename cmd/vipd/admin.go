@@ -26,8 +26,9 @@ const forwardedHeader = "X-Vipd-Forwarded-By"
 // maxAdminBody bounds what an admin call may send.
 const maxAdminBody = 64 << 10
 
-// Status is the JSON of GET /status. Its fields are a contract (DESIGN.md):
-// extend, never rename.
+// Status is the JSON of GET /status. Its fields are a contract (the
+// design's admin API, guarded by TestStatusKeepsItsContract): extend, never
+// rename.
 type Status struct {
 	Node    string            `json:"node"`
 	State   string            `json:"state"`
