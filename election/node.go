@@ -29,6 +29,11 @@ import (
 // ErrNotLeader is wrapped by errors of calls that only the leader can serve.
 var ErrNotLeader = errors.New("not the raft leader")
 
+// ErrInvalid is wrapped by errors of calls refused for what they ask, not
+// for the cluster's state (removing a node that is not a member, or the
+// local one): asking again, or another node, cannot succeed.
+var ErrInvalid = errors.New("invalid request")
+
 // ErrNotStarted is returned by calls that need Start first (or after Shutdown).
 var ErrNotStarted = errors.New("election node not running")
 
@@ -525,7 +530,7 @@ func (n *Node) Remove(name string) error {
 		return err
 	}
 	if name == n.opts.NodeName {
-		return fmt.Errorf("remove %s: this is the local node; use leave", name)
+		return fmt.Errorf("remove %s: %w: this is the local node; use leave", name, ErrInvalid)
 	}
 	if rt.raft.State() != raft.Leader {
 		return fmt.Errorf("remove %s: %w", name, n.notLeader(rt))
@@ -535,7 +540,7 @@ func (n *Node) Remove(name string) error {
 		return fmt.Errorf("remove %s: read configuration: %w", name, err)
 	}
 	if !inConfig(f.Configuration(), name) {
-		return fmt.Errorf("remove %s: not in the raft configuration", name)
+		return fmt.Errorf("remove %s: %w: not in the raft configuration", name, ErrInvalid)
 	}
 	n.gossip.tombstone(name)
 	if err := rt.raft.RemoveServer(raft.ServerID(name), 0, n.opTimeout()).Error(); err != nil {

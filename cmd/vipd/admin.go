@@ -190,7 +190,7 @@ func (d *daemon) leaderCall(call func(*http.Request) error) http.HandlerFunc {
 			writeJSON(w, http.StatusOK, map[string]string{"result": "ok"})
 		case errors.As(err, &notLeader) && notLeader.LeaderAdmin != "" && r.Header.Get(forwardedHeader) == "":
 			d.forward(w, r, body, notLeader.LeaderAdmin)
-		case errors.As(err, new(badRequestError)):
+		case errors.As(err, new(badRequestError)) || errors.Is(err, election.ErrInvalid):
 			writeError(w, http.StatusBadRequest, err)
 		case errors.Is(err, election.ErrNotLeader):
 			writeError(w, http.StatusServiceUnavailable, err)

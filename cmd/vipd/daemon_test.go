@@ -24,7 +24,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // freePort returns a loopback address that was free a moment ago.
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -36,7 +36,7 @@ func freePort(t *testing.T) string {
 
 // namedBackend answers every connection with its name and closes. Closing
 // its listener (stop) makes it a dead backend: connects are refused.
-func namedBackend(t *testing.T, name string) (addr string, stop func()) {
+func namedBackend(t testing.TB, name string) (addr string, stop func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,7 +71,7 @@ const fastHealth = "{type: tcp, interval: 100ms, rise: 1, fall: 1, initial: heal
 
 // startNode runs a single-node daemon on loopback, in process, with two
 // backends "a" and "b" checked as health says.
-func startNode(t *testing.T, health string) *testNode {
+func startNode(t testing.TB, health string) *testNode {
 	t.Helper()
 	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t)}
 	for _, name := range []string{"a", "b"} {
@@ -124,7 +124,7 @@ admin: {listen: %s}
 	return n
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !cond() {
@@ -135,7 +135,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func (n *testNode) getJSON(t *testing.T, path string, v any) int {
+func (n *testNode) getJSON(t testing.TB, path string, v any) int {
 	t.Helper()
 	resp, err := http.Get("http://" + n.admin + path)
 	if err != nil {
