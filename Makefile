@@ -19,7 +19,8 @@ test: build
 # found, not listed: the packages with a func Fuzz in a test file, then
 # `go test -list` in each, so a new target cannot be left out. A crasher
 # fails the run and is written to that package's testdata/fuzz/FuzzX/.
-# FUZZFLAGS passes more flags (-parallel 1 keeps to one worker).
+# Minimizing each new input is capped at 5s: Go's default of 60s would use
+# up a short run. FUZZFLAGS passes more flags (-parallel 1: one worker).
 FUZZTIME  ?= 30s
 FUZZFLAGS ?=
 fuzz:
@@ -27,7 +28,7 @@ fuzz:
 		list=$$($(GO) test -list '^Fuzz' $$dir); \
 		for target in $$(echo "$$list" | grep '^Fuzz'); do \
 			echo "== $$dir $$target ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS) $$dir; \
+			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $(FUZZFLAGS) $$dir; \
 		done; \
 	done
 

@@ -48,7 +48,7 @@ func FuzzGossipMeta(f *testing.F) {
 		// What this node sends. JSON carries only valid UTF-8; every string
 		// in meta is an address or a role, which are ASCII.
 		enc := g.NodeMeta(memberlist.MetaMaxSize)
-		if !utf8.ValidString(raftAddr + role + admin) {
+		if !utf8.ValidString(raftAddr) || !utf8.ValidString(role) || !utf8.ValidString(admin) {
 			return
 		}
 		if whole, _ := json.Marshal(local); len(whole) > memberlist.MetaMaxSize {
