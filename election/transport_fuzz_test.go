@@ -113,26 +113,32 @@ func FuzzRaftHandshake(f *testing.F) {
 			}()
 		}
 
+		// Our side: the handshake result, then for the keyed peer what
+		// arrives after it, for a keyless one what a Read still yields.
 		type result struct {
-			got []byte
-			err error
+			err  error
+			got  []byte
+			read error
 		}
 		done := make(chan result, 1)
 		go func() {
+			var r result
 			var conn net.Conn
-			var err error
 			if dial {
-				conn, err = layer.Dial("peer", timeout)
-			} else {
-				conn, err = layer.Accept()
+				conn, r.err = layer.Dial("peer", timeout)
+			} else if conn, r.err = layer.Accept(); r.err == nil {
+				r.err = conn.(*authConn).auth() // what its first Read runs
 			}
-			if err != nil {
-				done <- result{err: err}
-				return
+			switch {
+			case keyed && r.err == nil:
+				r.got, r.read = io.ReadAll(conn)
+				conn.Close()
+			case !dial && conn != nil:
+				buf := make([]byte, 64)
+				n, err := conn.Read(buf)
+				r.got, r.read = buf[:n], err
 			}
-			defer conn.Close()
-			got, err := io.ReadAll(conn)
-			done <- result{got, err}
+			done <- r
 		}()
 		var r result
 		select {
@@ -144,13 +150,14 @@ func FuzzRaftHandshake(f *testing.F) {
 		<-peerDone
 
 		switch {
-		case keyed && (r.err != nil || !bytes.Equal(r.got, peerBytes)):
-			t.Fatalf("peer with the key: read %q, %v; want %q", r.got, r.err, peerBytes)
-		case !keyed && dial && r.err == nil:
-			t.Fatalf("Dial authenticated a peer without the key that sent %q", peerBytes)
-		case !keyed && !dial && (len(r.got) > 0 || r.err == nil):
-			t.Fatalf("a peer without the key that sent %q reached raft with %q (err %v)", peerBytes, r.got, r.err)
-		case !keyed && silent && len(peerBytes) >= 2*nonceLen && !errors.Is(r.err, errAuth):
+		case keyed && (r.err != nil || r.read != nil || !bytes.Equal(r.got, peerBytes)):
+			t.Fatalf("peer with the key: handshake %v, read %q, %v; want %q", r.err, r.got, r.read, peerBytes)
+		case keyed:
+		case r.err == nil:
+			t.Fatalf("authenticated a peer without the key that sent %.100q (dial %t)", peerBytes, dial)
+		case !dial && (len(r.got) > 0 || r.read == nil):
+			t.Fatalf("a peer without the key that sent %.100q reached raft with %q (read error %v)", peerBytes, r.got, r.read)
+		case silent && len(peerBytes) >= 2*nonceLen && !errors.Is(r.err, errAuth):
 			t.Fatalf("a full handshake with a wrong proof ended in %v, want %v", r.err, errAuth)
 		}
 	})
