@@ -277,6 +277,9 @@ func (v *validator) validateCluster(c *Cluster) {
 	for i, j := range c.Join {
 		v.peerAddr(fmt.Sprintf("cluster.join[%d]", i), j)
 	}
+	if c.DataDir == "" {
+		v.bad("cluster.data_dir", "", "must not be empty: Raft keeps its log and state there (leave the key out for %s)", DefaultDataDir)
+	}
 	if !v.set["cluster.bootstrap_expect"] && len(c.Join) > 0 {
 		v.bad("cluster.bootstrap_expect", "", "required when cluster.join is set: how many nodes form the first voter set")
 	} else {

@@ -114,8 +114,13 @@ func encodeValue(t *testing.T, v reflect.Value, path string) *yaml.Node {
 		for i := 0; i < v.NumField(); i++ {
 			name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")
 			field := v.Field(i)
-			if name == "" || name == "-" || (field.Kind() == reflect.Slice && field.IsNil()) {
+			switch {
+			case name == "" || name == "-":
+				continue
+			case field.Kind() == reflect.Slice && field.IsNil():
 				continue // nil and absent parse alike; [] is kept as []
+			case field.Kind() == reflect.String && field.String() == "":
+				continue // as a person writes it: a key whose presence means something must not appear
 			}
 			m.Content = append(m.Content, scalarNode("!!str", name), encodeValue(t, field, joinPath(path, name)))
 		}
