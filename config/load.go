@@ -35,11 +35,15 @@ func Parse(data []byte) (*Config, error) {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("not valid YAML: %w", err)
+		return nil, yamlError(data, err)
 	}
 	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, errors.New("more than one YAML document; vipd reads exactly one")
+	switch err := dec.Decode(&extra); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		return nil, yamlError(data, err)
+	default:
+		return nil, fmt.Errorf("line %d: a second YAML document starts here; vipd reads exactly one", extra.Line)
 	}
 	cfg := &Config{}
 	d := newDecoder()
@@ -56,6 +60,41 @@ func Parse(data []byte) (*Config, error) {
 		return nil, errors.Join(d.errs...)
 	}
 	return cfg, nil
+}
+
+// yamlError is a YAML syntax error with its line. yaml.v3 gives none for a
+// problem on the first line, a byte YAML forbids or an unknown anchor; then
+// the line is the last of the shortest run of leading lines that fails the
+// same way.
+func yamlError(data []byte, err error) error {
+	if strings.Contains(err.Error(), "line ") {
+		return fmt.Errorf("not valid YAML: %w", err)
+	}
+	for end, line := 0, 1; end < len(data); line++ {
+		if i := bytes.IndexByte(data[end:], '\n'); i >= 0 {
+			end += i + 1
+		} else {
+			end = len(data)
+		}
+		if e := firstYAMLError(data[:end]); e != nil && e.Error() == err.Error() {
+			return fmt.Errorf("not valid YAML: line %d: %w", line, err)
+		}
+	}
+	return fmt.Errorf("not valid YAML: %w", err)
+}
+
+// firstYAMLError returns the first syntax error in data's documents.
+func firstYAMLError(data []byte) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var n yaml.Node
+		if err := dec.Decode(&n); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
 }
 
 func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
@@ -267,6 +306,9 @@ func (v *validator) validateCluster(c *Cluster) {
 	v.peerAddr("cluster.gossip_bind", c.GossipBind)
 	for i, j := range c.Join {
 		v.peerAddr(fmt.Sprintf("cluster.join[%d]", i), j)
+	}
+	if c.DataDir == "" {
+		v.bad("cluster.data_dir", "", "must not be empty: Raft keeps its log and state there (leave the key out for %s)", DefaultDataDir)
 	}
 	if !v.set["cluster.bootstrap_expect"] && len(c.Join) > 0 {
 		v.bad("cluster.bootstrap_expect", "", "required when cluster.join is set: how many nodes form the first voter set")

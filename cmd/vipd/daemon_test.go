@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 }
 
 // freePort returns a loopback address that was free a moment ago.
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -53,7 +53,7 @@ func freePort(t *testing.T) string {
 
 // namedBackend answers every connection with its name and closes. Closing
 // its listener (stop) makes it a dead backend: connects are refused.
-func namedBackend(t *testing.T, name string) (addr string, stop func()) {
+func namedBackend(t testing.TB, name string) (addr string, stop func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -99,7 +99,7 @@ const absentVIP = "vips: [{address: 198.18.0.100, interface: vipd-absent0}]"
 // config sections given; it returns once the node leads. An extra section
 // starting with "admin:" replaces the default admin section (admin on a
 // free loopback port, no credentials).
-func startNode(t *testing.T, health string, extra ...string) *testNode {
+func startNode(t testing.TB, health string, extra ...string) *testNode {
 	t.Helper()
 	n, cfg := newTestNode(t, "solo", "bootstrap_expect: 1", health, extra...)
 	n.start(t, cfg)
@@ -108,7 +108,7 @@ func startNode(t *testing.T, health string, extra ...string) *testNode {
 
 // launchNode starts a daemon like startNode's, named name, with cluster
 // settings added to its own binds and data_dir, and returns at once.
-func launchNode(t *testing.T, name, cluster, health string) *testNode {
+func launchNode(t testing.TB, name, cluster, health string) *testNode {
 	t.Helper()
 	n, cfg := newTestNode(t, name, cluster, health)
 	n.launch(t, cfg)
@@ -116,7 +116,7 @@ func launchNode(t *testing.T, name, cluster, health string) *testNode {
 }
 
 // newTestNode writes and loads the config that startNode and launchNode run.
-func newTestNode(t *testing.T, name, cluster, health string, extra ...string) (*testNode, *config.Config) {
+func newTestNode(t testing.TB, name, cluster, health string, extra ...string) (*testNode, *config.Config) {
 	t.Helper()
 	n := &testNode{frontend: freePort(t), admin: freePort(t), raft: freePort(t), gossip: freePort(t), caller: plainCaller}
 	admin := fmt.Sprintf("admin: {listen: %s}", n.admin)
@@ -156,7 +156,7 @@ pools:
 }
 
 // start runs the daemon until the test ends and waits until it leads.
-func (n *testNode) start(t *testing.T, cfg *config.Config) {
+func (n *testNode) start(t testing.TB, cfg *config.Config) {
 	t.Helper()
 	n.launch(t, cfg)
 	waitFor(t, "leader and ready", func() bool {
@@ -170,7 +170,7 @@ func (n *testNode) start(t *testing.T, cfg *config.Config) {
 // peer's memberlist may still log a probe after its Shutdown returned, when
 // t no longer takes logs. A node that stops by itself (e.g. a port taken
 // since freePort) fails the test with its error.
-func (n *testNode) launch(t *testing.T, cfg *config.Config) {
+func (n *testNode) launch(t testing.TB, cfg *config.Config) {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	n.logs = logs
@@ -205,7 +205,7 @@ func (n *testNode) launch(t *testing.T, cfg *config.Config) {
 	t.Cleanup(func() { n.stop() })
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !cond() {
@@ -216,7 +216,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func (n *testNode) getJSON(t *testing.T, path string, v any) int {
+func (n *testNode) getJSON(t testing.TB, path string, v any) int {
 	t.Helper()
 	resp, err := n.caller.do("GET", n.admin, path, "")
 	if err != nil {
@@ -229,7 +229,7 @@ func (n *testNode) getJSON(t *testing.T, path string, v any) int {
 	return resp.StatusCode
 }
 
-func (n *testNode) post(t *testing.T, path, body string) (int, string) {
+func (n *testNode) post(t testing.TB, path, body string) (int, string) {
 	t.Helper()
 	resp, err := n.caller.do("POST", n.admin, path, body)
 	if err != nil {
@@ -248,7 +248,7 @@ func (n *testNode) post(t *testing.T, path, body string) (int, string) {
 
 // answer makes one connection through the frontend and returns what the
 // backend said.
-func (n *testNode) answer(t *testing.T) string {
+func (n *testNode) answer(t testing.TB) string {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", n.frontend, time.Second)
 	if err != nil {
@@ -294,7 +294,7 @@ type statusContract struct {
 // its exact key (encoding/json would match keys case-insensitively) with the
 // JSON type of the Go field, recursing into objects and every array element.
 // Arrays must not be empty, or their elements would go unchecked.
-func requireContract(t *testing.T, path string, v any, typ reflect.Type) {
+func requireContract(t testing.TB, path string, v any, typ reflect.Type) {
 	t.Helper()
 	switch typ.Kind() {
 	case reflect.Struct:
@@ -692,7 +692,7 @@ func TestChangedSectionsNamesWhatARestartWouldChange(t *testing.T) {
 }
 
 // scrape reads /metrics as Prometheus does.
-func (n *testNode) scrape(t *testing.T) map[string]*dto.MetricFamily {
+func (n *testNode) scrape(t testing.TB) map[string]*dto.MetricFamily {
 	t.Helper()
 	resp, err := n.caller.do("GET", n.admin, "/metrics", "")
 	if err != nil {
@@ -709,7 +709,7 @@ func (n *testNode) scrape(t *testing.T) map[string]*dto.MetricFamily {
 
 // metric is the value of the one series of name in /metrics whose labels
 // include the given name, value pairs (a histogram's value: its count).
-func (n *testNode) metric(t *testing.T, name string, labels ...string) float64 {
+func (n *testNode) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	var found []float64
 	n.eachSeries(t, name, func(l map[string]string, v float64) {
@@ -727,7 +727,7 @@ func (n *testNode) metric(t *testing.T, name string, labels ...string) float64 {
 }
 
 // eachSeries calls f with the labels and value of every series of name.
-func (n *testNode) eachSeries(t *testing.T, name string, f func(labels map[string]string, value float64)) {
+func (n *testNode) eachSeries(t testing.TB, name string, f func(labels map[string]string, value float64)) {
 	t.Helper()
 	fam := n.scrape(t)[name]
 	if fam == nil {
