@@ -333,3 +333,33 @@ func TestShutdownEndsPendingHeaderRead(t *testing.T) {
 	}
 	expectClosed(t, c)
 }
+
+// source_hash picks by the PROXY header's source: one source always lands
+// on one backend, and sources spread over both, although every connection
+// comes from the same sender.
+func TestAcceptProxySourceHashUsesHeaderSource(t *testing.T) {
+	pc := poolOf("source_hash", startBackend(t, namedEcho("a")), startBackend(t, namedEcho("b")))
+	b, _ := startBalancer(t, pc, acceptProxyFrontend("127.0.0.0/8", ioWait), nil)
+	pick := func(ip string) string {
+		c := dial(t, b)
+		h := proxyproto.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.ParseIP(ip), Port: 1000}, b.Addr("fe"))
+		if _, err := h.WriteTo(c); err != nil {
+			t.Fatal(err)
+		}
+		name := string(readLine(t, bufio.NewReader(c)))
+		_ = c.Close()
+		return name
+	}
+	seen := map[string]bool{}
+	for i := 1; i <= 20; i++ {
+		ip := fmt.Sprintf("198.18.0.%d", i)
+		first := pick(ip)
+		if again := pick(ip); again != first {
+			t.Fatalf("source %s went to %q, then %q", ip, first, again)
+		}
+		seen[first] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("20 header sources reached only %v: the pick ignores the header", seen)
+	}
+}
