@@ -60,6 +60,10 @@ type FrontendConfig struct {
 	Pool           string
 	MaxConnections int           // 0 = unlimited
 	IdleTimeout    time.Duration // 0 = never
+	// MaxConnectionsPerSource caps the live connections of one client IP
+	// (the PROXY header's source on an AcceptProxy frontend); 0 = unlimited.
+	MaxConnectionsPerSource int
+	AcceptProxy             *AcceptProxyConfig // nil = no PROXY header taken
 }
 
 // ConnectReporter receives the proxy's own connect outcomes (passive health).

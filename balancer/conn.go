@@ -16,21 +16,33 @@ import (
 // errIdle ends a relay whose connection saw no data for idle_timeout.
 var errIdle = errors.New("idle timeout")
 
-// handle serves one accepted client: connect to a backend, send the PROXY
-// header if asked, relay until both directions end.
+// handle serves one accepted client: admit it (PROXY header, per-source
+// limit), connect to a backend, send the PROXY header if asked, relay until
+// both directions end.
 func (f *frontend) handle(client *net.TCPConn) {
 	defer f.active.Add(-1)
 	r := f.route.Load()
-	be, server := f.connect(client, r.pool)
+	pr, ok := f.admit(client, r)
+	if !ok {
+		return
+	}
+	if r.perSource > 0 {
+		ip, _ := addrIP(pr.src)
+		if !f.perSource.acquire(ip, r.perSource) {
+			f.refuse(client, refusedPerSource)
+			return
+		}
+		defer f.perSource.release(ip)
+	}
+	be, server := f.connect(pr.src, r.pool)
 	if server == nil {
-		f.refusedNoBackend.Add(1)
-		reset(client)
+		f.refuse(client, refusedNoBackend)
 		return
 	}
 	defer be.active.Add(-1)
 	var header []byte
 	if r.pool.proxyVersion != 0 {
-		h := proxyproto.HeaderProxyFromAddrs(r.pool.proxyVersion, client.RemoteAddr(), client.LocalAddr())
+		h := proxyproto.HeaderProxyFromAddrs(r.pool.proxyVersion, pr.src, pr.dst)
 		var err error
 		if header, err = h.Format(); err != nil {
 			f.log.Warn("build PROXY header failed", zap.String("backend", be.addr), zap.Error(err))
@@ -43,12 +55,12 @@ func (f *frontend) handle(client *net.TCPConn) {
 	// a cut in progress, so no close outlives handle.
 	lp := &livePair{client: client, server: server, be: be, fe: f, header: uint64(len(header))}
 	f.b.live.add(lp)
-	var up, down int64
+	up, down := int64(len(pr.early)), int64(0)
 	defer func() { f.b.live.finish(lp, up, down) }()
 
-	if header != nil {
-		if _, err := server.Write(header); err != nil {
-			f.log.Warn("write PROXY header failed", zap.String("backend", be.addr), zap.Error(err))
+	if first := append(header, pr.early...); len(first) > 0 {
+		if _, err := server.Write(first); err != nil {
+			f.log.Warn("write PROXY header or early data failed", zap.String("backend", be.addr), zap.Error(err))
 			_ = server.Close()
 			reset(client)
 			return
@@ -59,23 +71,47 @@ func (f *frontend) handle(client *net.TCPConn) {
 	if debug {
 		start = time.Now()
 	}
-	up, down, err := relay(client, server, r.idleTimeout)
+	relayedUp, down, err := relay(client, server, r.idleTimeout)
+	up += relayedUp
 	if errors.Is(err, errIdle) {
 		f.idleClosed.Add(1)
 	}
 	if debug {
-		f.log.Debug("connection closed", zap.Stringer("client", client.RemoteAddr()), zap.String("backend", be.addr),
+		f.log.Debug("connection closed", zap.Stringer("client", pr.src), zap.String("backend", be.addr),
 			zap.Int64("bytes_up", up), zap.Int64("bytes_down", down),
 			zap.Duration("duration", time.Since(start)), zap.Error(err))
 	}
+}
+
+// admit returns the client as the frontend sees it: the socket's peer, or
+// on an accept_proxy frontend the PROXY header's source, which only a
+// trusted sender may put first. A client it refuses is reset and counted.
+func (f *frontend) admit(client *net.TCPConn, r *route) (peer, bool) {
+	ap := r.acceptProxy
+	if ap == nil {
+		return peer{src: client.RemoteAddr(), dst: client.LocalAddr()}, true
+	}
+	var pr peer
+	err := errUntrusted
+	if trusted(client.RemoteAddr(), ap.From) {
+		pr, err = readProxyHeader(f.b.hardCtx, client, ap.Timeout)
+	}
+	if err != nil {
+		why := proxyRefusal(err)
+		f.log.Debug("connection refused", zap.Stringer("client", client.RemoteAddr()),
+			zap.String("reason", refusalNames[why]), zap.Error(err))
+		f.refuse(client, why)
+		return peer{}, false
+	}
+	return pr, true
 }
 
 // connect dials backends picked by the algorithm of p (one version of the
 // pool, whatever a reload does meanwhile) until one answers, trying each at
 // most once. The client has sent nothing to anyone yet, so a retry is
 // invisible to it. It returns a nil conn when none answered.
-func (f *frontend) connect(client *net.TCPConn, p *pool) (*backend, *net.TCPConn) {
-	key := clientKey(client.RemoteAddr())
+func (f *frontend) connect(client net.Addr, p *pool) (*backend, *net.TCPConn) {
+	key := clientKey(client)
 	d := net.Dialer{Timeout: p.connectTimeout, KeepAlive: -1}
 	d.SetMultipathTCP(false)
 	var t tried

@@ -44,12 +44,15 @@ type frontend struct {
 	ln     *net.TCPListener // set by bind, under b.mu
 	served chan struct{}    // closed when serve returns: idle workers end
 
-	active           atomic.Int64
-	accepted         atomic.Uint64
-	refusedMax       atomic.Uint64
-	refusedNoBackend atomic.Uint64
-	acceptErrors     atomic.Uint64
-	idleClosed       atomic.Uint64
+	active       atomic.Int64
+	accepted     atomic.Uint64
+	refused      [refusalKinds]atomic.Uint64
+	acceptErrors atomic.Uint64
+	idleClosed   atomic.Uint64
+	// perSource counts live connections by source for
+	// max_connections_per_source; it lives as long as the frontend, so a
+	// reload that keeps the frontend keeps the counts.
+	perSource sourceCounts
 
 	idle        chan *net.TCPConn // unbuffered: serve hands a connection to a waiting worker
 	idleWorkers atomic.Int32      // workers committed to receive on idle
@@ -65,7 +68,9 @@ type frontend struct {
 type route struct {
 	pool           *pool
 	maxConnections int64         // 0 = unlimited
+	perSource      int64         // max_connections_per_source; 0 = unlimited
 	idleTimeout    time.Duration // 0 = never
+	acceptProxy    *AcceptProxyConfig
 }
 
 func newFrontend(b *Balancer, name, listen string) *frontend {
@@ -112,8 +117,7 @@ func (f *frontend) serve() {
 		f.accepted.Add(1)
 		if n, limit := f.active.Add(1), f.route.Load().maxConnections; limit > 0 && n > limit {
 			f.active.Add(-1)
-			f.refusedMax.Add(1)
-			reset(c)
+			f.refuse(c, refusedMaxConnections)
 			continue
 		}
 		if f.idleWorkers.Load() > 0 {
@@ -155,6 +159,12 @@ func (f *frontend) work(c *net.TCPConn) {
 			return
 		}
 	}
+}
+
+// refuse resets c and counts why.
+func (f *frontend) refuse(c *net.TCPConn, why refusal) {
+	f.refused[why].Add(1)
+	reset(c)
 }
 
 // reset closes c with an RST (linger 0) so a refused client learns at once.

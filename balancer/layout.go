@@ -3,6 +3,7 @@ package balancer
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -70,14 +71,30 @@ func (b *Balancer) build(frontends []FrontendConfig, pools []PoolConfig, cur *la
 			return nil, fmt.Errorf("frontend %q: max_connections %d and idle_timeout %s must not be negative",
 				fc.Name, fc.MaxConnections, fc.IdleTimeout)
 		}
+		if fc.MaxConnectionsPerSource < 0 {
+			return nil, fmt.Errorf("frontend %q: max_connections_per_source %d must not be negative", fc.Name, fc.MaxConnectionsPerSource)
+		}
+		if ap := fc.AcceptProxy; ap != nil && (len(ap.From) == 0 || ap.Timeout <= 0) {
+			return nil, fmt.Errorf("frontend %q: accept_proxy needs sources (from %v) and a timeout > 0 (%s)", fc.Name, ap.From, ap.Timeout)
+		}
 		f := running[fc.Name]
 		if f == nil || f.listen != fc.Listen {
 			f = newFrontend(b, fc.Name, fc.Listen)
 		}
 		next.frontends = append(next.frontends, f)
-		next.routes = append(next.routes, &route{pool: p, maxConnections: int64(fc.MaxConnections), idleTimeout: fc.IdleTimeout})
+		next.routes = append(next.routes, &route{pool: p, maxConnections: int64(fc.MaxConnections),
+			perSource: int64(fc.MaxConnectionsPerSource), idleTimeout: fc.IdleTimeout, acceptProxy: cloneAcceptProxy(fc.AcceptProxy)})
 	}
 	return next, nil
+}
+
+// cloneAcceptProxy copies ap, so a caller's later change to its slice
+// cannot reach a running route.
+func cloneAcceptProxy(ap *AcceptProxyConfig) *AcceptProxyConfig {
+	if ap == nil {
+		return nil
+	}
+	return &AcceptProxyConfig{From: slices.Clone(ap.From), Timeout: ap.Timeout}
 }
 
 // bindNew binds the frontends that have no listener yet. If one cannot be
@@ -154,7 +171,8 @@ func (b *Balancer) commitLocked(cur, next *layout) retired {
 // what differs changes:
 //
 //   - A frontend with the same name and listen address keeps its listener,
-//     its accept loop and its counters; its pool, max_connections and
+//     its accept loop, its counters and its per-source counts; its pool,
+//     max_connections, max_connections_per_source, accept_proxy and
 //     idle_timeout apply to the connections it accepts from now on. Any
 //     other frontend is new: bound (while started) and served. A frontend
 //     whose listen address changed is removed and added.

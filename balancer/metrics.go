@@ -33,7 +33,7 @@ func newMetrics() *metrics {
 		}, be),
 		feActive:        prometheus.NewDesc("vipd_frontend_active_connections", "Client connections open on a frontend.", fe, nil),
 		feAccepted:      prometheus.NewDesc("vipd_frontend_connections_total", "Client connections accepted by a frontend, refused ones included.", fe, nil),
-		feRefused:       prometheus.NewDesc("vipd_frontend_refused_connections_total", "Client connections closed at once, by reason (max_connections, no_backend).", []string{"frontend", "reason"}, nil),
+		feRefused:       prometheus.NewDesc("vipd_frontend_refused_connections_total", "Client connections closed at once, by reason (max_connections, no_backend, per_source, proxy_untrusted, proxy_bad_header, proxy_timeout).", []string{"frontend", "reason"}, nil),
 		feAcceptErrors:  prometheus.NewDesc("vipd_frontend_accept_errors_total", "Failed accept calls (such as EMFILE), each followed by a backoff pause.", fe, nil),
 		feIdleClosed:    prometheus.NewDesc("vipd_frontend_idle_timeouts_total", "Connections closed after idle_timeout without data either way.", fe, nil),
 		beActive:        prometheus.NewDesc("vipd_backend_active_connections", "Connections open (or being opened) to a backend.", be, nil),
@@ -65,8 +65,9 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		n := f.name
 		ch <- prometheus.MustNewConstMetric(m.feActive, gauge, float64(f.active.Load()), n)
 		ch <- prometheus.MustNewConstMetric(m.feAccepted, counter, float64(f.accepted.Load()), n)
-		ch <- prometheus.MustNewConstMetric(m.feRefused, counter, float64(f.refusedMax.Load()), n, "max_connections")
-		ch <- prometheus.MustNewConstMetric(m.feRefused, counter, float64(f.refusedNoBackend.Load()), n, "no_backend")
+		for r := range refusalKinds {
+			ch <- prometheus.MustNewConstMetric(m.feRefused, counter, float64(f.refused[r].Load()), n, refusalNames[r])
+		}
 		ch <- prometheus.MustNewConstMetric(m.feAcceptErrors, counter, float64(f.acceptErrors.Load()), n)
 		ch <- prometheus.MustNewConstMetric(m.feIdleClosed, counter, float64(f.idleClosed.Load()), n)
 	}

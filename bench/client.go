@@ -179,6 +179,14 @@ func ConnRate(ctx context.Context, addr string, workers int, d time.Duration) La
 	})
 }
 
+// ConnOnce makes one exchange of the connection-rate workload through
+// addr: a small request, a small reply, the backend's close.
+func ConnOnce(ctx context.Context, addr string) error {
+	req := make([]byte, connRequestSize)
+	req[0] = modeConn
+	return connOnce(ctx, addr, req)
+}
+
 func connOnce(ctx context.Context, addr string, req []byte) error {
 	c, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -252,6 +260,21 @@ func Pairs(ctx context.Context, addr string, conns int, d time.Duration) (Latenc
 // the backend holds all of them (so a proxy has both legs of each open). The
 // caller must close what is returned, also on error.
 func OpenIdle(ctx context.Context, addr string, n int, backend *Backend) ([]net.Conn, error) {
+	cs, err := DialIdle(ctx, addr, n)
+	if err != nil {
+		return cs, err
+	}
+	err = waitFor(ctx, 30*time.Second, func() bool { return backend.IdleConns() >= int64(n) })
+	if err != nil {
+		return cs, fmt.Errorf("idle: backend holds %d of %d connections: %w", backend.IdleConns(), n, err)
+	}
+	return cs, nil
+}
+
+// DialIdle opens n idle-mode connections to addr, 64 at a time, without
+// waiting for a backend to hold them. The caller must close what is
+// returned, also on error.
+func DialIdle(ctx context.Context, addr string, n int) ([]net.Conn, error) {
 	cs := make([]net.Conn, n)
 	errs := make([]error, n)
 	sem := make(chan struct{}, 64)
@@ -273,14 +296,7 @@ func OpenIdle(ctx context.Context, addr string, n int, backend *Backend) ([]net.
 	}
 	wg.Wait()
 	cs = slices.DeleteFunc(cs, func(c net.Conn) bool { return c == nil })
-	if err := errors.Join(errs...); err != nil {
-		return cs, err
-	}
-	err := waitFor(ctx, 30*time.Second, func() bool { return backend.IdleConns() >= int64(n) })
-	if err != nil {
-		return cs, fmt.Errorf("idle: backend holds %d of %d connections: %w", backend.IdleConns(), n, err)
-	}
-	return cs, nil
+	return cs, errors.Join(errs...)
 }
 
 // waitFor polls cond every 20ms until it holds, ctx is done or timeout passes.

@@ -23,6 +23,8 @@ type Target struct {
 	Name string   // "direct", "haproxy", "vipd" or the name of another vipd build
 	Addr string   // where the client connects
 	Proc *Process // the proxy process; nil for direct
+	// Admin is vipd's admin address (/metrics); empty for other targets.
+	Admin string
 }
 
 // Stop stops the target's process, if it has one.
@@ -181,7 +183,7 @@ func StartVipd(ctx context.Context, name, bin, dir, backend string, maxConn int,
 	if err != nil {
 		return nil, err
 	}
-	t := &Target{Name: name, Addr: p.Listen, Proc: proc}
+	t := &Target{Name: name, Addr: p.Listen, Proc: proc, Admin: p.Admin}
 	ready := func(ctx context.Context) bool {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.Admin+"/readyz", nil)
 		if err != nil {

@@ -139,6 +139,46 @@ type Frontend struct {
 	Pool           string        `yaml:"pool"`
 	MaxConnections int           `yaml:"max_connections"`
 	IdleTimeout    time.Duration `yaml:"idle_timeout"`
+	// MaxConnectionsPerSource caps the live connections of one client IP
+	// (the PROXY source on an accept_proxy frontend); 0: no limit.
+	MaxConnectionsPerSource int         `yaml:"max_connections_per_source"`
+	AcceptProxy             AcceptProxy `yaml:"accept_proxy,omitempty"`
+}
+
+// AcceptProxy makes a frontend take a PROXY v1/v2 header from the sources
+// in From; it is on when From lists any.
+type AcceptProxy struct {
+	From    Prefixes      `yaml:"from"`
+	Timeout time.Duration `yaml:"timeout"` // for the whole header
+}
+
+// Prefixes is a list of CIDR prefixes (198.18.0.0/24, 2001:2::/48); a
+// bare address is its own /32 or /128.
+type Prefixes []netip.Prefix
+
+func (ps *Prefixes) decodeNode(d *decoder, n *yaml.Node, path string) {
+	if n.Kind != yaml.SequenceNode {
+		d.fail(path, n, "expected a list of CIDR prefixes, found %s", kindName(n))
+		return
+	}
+	*ps = make(Prefixes, 0, len(n.Content))
+	for i, item := range n.Content {
+		itemPath := fmt.Sprintf("%s[%d]", path, i)
+		d.lines[itemPath] = item.Line
+		if !d.expectScalar(item, itemPath) {
+			continue
+		}
+		p, err := netip.ParsePrefix(item.Value)
+		if err != nil {
+			a, aerr := netip.ParseAddr(item.Value)
+			if aerr != nil || a.Zone() != "" {
+				d.fail(itemPath, item, "not a CIDR prefix such as 198.18.0.0/24")
+				continue
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		*ps = append(*ps, p.Masked())
+	}
 }
 
 // Balancing algorithms.

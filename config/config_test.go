@@ -2,8 +2,10 @@ package config
 
 import (
 	"encoding/base64"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -149,6 +151,16 @@ func TestConfigErrors(t *testing.T) {
 			[]string{"line 4", "pools[0].algorithm", `"fastest"`, "round_robin, least_conn, random2, source_hash"}},
 		{"bad number", pool + "frontends:\n  - {name: f, listen: 127.0.0.1:80, pool: p, max_connections: lots}\n",
 			[]string{"line 5", "frontends[0].max_connections", "not a whole number"}},
+		{"negative per-source limit", pool + "frontends:\n  - {name: f, listen: 127.0.0.1:80, pool: p, max_connections_per_source: -1}\n",
+			[]string{"line 5", "frontends[0].max_connections_per_source", `"-1"`, "at least 0"}},
+		{"bad accept_proxy CIDR", pool + "frontends:\n  - name: f\n    listen: 127.0.0.1:80\n    pool: p\n    accept_proxy: {from: [198.18.0.0/24, 198.18.0.0/33]}\n",
+			[]string{"line 8", "frontends[0].accept_proxy.from[1]", `"198.18.0.0/33"`, "not a CIDR prefix"}},
+		{"accept_proxy from not a list", pool + "frontends:\n  - {name: f, listen: 127.0.0.1:80, pool: p, accept_proxy: {from: 198.18.0.0/24}}\n",
+			[]string{"line 5", "frontends[0].accept_proxy.from", "expected a list of CIDR prefixes"}},
+		{"accept_proxy without from", pool + "frontends:\n  - {name: f, listen: 127.0.0.1:80, pool: p, accept_proxy: {timeout: 1s}}\n",
+			[]string{"frontends[0].accept_proxy.from", "required"}},
+		{"accept_proxy zero timeout", pool + "frontends:\n  - {name: f, listen: 127.0.0.1:80, pool: p, accept_proxy: {from: [198.18.0.0/24], timeout: 0s}}\n",
+			[]string{"line 5", "frontends[0].accept_proxy.timeout", `"0s"`, "greater than zero"}},
 		{"zero weight", "pools:\n  - name: p\n    backends: [{address: 127.0.0.1:9000, weight: 0}]\n",
 			[]string{"line 3", "pools[0].backends[0].weight", "1-256"}},
 		{"bad status range", pool + "    health: {type: http, expect_status: [\"299-200\"]}\n",
@@ -320,5 +332,24 @@ func TestAdminAuthenticationRule(t *testing.T) {
 		case tc.ok && cfg.Admin.OpenReads != tc.openReads:
 			t.Errorf("admin %s: open_reads = %v, want %v", tc.admin, cfg.Admin.OpenReads, tc.openReads)
 		}
+	}
+}
+
+// accept_proxy's sources parse to masked prefixes (a bare address is its
+// own host prefix) and its timeout defaults to 3s.
+func TestAcceptProxyParses(t *testing.T) {
+	cfg, err := Parse([]byte(`
+pools: [{name: p, backends: [{address: 127.0.0.1:9000}]}]
+frontends:
+  - {name: f, listen: 127.0.0.1:80, pool: p, max_connections_per_source: 5,
+     accept_proxy: {from: [198.18.0.9/24, "2001:2::1"]}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe := cfg.Frontends[0]
+	want := Prefixes{netip.MustParsePrefix("198.18.0.0/24"), netip.MustParsePrefix("2001:2::1/128")}
+	if !slices.Equal(fe.AcceptProxy.From, want) || fe.AcceptProxy.Timeout != 3*time.Second || fe.MaxConnectionsPerSource != 5 {
+		t.Fatalf("accept_proxy %+v, per source %d; want from %v, timeout 3s, 5", fe.AcceptProxy, fe.MaxConnectionsPerSource, want)
 	}
 }

@@ -94,7 +94,7 @@ func documentedDefaults(t *testing.T) map[string][]string {
 func TestLoadedDefaultsAreTheDocumentedOnes(t *testing.T) {
 	cfg, err := Parse([]byte(`
 vips: [{address: 198.18.0.100, interface: eth0}]
-frontends: [{name: web, listen: 127.0.0.1:8080, pool: api}]
+frontends: [{name: web, listen: 127.0.0.1:8080, pool: api, accept_proxy: {from: [198.18.0.0/24]}}]
 pools:
   - {name: api, backends: [{address: 127.0.0.1:9000}], health: {type: http}}
   - {name: tcp, backends: [{address: 127.0.0.1:9001}]}
@@ -108,38 +108,40 @@ pools:
 		statuses = append(statuses, fmt.Sprintf("%q", r.String()))
 	}
 	loaded := map[string][]any{
-		"node.shutdown_grace":          {cfg.Node.ShutdownGrace},
-		"cluster.raft_bind":            {cfg.Cluster.RaftBind},
-		"cluster.gossip_bind":          {cfg.Cluster.GossipBind},
-		"cluster.join":                 {fmt.Sprintf("[%s]", strings.Join(cfg.Cluster.Join, ", "))},
-		"cluster.bootstrap_expect":     {cfg.Cluster.BootstrapExpect},
-		"cluster.data_dir":             {cfg.Cluster.DataDir},
-		"cluster.role":                 {cfg.Cluster.Role},
-		"cluster.timing":               {cfg.Cluster.Timing.Profile},
-		"cluster.fitness_grace":        {cfg.Cluster.FitnessGrace},
-		"cluster.reconnect_timeout":    {cfg.Cluster.ReconnectTimeout},
-		"vips.lifetime":                {vip.Lifetime},
-		"vips.refresh":                 {vip.Refresh},
-		"vips.announce_count":          {vip.AnnounceCount},
-		"vips.announce_interval":       {vip.AnnounceInterval},
-		"frontends.max_connections":    {fe.MaxConnections},
-		"frontends.idle_timeout":       {fe.IdleTimeout},
-		"pools.algorithm":              {api.Algorithm},
-		"pools.connect_timeout":        {api.ConnectTimeout},
-		"pools.proxy_protocol":         {api.ProxyProtocol},
-		"pools.slow_start":             {api.SlowStart},
-		"pools.health.type":            {tcp.Health.Type},
-		"pools.health.path":            {api.Health.Path},
-		"pools.health.expect_status":   {"[" + strings.Join(statuses, ", ") + "]"},
-		"pools.health.tls_skip_verify": {api.Health.TLSSkipVerify},
-		"pools.health.interval":        {api.Health.Interval},
-		"pools.health.timeout":         {api.Health.Timeout},
-		"pools.health.rise / fall":     {api.Health.Rise, api.Health.Fall},
-		"pools.health.initial":         {tcp.Health.Initial},
-		"admin.listen":                 {cfg.Admin.Listen},
-		"admin.insecure":               {cfg.Admin.Insecure},
-		"log.level":                    {cfg.Log.Level},
-		"log.format":                   {cfg.Log.Format},
+		"node.shutdown_grace":                  {cfg.Node.ShutdownGrace},
+		"cluster.raft_bind":                    {cfg.Cluster.RaftBind},
+		"cluster.gossip_bind":                  {cfg.Cluster.GossipBind},
+		"cluster.join":                         {fmt.Sprintf("[%s]", strings.Join(cfg.Cluster.Join, ", "))},
+		"cluster.bootstrap_expect":             {cfg.Cluster.BootstrapExpect},
+		"cluster.data_dir":                     {cfg.Cluster.DataDir},
+		"cluster.role":                         {cfg.Cluster.Role},
+		"cluster.timing":                       {cfg.Cluster.Timing.Profile},
+		"cluster.fitness_grace":                {cfg.Cluster.FitnessGrace},
+		"cluster.reconnect_timeout":            {cfg.Cluster.ReconnectTimeout},
+		"vips.lifetime":                        {vip.Lifetime},
+		"vips.refresh":                         {vip.Refresh},
+		"vips.announce_count":                  {vip.AnnounceCount},
+		"vips.announce_interval":               {vip.AnnounceInterval},
+		"frontends.max_connections":            {fe.MaxConnections},
+		"frontends.idle_timeout":               {fe.IdleTimeout},
+		"pools.algorithm":                      {api.Algorithm},
+		"pools.connect_timeout":                {api.ConnectTimeout},
+		"pools.proxy_protocol":                 {api.ProxyProtocol},
+		"pools.slow_start":                     {api.SlowStart},
+		"pools.health.type":                    {tcp.Health.Type},
+		"pools.health.path":                    {api.Health.Path},
+		"pools.health.expect_status":           {"[" + strings.Join(statuses, ", ") + "]"},
+		"pools.health.tls_skip_verify":         {api.Health.TLSSkipVerify},
+		"pools.health.interval":                {api.Health.Interval},
+		"pools.health.timeout":                 {api.Health.Timeout},
+		"pools.health.rise / fall":             {api.Health.Rise, api.Health.Fall},
+		"pools.health.initial":                 {tcp.Health.Initial},
+		"admin.listen":                         {cfg.Admin.Listen},
+		"admin.insecure":                       {cfg.Admin.Insecure},
+		"log.level":                            {cfg.Log.Level},
+		"log.format":                           {cfg.Log.Format},
+		"frontends.max_connections_per_source": {fe.MaxConnectionsPerSource},
+		"frontends.accept_proxy.timeout":       {fe.AcceptProxy.Timeout},
 	}
 	documented := documentedDefaults(t)
 	for key, want := range documented {

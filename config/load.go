@@ -116,6 +116,7 @@ const (
 	DefaultAnnounceInterval = 400 * time.Millisecond // 4 × 400 ms spans Linux's 1 s arp locktime
 	DefaultMaxConnections   = 10000
 	DefaultIdleTimeout      = time.Hour
+	DefaultProxyTimeout     = 3 * time.Second
 	DefaultConnectTimeout   = time.Second
 	DefaultCheckInterval    = time.Second
 	DefaultCheckTimeout     = 500 * time.Millisecond
@@ -176,6 +177,9 @@ func (v *validator) applyDefaults(c *Config) {
 		fe, path := &c.Frontends[i], fmt.Sprintf("frontends[%d].", i)
 		setDefault(v, path+"max_connections", &fe.MaxConnections, DefaultMaxConnections)
 		setDefault(v, path+"idle_timeout", &fe.IdleTimeout, DefaultIdleTimeout)
+		if v.set[path+"accept_proxy"] { // off without the section: no timeout to default
+			setDefault(v, path+"accept_proxy.timeout", &fe.AcceptProxy.Timeout, DefaultProxyTimeout)
+		}
 	}
 	for i := range c.Pools {
 		p, path := &c.Pools[i], fmt.Sprintf("pools[%d].", i)
@@ -500,5 +504,12 @@ func (v *validator) validateFrontends(frontends []Frontend, pools map[string]boo
 		}
 		v.atLeast(path+".max_connections", fe.MaxConnections, 1)
 		v.positive(path+".idle_timeout", fe.IdleTimeout)
+		v.atLeast(path+".max_connections_per_source", fe.MaxConnectionsPerSource, 0)
+		if v.set[path+".accept_proxy"] {
+			if len(fe.AcceptProxy.From) == 0 {
+				v.bad(path+".accept_proxy.from", "", "required: the sources allowed to send a PROXY header")
+			}
+			v.positive(path+".accept_proxy.timeout", fe.AcceptProxy.Timeout)
+		}
 	}
 }

@@ -121,6 +121,8 @@ func encodeValue(t *testing.T, v reflect.Value, path string) *yaml.Node {
 				continue // nil and absent parse alike; [] is kept as []
 			case field.Kind() == reflect.String && field.String() == "":
 				continue // as a person writes it: a key whose presence means something must not appear
+			case field.Kind() == reflect.Struct && field.IsZero() && strings.Contains(v.Type().Field(i).Tag.Get("yaml"), "omitempty"):
+				continue // an optional section that is off (accept_proxy) is left out, as a person leaves it out
 			}
 			m.Content = append(m.Content, scalarNode("!!str", name), encodeValue(t, field, joinPath(path, name)))
 		}

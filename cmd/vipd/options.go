@@ -21,10 +21,15 @@ var _ balancer.Health = (*health.Backend)(nil)
 func balancerOptions(cfg *config.Config, mon *health.Monitor) (balancer.Options, error) {
 	var opts balancer.Options
 	for _, fe := range cfg.Frontends {
-		opts.Frontends = append(opts.Frontends, balancer.FrontendConfig{
+		fc := balancer.FrontendConfig{
 			Name: fe.Name, Listen: fe.Listen, Pool: fe.Pool,
 			MaxConnections: fe.MaxConnections, IdleTimeout: fe.IdleTimeout,
-		})
+			MaxConnectionsPerSource: fe.MaxConnectionsPerSource,
+		}
+		if ap := fe.AcceptProxy; len(ap.From) > 0 {
+			fc.AcceptProxy = &balancer.AcceptProxyConfig{From: ap.From, Timeout: ap.Timeout}
+		}
+		opts.Frontends = append(opts.Frontends, fc)
 	}
 	for _, p := range cfg.Pools {
 		pc := balancer.PoolConfig{

@@ -79,3 +79,34 @@ func TestBalancerAvailabilityIsTheMonitorsState(t *testing.T) {
 		}
 	}
 }
+
+// A frontend's data-plane limits reach the balancer as written; a frontend
+// without accept_proxy takes no PROXY header.
+func TestBalancerOptionsCarryFrontendLimits(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+pools: [{name: web, backends: [{address: 127.0.0.1:9000}], health: {type: none}}]
+frontends:
+  - {name: a, listen: 127.0.0.1:8080, pool: web, max_connections_per_source: 7,
+     accept_proxy: {from: [198.18.0.0/24], timeout: 2s}}
+  - {name: b, listen: 127.0.0.1:8081, pool: web}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mon, err := health.NewMonitor(healthOptions(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := balancerOptions(cfg, mon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := opts.Frontends[0], opts.Frontends[1]
+	if ap := a.AcceptProxy; a.MaxConnectionsPerSource != 7 || ap == nil || len(ap.From) != 1 ||
+		ap.From[0].String() != "198.18.0.0/24" || ap.Timeout != 2*time.Second {
+		t.Fatalf("frontend a: per source %d, accept_proxy %+v", a.MaxConnectionsPerSource, a.AcceptProxy)
+	}
+	if b.AcceptProxy != nil || b.MaxConnectionsPerSource != 0 {
+		t.Fatalf("frontend b: per source %d, accept_proxy %+v, want neither", b.MaxConnectionsPerSource, b.AcceptProxy)
+	}
+}
