@@ -24,6 +24,7 @@ type meta struct {
 	Leaving   bool   `json:"x,omitempty"` // set before a deliberate Leave
 	Clustered bool   `json:"c,omitempty"` // has Raft state: nobody may bootstrap beside it
 	Started   int64  `json:"s"`           // start time: a restart changes the metadata
+	Config    string `json:"d,omitempty"` // the digest of the config the node runs
 }
 
 func (m meta) fitness() Fitness {

@@ -14,7 +14,6 @@ import (
 	"reflect"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -141,12 +140,12 @@ func (n *testNode) start(t *testing.T, name string, cfg *config.Config) {
 	t.Helper()
 	logs := &logsUntilTestEnds{TB: t}
 	t.Cleanup(logs.end) // registered before the daemon's stop, so it runs after it
-	d, err := newDaemon(cfg, zaptest.NewLogger(logs))
+	d, err := newDaemon(cfg, n.configPath, zaptest.NewLogger(logs), nil)
 	if err != nil {
 		t.Fatalf("newDaemon: %v", err)
 	}
 	n.hup = make(chan os.Signal)
-	d.configPath, d.hup = n.configPath, n.hup
+	d.hup = n.hup
 	n.d = d
 	ctx, cancel := context.WithCancel(context.Background())
 	n.exited = make(chan struct{})
@@ -576,7 +575,7 @@ func TestAFailedStartLeavesNothingRunning(t *testing.T) {
 			t.Cleanup(func() { goleak.VerifyNone(t, before) }) // last: after the backends stop
 			n, cfg := newTestNode(t, "solo", "bootstrap_expect: 1", fastHealth, absentVIP)
 			tc.setup(t, n, cfg)
-			d, err := newDaemon(cfg, zaptest.NewLogger(t))
+			d, err := newDaemon(cfg, "", zaptest.NewLogger(t), nil)
 			if err == nil {
 				err = d.run(context.Background())
 			}
@@ -596,81 +595,6 @@ func TestCheckFlagValidatesOnly(t *testing.T) {
 	errOut.Reset()
 	if code := run([]string{"--check", "--config", "/nonexistent.yaml"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "nonexistent.yaml") {
 		t.Errorf("--check of a missing file: exit %d, %q", code, errOut.String())
-	}
-}
-
-// SIGHUP is keepalived's and HAProxy's reload signal. vipd checks the config
-// file instead: it says whether a restart would change anything, refuses an
-// invalid file, and changes nothing in the running daemon either way.
-func TestSIGHUPChecksTheConfigFileAndChangesNothing(t *testing.T) {
-	n := startNode(t, fastHealth)
-	orig, err := os.ReadFile(n.configPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	weighted := strings.Replace(string(orig), "{address: "+n.backends[1]+"}", "{address: "+n.backends[1]+", weight: 3}", 1)
-	if weighted == string(orig) {
-		t.Fatal("test bug: the edit did not apply")
-	}
-	counts := map[configCheck]float64{}
-	for _, step := range []struct {
-		file    string
-		doc     string
-		result  configCheck
-		pending float64
-	}{
-		{"the file it started from", string(orig), configUnchanged, 0},
-		{"a backend weight edited", weighted, configChanged, 1},
-		{"an invalid file", string(orig) + "bogus: 1\n", configInvalid, 1}, // pending stays as it was
-		{"the original again", string(orig), configUnchanged, 0},
-	} {
-		if err := os.WriteFile(n.configPath, []byte(step.doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		n.hup <- syscall.SIGHUP
-		counts[step.result]++
-		waitFor(t, step.file+" checked", func() bool {
-			return n.metric(t, "vipd_config_checks_total", "result", string(step.result)) == counts[step.result]
-		})
-		if got := n.metric(t, "vipd_config_restart_pending"); got != step.pending {
-			t.Errorf("%s: vipd_config_restart_pending = %v, want %v", step.file, got, step.pending)
-		}
-	}
-	var st Status
-	if n.getJSON(t, "/status", &st) != 200 || st.State != "leader" || !st.Ready {
-		t.Fatalf("after the checks: state %q ready %v", st.State, st.Ready)
-	}
-	for _, p := range st.Pools {
-		for _, b := range p.Backends {
-			if b.Weight != 1 {
-				t.Errorf("backend %s has weight %d: a SIGHUP changed the running config", b.Address, b.Weight)
-			}
-		}
-	}
-	if got := n.answer(t); got == "" {
-		t.Error("no answer through the frontend after the checks")
-	}
-}
-
-func TestChangedSectionsNamesWhatARestartWouldChange(t *testing.T) {
-	running, err := config.Parse(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := config.Parse([]byte("log: {level: debug}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := changedSections(running, running); len(got) != 0 {
-		t.Errorf("a config against itself: %v", got)
-	}
-	if got := strings.Join(changedSections(running, next), ","); got != "log" {
-		t.Errorf("log level changed: sections %q, want log", got)
-	}
-	keyed := *running
-	keyed.Cluster.SecretKeys = [][]byte{[]byte("another key")}
-	if got := strings.Join(changedSections(running, &keyed), ","); got != "cluster" {
-		t.Errorf("secret content changed: sections %q, want cluster", got)
 	}
 }
 
