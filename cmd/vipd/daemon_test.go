@@ -251,6 +251,7 @@ type statusContract struct {
 	State  string `json:"state"`
 	Leader string `json:"leader"`
 	Term   uint64 `json:"term"`
+	Digest string `json:"config_digest"`
 	VIPs   []struct {
 		Address   string `json:"address"`
 		Interface string `json:"interface"`
@@ -261,6 +262,7 @@ type statusContract struct {
 		RaftAddr string `json:"raft_addr"`
 		Voter    bool   `json:"voter"`
 		Alive    bool   `json:"alive"`
+		Digest   string `json:"config_digest"`
 	} `json:"members"`
 	Pools []struct {
 		Name     string `json:"name"`
