@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -349,4 +350,28 @@ func TestSystemdSeesReloadingThenReady(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// The replicated drain intent follows the backend set: a drained backend
+// that a reload removes and a later reload lists again is drained again,
+// though the balancer gives a new backend no drain mark of its own.
+func TestDrainIntentIsReappliedAfterAReload(t *testing.T) {
+	n := startNode(t, fastHealth)
+	drained := n.backends[1]
+	if code, out := n.post(t, "/v1/drain", fmt.Sprintf(`{"pool":"web","backend":%q}`, drained)); code != 200 {
+		t.Fatalf("drain: HTTP %d %s", code, out)
+	}
+	waitFor(t, "drain applied", func() bool { return n.backendsOf(t)[drained].Drained })
+	if code, res := n.reloadFile(t, n.withBackends(t, n.backends[0])); code != 200 || res.Result != reconcile.Applied {
+		t.Fatalf("reload without b: %d %+v", code, res)
+	}
+	if code, res := n.reloadFile(t, n.withBackends(t, n.backends[0], drained)); code != 200 || res.Result != reconcile.Applied {
+		t.Fatalf("reload with b again: %d %+v", code, res)
+	}
+	waitFor(t, "b drained again after the reload", func() bool { return n.backendsOf(t)[drained].Drained })
+	for i := range 4 {
+		if got := n.answer(t); got != "a" {
+			t.Fatalf("connection %d went to %q; b is drained", i, got)
+		}
+	}
 }
