@@ -26,10 +26,11 @@ type meta struct {
 	LinkUp bool `json:"l"`
 	// VIPHoldFailed is omitted when false: metadata without it (an older
 	// node) reads as no failed hold.
-	VIPHoldFailed bool  `json:"vf,omitempty"`
-	Leaving       bool  `json:"x,omitempty"` // set before a deliberate Leave
-	Clustered     bool  `json:"c,omitempty"` // has Raft state: nobody may bootstrap beside it
-	Started       int64 `json:"s"`           // start time: a restart changes the metadata
+	VIPHoldFailed bool   `json:"vf,omitempty"`
+	Leaving       bool   `json:"x,omitempty"` // set before a deliberate Leave
+	Clustered     bool   `json:"c,omitempty"` // has Raft state: nobody may bootstrap beside it
+	Started       int64  `json:"s"`           // start time: a restart changes the metadata
+	Config        string `json:"d,omitempty"` // the digest of the config the node runs
 }
 
 func (m meta) fitness() Fitness {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,6 +72,7 @@ type Member struct {
 	VIPHoldFailed bool   `json:"vip_hold_failed"` // its last VIP claim failed
 	Fit           bool   `json:"fit"`             // may take leadership for being healthy
 	AdminAddr     string `json:"admin_addr"`
+	ConfigDigest  string `json:"config_digest"` // of the config it runs, as it gossips it
 }
 
 // Node is one member of the election cluster. Create with New, run with Start,
@@ -104,6 +106,7 @@ type Node struct {
 	mu          sync.Mutex // guards the fields below
 	fitness     Fitness
 	leavingOn   bool
+	configSum   string                      // this node's config digest, gossiped
 	unreachable map[raft.ServerID]time.Time // leader's failed heartbeats: peer -> last failure
 	prevLeader  raft.ServerID               // the last other node seen leading
 }
@@ -183,6 +186,7 @@ func New(opts Options) (*Node, error) {
 	worst := n.localMeta()
 	worst.Pools, worst.Healthy, worst.Started, worst.LinkUp, worst.VIPHoldFailed, worst.Leaving, worst.Clustered =
 		math.MaxInt64, math.MaxInt64, math.MaxInt64, true, true, true, true
+	worst.Config = strings.Repeat("f", maxDigestLen)
 	if b, _ := json.Marshal(worst); len(b) > memberlist.MetaMaxSize {
 		return nil, fmt.Errorf("election options: node metadata of %q needs %d bytes, gossip allows %d: shorten name or addresses",
 			opts.NodeName, len(b), memberlist.MetaMaxSize)
@@ -388,12 +392,13 @@ func (n *Node) memberlistConfig() *memberlist.Config {
 // localMeta is this node's gossip record.
 func (n *Node) localMeta() meta {
 	n.mu.Lock()
-	f, leaving := n.fitness, n.leavingOn
+	f, leaving, digest := n.fitness, n.leavingOn, n.configSum
 	n.mu.Unlock()
 	return meta{
 		RaftAddr: n.opts.RaftBind, Role: n.opts.Role, Admin: n.opts.AdminAddr,
 		Pools: f.Pools, Healthy: f.HealthyPools, LinkUp: f.LinkUp, VIPHoldFailed: f.VIPHoldFailed,
 		Leaving: leaving, Clustered: n.clustered.Load(), Started: n.started.UnixNano(),
+		Config: digest,
 	}
 }
 
@@ -450,6 +455,23 @@ func (n *Node) metaLoop(rt *running) {
 // Events delivers leadership changes. It is closed after Shutdown; treat
 // the close as a loss.
 func (n *Node) Events() <-chan Event { return n.events.out }
+
+// maxDigestLen bounds SetConfigDigest's digest, so metadata always fits.
+const maxDigestLen = 64
+
+// SetConfigDigest gossips the digest of the config this node runs, so every
+// member's /status shows which nodes run a config that differs. A digest
+// longer than maxDigestLen is cut to it.
+func (n *Node) SetConfigDigest(digest string) {
+	digest = digest[:min(len(digest), maxDigestLen)]
+	n.mu.Lock()
+	changed := n.configSum != digest
+	n.configSum = digest
+	n.mu.Unlock()
+	if changed {
+		n.pokeMeta()
+	}
+}
 
 // SetFitness gossips this node's fitness; the leader hands off when its own
 // fitness stays bad longer than FitnessGrace.
@@ -527,6 +549,7 @@ func (n *Node) Status() Status {
 		f := p.meta.fitness()
 		m.Alive, m.Role, m.AdminAddr = p.alive, string(p.meta.Role), p.meta.Admin
 		m.Pools, m.HealthyPools, m.LinkUp, m.VIPHoldFailed, m.Fit = f.Pools, f.HealthyPools, f.LinkUp, f.VIPHoldFailed, p.meta.fit()
+		m.ConfigDigest = p.meta.Config
 	}
 	for _, m := range members {
 		st.Members = append(st.Members, *m)

@@ -32,6 +32,7 @@ commands:
   maintenance NODE on|off       a node in maintenance never leads
   leave                         the node hands over, leaves the cluster and stops
   remove NAME                   remove a crashed node from the voter set
+  reload                        apply the node's config file live (as SIGHUP)
   validate FILE                 check a config file without running it
   keygen                        print a new key: cluster.secret_file or admin.token_file
 
@@ -115,6 +116,23 @@ func dispatch(c *client, cmd string, args []string, out io.Writer) error {
 			return err
 		}
 		return c.post("/v1/"+cmd, nil, out)
+	case "reload":
+		if err := want(args, 0, "reload"); err != nil {
+			return err
+		}
+		var buf bytes.Buffer
+		if err := c.post("/v1/reload", nil, &buf); err != nil {
+			return fmt.Errorf("reload: %w", err)
+		}
+		var res struct {
+			Result string `json:"result"`
+			Digest string `json:"config_digest"`
+		}
+		if err := json.Unmarshal(buf.Bytes(), &res); err != nil {
+			return fmt.Errorf("decode reload answer: %w", err)
+		}
+		fmt.Fprintf(out, "reload %s: running config %s\n", res.Result, res.Digest)
+		return nil
 	case "remove":
 		if err := want(args, 1, "remove NAME"); err != nil {
 			return err
@@ -277,6 +295,7 @@ type statusView struct {
 	Node, State, Leader string
 	Term                uint64
 	Ready               bool
+	Digest              string `json:"config_digest"`
 	VIPs                []struct {
 		Address, Interface string
 		Held               bool
@@ -289,6 +308,7 @@ type statusView struct {
 		Alive    bool
 		Healthy  int `json:"healthy_pools"`
 		Pools    int
+		Digest   string `json:"config_digest"`
 	}
 	Pools []struct {
 		Name     string
@@ -318,9 +338,19 @@ func printStatus(data []byte, out io.Writer) error {
 		}
 		fmt.Fprintln(tw)
 	}
-	fmt.Fprintln(tw, "MEMBER\tRAFT\tROLE\tVOTER\tALIVE\tHEALTHY POOLS")
+	leaderDigest := ""
 	for _, m := range s.Members {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%t\t%d/%d\n", m.Name, m.RaftAddr, m.Role, m.Voter, m.Alive, m.Healthy, m.Pools)
+		if m.Name == s.Leader {
+			leaderDigest = m.Digest
+		}
+	}
+	fmt.Fprintln(tw, "MEMBER\tRAFT\tROLE\tVOTER\tALIVE\tHEALTHY POOLS\tCONFIG")
+	for _, m := range s.Members {
+		config := m.Digest
+		if leaderDigest != "" && m.Digest != leaderDigest {
+			config += " (differs from the leader's)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%t\t%d/%d\t%s\n", m.Name, m.RaftAddr, m.Role, m.Voter, m.Alive, m.Healthy, m.Pools, config)
 	}
 	for _, p := range s.Pools {
 		fmt.Fprintf(tw, "\nPOOL %s\tHEALTHY\tDRAINED\tWEIGHT\tACTIVE\tTOTAL\tLAST CHECK\n", p.Name)

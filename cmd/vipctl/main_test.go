@@ -97,9 +97,9 @@ func TestStatusTableShowsARealStatus(t *testing.T) {
 	}
 	for _, m := range field[[]any](t, st, "members") {
 		m := m.(map[string]any)
-		want = append(want, fmt.Sprintf("%s  %s  %s  %t   %t  %v/%v", field[string](t, m, "name"), field[string](t, m, "raft_addr"),
+		want = append(want, fmt.Sprintf("%s  %s  %s  %t   %t  %v/%v  %s", field[string](t, m, "name"), field[string](t, m, "raft_addr"),
 			field[string](t, m, "role"), field[bool](t, m, "voter"), field[bool](t, m, "alive"),
-			field[float64](t, m, "healthy_pools"), field[float64](t, m, "pools")))
+			field[float64](t, m, "healthy_pools"), field[float64](t, m, "pools"), field[string](t, m, "config_digest")))
 	}
 	for _, p := range field[[]any](t, st, "pools") {
 		p := p.(map[string]any)
@@ -116,6 +116,47 @@ func TestStatusTableShowsARealStatus(t *testing.T) {
 		if !strings.Contains(table, strings.Join(strings.Fields(w), "  ")) {
 			t.Errorf("status output lacks %q:\n%s", w, out.String())
 		}
+	}
+}
+
+// A member whose config digest is not the leader's is marked, so an
+// operator sees which node missed a reload.
+func TestStatusMarksAMemberWhoseConfigDiffersFromTheLeaders(t *testing.T) {
+	const st = `{"node": "lb-1", "leader": "lb-1", "config_digest": "aaaa", "members": [
+	  {"name": "lb-1", "raft_addr": "198.18.0.11:7000", "alive": true, "config_digest": "aaaa"},
+	  {"name": "lb-2", "raft_addr": "198.18.0.12:7000", "alive": true, "config_digest": "bbbb"},
+	  {"name": "lb-3", "raft_addr": "198.18.0.13:7000", "alive": true, "config_digest": "aaaa"}]}`
+	addr, _ := fakeAdmin(t, func(string, map[string]any) (int, string) { return 200, st })
+	var out, errOut bytes.Buffer
+	if code := run([]string{"--admin", addr, "status"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	for _, line := range strings.Split(out.String(), "\n") {
+		marked := strings.Contains(line, "differs from the leader")
+		if strings.HasPrefix(line, "lb-") && marked != strings.HasPrefix(line, "lb-2") {
+			t.Errorf("member line %q: marked %v, want only lb-2 marked", line, marked)
+		}
+	}
+	if !strings.Contains(out.String(), "bbbb (differs from the leader's)") {
+		t.Errorf("lb-2 not marked:\n%s", out.String())
+	}
+}
+
+func TestReloadPrintsTheResultOrTheRefusal(t *testing.T) {
+	answer := `{"result": "applied", "config_digest": "df2213d7de12d161"}`
+	code := 200
+	addr, calls := fakeAdmin(t, func(string, map[string]any) (int, string) { return code, answer })
+	var out, errOut bytes.Buffer
+	if rc := run([]string{"--admin", addr, "reload"}, &out, &errOut); rc != 0 || out.String() != "reload applied: running config df2213d7de12d161\n" {
+		t.Fatalf("exit %d, out %q, stderr %q", rc, out.String(), errOut.String())
+	}
+	if len(*calls) != 1 || (*calls)[0] != "POST /v1/reload " {
+		t.Errorf("calls = %q", *calls)
+	}
+	code, answer = 400, `{"result": "refused", "error": "these keys change only with a restart, so nothing of this reload was applied: cluster.raft_bind"}`
+	out.Reset()
+	if rc := run([]string{"--admin", addr, "reload"}, &out, &errOut); rc != 1 || !strings.Contains(errOut.String(), "cluster.raft_bind (HTTP 400)") {
+		t.Errorf("refused reload: exit %d, stderr %q", rc, errOut.String())
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/vipd/vipd/balancer"
+	"github.com/vipd/vipd/config"
 	"github.com/vipd/vipd/election"
 	"github.com/vipd/vipd/health"
 	"github.com/vipd/vipd/vip"
@@ -40,6 +41,8 @@ type Status struct {
 	Pools   []PoolStatus      `json:"pools"`
 	Health  HealthSummary     `json:"health"`
 	Intent  election.Intent   `json:"intent"`
+	// ConfigDigest is config.Digest of the config this node runs.
+	ConfigDigest string `json:"config_digest"`
 }
 
 // PoolStatus is a pool in /status: the balancer's view plus the last check.
@@ -68,6 +71,7 @@ func (d *daemon) status() Status {
 		Node: es.Node, State: es.State, Leader: es.Leader, Term: es.Term,
 		Ready: d.ready.Load(), VIPs: []vip.Status{}, Members: es.Members, Pools: []PoolStatus{},
 		Health: HealthSummary{Summary: sum, Fit: sum.Fit()}, Intent: d.node.Intent(),
+		ConfigDigest: config.Digest(d.running()),
 	}
 	if d.vips != nil {
 		st.VIPs = d.vips.Status()
@@ -136,6 +140,7 @@ func (d *daemon) adminHandler() http.Handler {
 		}
 		return d.node.SetMaintenance(req.Node, *req.On)
 	}))
+	mux.HandleFunc("POST /v1/reload", d.serveReload)
 	mux.HandleFunc("POST /v1/leave", func(w http.ResponseWriter, _ *http.Request) {
 		d.log.Info("leave requested through the admin API")
 		writeJSON(w, http.StatusAccepted, map[string]string{"result": "leaving: releasing the VIP, handing over, draining"})
@@ -163,7 +168,7 @@ func (d *daemon) backendCall(drain bool) http.HandlerFunc {
 }
 
 func (d *daemon) hasBackend(pool, backend string) bool {
-	for _, p := range d.cfg.Pools {
+	for _, p := range d.running().Pools {
 		if p.Name != pool {
 			continue
 		}
@@ -211,7 +216,7 @@ func (d *daemon) forward(w http.ResponseWriter, r *http.Request, body []byte, le
 	target := &url.URL{Scheme: d.auth.scheme(), Host: leaderAdmin}
 	d.log.Info("forward admin call to leader", zap.String("path", r.URL.Path), zap.String("leader_admin", leaderAdmin))
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	r.Header.Set(forwardedHeader, d.cfg.Node.Name)
+	r.Header.Set(forwardedHeader, d.running().Node.Name)
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)

@@ -22,6 +22,7 @@ import (
 	"github.com/vipd/vipd/election"
 	"github.com/vipd/vipd/health"
 	"github.com/vipd/vipd/ownership"
+	"github.com/vipd/vipd/reconcile"
 	"github.com/vipd/vipd/vip"
 )
 
@@ -33,7 +34,7 @@ const leaveTimeout = 5 * time.Second
 // health and vip → election (is this node fit to lead), election → vip
 // (claim / release) and election → balancer (replicated drains).
 type daemon struct {
-	cfg  *config.Config
+	rec  *reconcile.Reconciler // owns the running config: read it with running()
 	log  *zap.Logger
 	reg  *prometheus.Registry
 	bal  *balancer.Balancer
@@ -46,23 +47,24 @@ type daemon struct {
 
 	linkUp      atomic.Bool   // the VIP interface's link, from vip's watcher
 	fitnessKick chan struct{} // wakes the fitness loop; never blocks the sender
+	intentKick  chan struct{} // re-applies the drain intent after a reload; never blocks
 	leaveReq    chan struct{} // closed (once) by the admin API's /v1/leave
 	leaveOnce   sync.Once
 	ready       atomic.Bool
 	notify      *notifier  // systemd's READY/STATUS/WATCHDOG/STOPPING
 	probes      loopProbes // answered by the loops WATCHDOG=1 vouches for
 
-	configPath    string           // the file cfg came from; empty for the embedded default
-	hup           <-chan os.Signal // SIGHUP from main: check the config file (nil in tests that do not)
-	configMetrics *configMetrics
+	hup <-chan os.Signal // SIGHUP from main: reload the config file (nil in tests that do not)
 }
 
 // newDaemon builds every component; only the election starts something
-// (its event goroutine). On error nothing is left running.
-func newDaemon(cfg *config.Config, log *zap.Logger) (_ *daemon, err error) {
+// (its event goroutine). configPath is the file cfg came from, which a
+// reload reads again (empty for the embedded default); a reload sets level,
+// log's level (nil: not ours to change). On error nothing is left running.
+func newDaemon(cfg *config.Config, configPath string, log *zap.Logger, level *zap.AtomicLevel) (_ *daemon, err error) {
 	d := &daemon{
-		cfg: cfg, log: log, reg: prometheus.NewRegistry(),
-		fitnessKick: make(chan struct{}, 1), leaveReq: make(chan struct{}),
+		log: log, reg: prometheus.NewRegistry(),
+		fitnessKick: make(chan struct{}, 1), intentKick: make(chan struct{}, 1), leaveReq: make(chan struct{}),
 		probes: newLoopProbes(),
 	}
 	defer func() {
@@ -72,7 +74,6 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (_ *daemon, err error) {
 	}()
 	d.linkUp.Store(true)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d.configMetrics = newConfigMetrics(d.reg)
 	notify, err := newNotifier(log)
 	if err != nil {
 		return nil, err
@@ -117,8 +118,17 @@ func newDaemon(cfg *config.Config, log *zap.Logger) (_ *daemon, err error) {
 		oopts.Holder = d.vips
 	}
 	d.owner = ownership.New(oopts)
+	d.rec = reconcile.New(reconcile.Options{
+		Running: cfg, Source: reconcile.File{Path: configPath},
+		Target:    dataPlane{mon: d.mon, bal: d.bal, level: level},
+		OnApplied: d.onConfigApplied, Logger: log.Named("reconcile"), Registerer: d.reg,
+	})
+	d.node.SetConfigDigest(config.Digest(cfg))
 	return d, nil
 }
+
+// running is the config this node runs now; a reload replaces it.
+func (d *daemon) running() *config.Config { return d.rec.Running() }
 
 func (d *daemon) onLinkChange(up bool) {
 	d.linkUp.Store(up)
@@ -160,7 +170,8 @@ func (d *daemon) run(ctx context.Context) error {
 	leadingWG.Go(func() { d.owner.Run(leading, events) })
 
 	d.ready.Store(true)
-	d.log.Info("vipd running", zap.String("node", d.cfg.Node.Name), zap.Int("frontends", len(d.cfg.Frontends)), zap.Int("vips", len(d.cfg.VIPs)))
+	cfg := d.running()
+	d.log.Info("vipd running", zap.String("node", cfg.Node.Name), zap.Int("frontends", len(cfg.Frontends)), zap.Int("vips", len(cfg.VIPs)))
 	var runErr error
 serve:
 	for {
@@ -174,7 +185,7 @@ serve:
 		case runErr = <-adminErr:
 			break serve
 		case <-d.hup:
-			d.checkConfigFile()
+			d.reload("SIGHUP")
 		}
 	}
 	d.notify.stopping()
@@ -245,7 +256,7 @@ func (d *daemon) stopElection() {
 }
 
 func (d *daemon) shutdownBalancer() {
-	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Node.ShutdownGrace)
+	ctx, cancel := context.WithTimeout(context.Background(), d.running().Node.ShutdownGrace)
 	defer cancel()
 	if err := d.bal.Shutdown(ctx); err != nil {
 		d.log.Info("grace period over, closed remaining connections", zap.Error(err))
@@ -253,7 +264,7 @@ func (d *daemon) shutdownBalancer() {
 }
 
 func (d *daemon) startAdmin() (*http.Server, <-chan error, error) {
-	ln, err := net.Listen("tcp", d.cfg.Admin.Listen)
+	ln, err := net.Listen("tcp", d.running().Admin.Listen)
 	if err != nil {
 		return nil, nil, fmt.Errorf("admin listener: %w", err)
 	}
@@ -261,7 +272,7 @@ func (d *daemon) startAdmin() (*http.Server, <-chan error, error) {
 	if tc := d.auth.serverTLS(); tc != nil {
 		ln = tls.NewListener(ln, tc)
 	}
-	if a := d.cfg.Admin; !a.Loopback() && !a.Authenticated() { // admin.insecure: config allowed it
+	if a := d.running().Admin; !a.Loopback() && !a.Authenticated() { // admin.insecure: config allowed it
 		d.log.Warn("admin API open to anyone who can reach it: admin.insecure is set and neither admin.token_file nor admin.tls.client_ca_file",
 			zap.String("listen", a.Listen))
 	}
@@ -342,14 +353,14 @@ func (d *daemon) fitnessLoop(ctx context.Context) {
 }
 
 // intentLoop applies the replicated operator intent (drained backends) to
-// the local balancer.
+// the local balancer, again after a reload changed the backends.
 func (d *daemon) intentLoop(ctx context.Context) {
 	apply := func(in election.Intent) {
 		drained := map[election.BackendRef]bool{}
 		for _, ref := range in.Drained {
 			drained[ref] = true
 		}
-		for _, p := range d.cfg.Pools {
+		for _, p := range d.running().Pools {
 			for _, b := range p.Backends {
 				ref := election.BackendRef{Pool: p.Name, Backend: b.Address}
 				if err := d.bal.SetDrained(p.Name, b.Address, drained[ref]); err != nil {
@@ -365,6 +376,8 @@ func (d *daemon) intentLoop(ctx context.Context) {
 			return
 		case in := <-d.node.IntentChanges():
 			apply(in)
+		case <-d.intentKick:
+			apply(d.node.Intent())
 		case <-d.probes.intent:
 		}
 	}

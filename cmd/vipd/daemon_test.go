@@ -14,7 +14,6 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -181,12 +180,12 @@ func (n *testNode) launch(t testing.TB, cfg *config.Config) {
 			}
 		}
 	})
-	d, err := newDaemon(cfg, zap.New(core))
+	d, err := newDaemon(cfg, n.configPath, zap.New(core), nil)
 	if err != nil {
 		t.Fatalf("newDaemon: %v", err)
 	}
 	n.hup = make(chan os.Signal)
-	d.configPath, d.hup = n.configPath, n.hup
+	d.hup = n.hup
 	n.d = d
 	ctx, cancel := context.WithCancel(context.Background())
 	n.exited = make(chan struct{})
@@ -269,6 +268,7 @@ type statusContract struct {
 	State  string `json:"state"`
 	Leader string `json:"leader"`
 	Term   uint64 `json:"term"`
+	Digest string `json:"config_digest"`
 	VIPs   []struct {
 		Address   string `json:"address"`
 		Interface string `json:"interface"`
@@ -279,6 +279,7 @@ type statusContract struct {
 		RaftAddr string `json:"raft_addr"`
 		Voter    bool   `json:"voter"`
 		Alive    bool   `json:"alive"`
+		Digest   string `json:"config_digest"`
 	} `json:"members"`
 	Pools []struct {
 		Name     string `json:"name"`
@@ -593,7 +594,7 @@ func TestAFailedStartLeavesNothingRunning(t *testing.T) {
 			t.Cleanup(func() { goleak.VerifyNone(t, before) }) // last: after the backends stop
 			n, cfg := newTestNode(t, "solo", "bootstrap_expect: 1", fastHealth, absentVIP)
 			tc.setup(t, n, cfg)
-			d, err := newDaemon(cfg, zaptest.NewLogger(t))
+			d, err := newDaemon(cfg, "", zaptest.NewLogger(t), nil)
 			if err == nil {
 				err = d.run(context.Background())
 			}
@@ -613,81 +614,6 @@ func TestCheckFlagValidatesOnly(t *testing.T) {
 	errOut.Reset()
 	if code := run([]string{"--check", "--config", "/nonexistent.yaml"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "nonexistent.yaml") {
 		t.Errorf("--check of a missing file: exit %d, %q", code, errOut.String())
-	}
-}
-
-// SIGHUP is keepalived's and HAProxy's reload signal. vipd checks the config
-// file instead: it says whether a restart would change anything, refuses an
-// invalid file, and changes nothing in the running daemon either way.
-func TestSIGHUPChecksTheConfigFileAndChangesNothing(t *testing.T) {
-	n := startNode(t, fastHealth)
-	orig, err := os.ReadFile(n.configPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	weighted := strings.Replace(string(orig), "{address: "+n.backends[1]+"}", "{address: "+n.backends[1]+", weight: 3}", 1)
-	if weighted == string(orig) {
-		t.Fatal("test bug: the edit did not apply")
-	}
-	counts := map[configCheck]float64{}
-	for _, step := range []struct {
-		file    string
-		doc     string
-		result  configCheck
-		pending float64
-	}{
-		{"the file it started from", string(orig), configUnchanged, 0},
-		{"a backend weight edited", weighted, configChanged, 1},
-		{"an invalid file", string(orig) + "bogus: 1\n", configInvalid, 1}, // pending stays as it was
-		{"the original again", string(orig), configUnchanged, 0},
-	} {
-		if err := os.WriteFile(n.configPath, []byte(step.doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		n.hup <- syscall.SIGHUP
-		counts[step.result]++
-		waitFor(t, step.file+" checked", func() bool {
-			return n.metric(t, "vipd_config_checks_total", "result", string(step.result)) == counts[step.result]
-		})
-		if got := n.metric(t, "vipd_config_restart_pending"); got != step.pending {
-			t.Errorf("%s: vipd_config_restart_pending = %v, want %v", step.file, got, step.pending)
-		}
-	}
-	var st Status
-	if n.getJSON(t, "/status", &st) != 200 || st.State != "leader" || !st.Ready {
-		t.Fatalf("after the checks: state %q ready %v", st.State, st.Ready)
-	}
-	for _, p := range st.Pools {
-		for _, b := range p.Backends {
-			if b.Weight != 1 {
-				t.Errorf("backend %s has weight %d: a SIGHUP changed the running config", b.Address, b.Weight)
-			}
-		}
-	}
-	if got := n.answer(t); got == "" {
-		t.Error("no answer through the frontend after the checks")
-	}
-}
-
-func TestChangedSectionsNamesWhatARestartWouldChange(t *testing.T) {
-	running, err := config.Parse(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := config.Parse([]byte("log: {level: debug}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := changedSections(running, running); len(got) != 0 {
-		t.Errorf("a config against itself: %v", got)
-	}
-	if got := strings.Join(changedSections(running, next), ","); got != "log" {
-		t.Errorf("log level changed: sections %q, want log", got)
-	}
-	keyed := *running
-	keyed.Cluster.SecretKeys = [][]byte{[]byte("another key")}
-	if got := strings.Join(changedSections(running, &keyed), ","); got != "cluster" {
-		t.Errorf("secret content changed: sections %q, want cluster", got)
 	}
 }
 

@@ -55,7 +55,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			cfg.Node.Name, len(cfg.Frontends), len(cfg.Pools), len(cfg.VIPs))
 		return 0
 	}
-	log, err := newLogger(cfg.Log, stderr)
+	level, err := zap.ParseAtomicLevel(cfg.Log.Level)
+	if err != nil {
+		fmt.Fprintf(stderr, "vipd: log.level: %v\n", err)
+		return 1
+	}
+	log, err := newLogger(cfg.Log, level, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "vipd: logger: %v\n", err)
 		return 1
@@ -68,12 +73,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	d, err := newDaemon(cfg, log)
+	d, err := newDaemon(cfg, *configPath, log, &level)
 	if err != nil {
 		log.Error("start", zap.Error(err))
 		return 1
 	}
-	d.configPath, d.hup = *configPath, hup
+	d.hup = hup
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := d.run(ctx); err != nil {
@@ -90,11 +95,8 @@ func loadConfig(path string) (*config.Config, error) {
 	return config.Load(path)
 }
 
-func newLogger(c config.Log, out io.Writer) (*zap.Logger, error) {
-	level, err := zapcore.ParseLevel(c.Level)
-	if err != nil {
-		return nil, err
-	}
+// newLogger writes to out at level, which a reload may change.
+func newLogger(c config.Log, level zap.AtomicLevel, out io.Writer) (*zap.Logger, error) {
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
 	var enc zapcore.Encoder

@@ -16,9 +16,20 @@ import (
 // The balancer asks health's record of each backend at every pick.
 var _ balancer.Health = (*health.Backend)(nil)
 
-// balancerOptions gives every backend mon's record of it: health decides
+// backendRecords hands out health's record of each backend: the running
+// Monitor at start, a health.Change on a reload.
+type backendRecords interface {
+	Backend(pool, addr string) (*health.Backend, error)
+}
+
+var (
+	_ backendRecords = (*health.Monitor)(nil)
+	_ backendRecords = (*health.Change)(nil)
+)
+
+// balancerOptions gives every backend health's record of it: health decides
 // which backends may take connections, the balancer asks.
-func balancerOptions(cfg *config.Config, mon *health.Monitor) (balancer.Options, error) {
+func balancerOptions(cfg *config.Config, mon backendRecords) (balancer.Options, error) {
 	var opts balancer.Options
 	for _, fe := range cfg.Frontends {
 		fc := balancer.FrontendConfig{
