@@ -22,9 +22,13 @@ BENCH_FAILOVER_NEEDS := ip keepalived haproxy
 # As root this includes the namespace and end-to-end tests, which use bin/.
 # internal/testrun prints go test's usual output, then every skipped test
 # and why.
+# Then every fuzz target for 10 s and a short soak (the full ones: make
+# fuzz, make soak).
 test: build
 	@scripts/deps.sh $(TEST_NEEDS)
 	$(GO) run ./internal/testrun -go $(GO) -race -count=1 -p 1 -timeout 20m $(PKGS)
+	$(MAKE) --no-print-directory fuzz FUZZTIME=10s
+	$(MAKE) --no-print-directory soak SOAK_SECONDS=20 SOAK_IDLE=1000
 
 # The container image of deploy/container/Dockerfile, tagged $(IMAGE), also
 # saved as $(BIN)/vipd-image.tar (docker load, ctr -n k8s.io images import).
