@@ -37,8 +37,19 @@ func TestWitnessNeverStaysLeaderAndTwoVotersSurviveOneLoss(t *testing.T) {
 	}
 
 	states := watchStates(t, witness)
+	forced := time.Now()
 	forceLeader(t, leader, witness)
-	back := c.waitLeader(5*time.Second, witness)
+	// The voter the witness hands back to announces a gain after the force;
+	// the old leader may still announce until its loss is emitted.
+	var back *tnode
+	eventually(t, 5*time.Second, func() error {
+		ls := c.leaders()
+		if len(ls) != 1 || ls[0] == witness || !ls[0].rec.gainedAt().After(forced) {
+			return fmtErr("no voter has announced a gain since the witness was forced to lead")
+		}
+		back = ls[0]
+		return nil
+	})
 	eventually(t, 5*time.Second, func() error {
 		if s := witness.Status(); s.State != "witness" || s.Leader != back.opts.NodeName {
 			return fmtErr("witness: state %s leader %q", s.State, s.Leader)
