@@ -1,6 +1,7 @@
 package election
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -207,9 +208,12 @@ func (n *Node) leaderLoop(rt *running, w *window) {
 	defer n.wg.Done()
 	defer close(w.done)
 	for {
-		err := rt.raft.Barrier(n.opTimeout()).Error()
+		err := await(rt.raft.Barrier(n.opTimeout()), w.stop, n.opTimeout())
 		if err == nil {
 			break
+		}
+		if errors.Is(err, errWindowEnded) {
+			return
 		}
 		n.log.Warn("leader barrier failed", zap.Uint64("term", w.term), zap.Error(err))
 		select {
@@ -227,7 +231,7 @@ func (n *Node) leaderLoop(rt *running, w *window) {
 	defer t.Stop()
 	h := n.newHandoff()
 	for {
-		n.reconcile(rt)
+		n.reconcile(rt, w.stop)
 		n.handOff(rt, &h)
 		select {
 		case <-w.stop:
@@ -241,7 +245,7 @@ func (n *Node) leaderLoop(rt *running, w *window) {
 // reconcile adds alive gossip members missing from the Raft configuration as
 // voters (a witness votes too) and removes members that announced a
 // deliberate leave. A crashed member stays a voter until Remove.
-func (n *Node) reconcile(rt *running) {
+func (n *Node) reconcile(rt *running, stop <-chan struct{}) {
 	f := rt.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return
@@ -262,18 +266,42 @@ func (n *Node) reconcile(rt *running) {
 			if !member {
 				continue
 			}
-			if err := rt.raft.RemoveServer(raft.ServerID(name), 0, n.opTimeout()).Error(); err != nil {
+			if err := await(rt.raft.RemoveServer(raft.ServerID(name), 0, n.opTimeout()), stop, n.opTimeout()); err != nil {
 				n.log.Warn("remove leaving server", zap.String("server", name), zap.Error(err))
 				return
 			}
 			n.log.Info("removed raft server", zap.String("server", name), zap.String("by", "leave"))
 		case p.alive && (!member || s.Suffrage != raft.Voter || string(s.Address) != p.meta.RaftAddr):
-			if err := rt.raft.AddVoter(raft.ServerID(name), raft.ServerAddress(p.meta.RaftAddr), 0, n.opTimeout()).Error(); err != nil {
+			if err := await(rt.raft.AddVoter(raft.ServerID(name), raft.ServerAddress(p.meta.RaftAddr), 0, n.opTimeout()), stop, n.opTimeout()); err != nil {
 				n.log.Warn("add voter", zap.String("server", name), zap.Error(err))
 				return
 			}
 			n.log.Info("added raft voter", zap.String("server", name), zap.String("addr", p.meta.RaftAddr), zap.String("role", string(p.meta.Role)))
 		}
+	}
+}
+
+// errWindowEnded is what await returns when the leadership window ends
+// before raft answers.
+var errWindowEnded = errors.New("leadership window ended")
+
+// await is f.Error() bounded by the window's stop and by timeout. Raft's own
+// timeout bounds only the enqueueing of a request: a barrier or membership
+// change it has taken may stay pending, and a leader loop blocked on one can
+// neither hand off nor end its window. The goroutine left waiting ends when
+// raft answers f, at the latest when raft shuts down.
+func await(f raft.Future, stop <-chan struct{}, timeout time.Duration) error {
+	answer := make(chan error, 1)
+	go func() { answer <- f.Error() }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-answer:
+		return err
+	case <-stop:
+		return errWindowEnded
+	case <-t.C:
+		return fmt.Errorf("raft gave no answer within %s", timeout)
 	}
 }
 
