@@ -54,7 +54,6 @@ func TestLinkWatchThatCannotStartOrDiesReportsLinkDown(t *testing.T) {
 	var mu sync.Mutex
 	var linkUpInCallback []bool
 	m, err := New(Options{
-		VIPs: []Config{testVIP(netip.MustParseAddr("198.18.0.100"), "lo")},
 		OnLinkChange: func(up bool) {
 			mu.Lock()
 			linkUpInCallback = append(linkUpInCallback, m.LinkUp())
@@ -65,6 +64,7 @@ func TestLinkWatchThatCannotStartOrDiesReportsLinkDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "lo"))
 	sub := &flakySubscription{failStarts: 2, die: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	watchDone := make(chan struct{})
@@ -103,5 +103,50 @@ func TestLinkWatchThatCannotStartOrDiesReportsLinkDown(t *testing.T) {
 	defer mu.Unlock()
 	if fmt.Sprint(linkUpInCallback) != "[false true false true]" {
 		t.Fatalf("LinkUp seen in the callbacks = %v, want [false true false true]", linkUpInCallback)
+	}
+}
+
+// A VIP added while Watch runs has its interface read at once, without
+// waiting for a link update: here one that does not exist, so LinkUp turns
+// false; removing it turns LinkUp true again. The subscription sends no
+// update, so only the change of the set can make Watch read the links.
+func TestWatchReadsTheInterfaceOfAnAddedVIP(t *testing.T) {
+	changes := make(chan bool, 16)
+	m, err := New(Options{OnLinkChange: func(up bool) { changes <- up }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "lo"))
+	sub := &flakySubscription{}
+	ctx, cancel := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		m.watch(ctx, sub.subscribe)
+	}()
+	defer func() {
+		cancel()
+		<-watchDone
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for sub.attempts.Load() == 0 { // the first read of lo changes nothing to report
+		if time.Now().After(deadline) {
+			t.Fatal("the watch did not subscribe within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	absent := add(t, m, testVIP(netip.MustParseAddr("198.18.0.101"), "vipd-absent0"))
+	for _, want := range []bool{false, true} {
+		select {
+		case up := <-changes:
+			if up != want {
+				t.Fatalf("OnLinkChange(%v), want %v", up, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no OnLinkChange(%v) within 10s", want)
+		}
+		if !want {
+			must(t, m.Remove(absent)) // Remove itself reports it: the set has only lo now
+		}
 	}
 }
