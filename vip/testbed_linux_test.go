@@ -127,13 +127,6 @@ func newNode(t *testing.T, role, ifname string) *node {
 	return n
 }
 
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 // addAddr adds a permanent address (IPv6 without DAD) to n's interface.
 func (n *node) addAddr(t *testing.T, cidr string) {
 	t.Helper()

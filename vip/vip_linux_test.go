@@ -333,7 +333,7 @@ func isEvent(kinds ...string) func(helperEvent) bool {
 }
 
 func TestSecondHoldOfAVIPIsRefused(t *testing.T) {
-	m := newManager(t)
+	m := newManager(t, Options{})
 	v := add(t, m, testVIP(vip4, "eth0"))
 	other := add(t, m, testVIP(netip.MustParseAddr("198.18.0.101"), "eth0"))
 	must(t, v.beginHold()) // as while a first Hold runs

@@ -35,13 +35,18 @@ func testVIP(addr netip.Addr, ifname string) Config {
 	}
 }
 
-// newManager is a Manager with no callbacks and no registry.
-func newManager(t *testing.T) *Manager {
+func must(t *testing.T, err error) {
 	t.Helper()
-	m, err := New(Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// newManager is New(opts) or fails the test.
+func newManager(t *testing.T, opts Options) *Manager {
+	t.Helper()
+	m, err := New(opts)
+	must(t, err)
 	return m
 }
 
@@ -61,7 +66,7 @@ func TestAddLeavesTimingRulesToConfig(t *testing.T) {
 		Address: netip.MustParseAddr("198.18.0.100"), Interface: "eth0",
 		Lifetime: time.Second, Refresh: time.Second, AnnounceCount: 1, AnnounceInterval: time.Millisecond,
 	}
-	if got := add(t, newManager(t), c).Config(); got != c {
+	if got := add(t, newManager(t, Options{}), c).Config(); got != c {
 		t.Fatalf("config = %+v, want it as given: %+v", got, c)
 	}
 }
@@ -93,7 +98,7 @@ func TestAddRejectsInvalidConfig(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			m := newManager(t)
+			m := newManager(t, Options{})
 			var err error
 			for _, v := range c.vips {
 				if _, err = m.Add(v); err != nil {
@@ -153,7 +158,7 @@ func TestNeedsCapNamesTheCapability(t *testing.T) {
 }
 
 func TestStatusListsTheCurrentSetNotHeld(t *testing.T) {
-	m := newManager(t)
+	m := newManager(t, Options{})
 	first := add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"))
 	add(t, m, testVIP(netip.MustParseAddr("2001:2::100"), "eth1"))
 	want := []Status{{"198.18.0.100", "eth0", false}, {"2001:2::100", "eth1", false}}
@@ -170,10 +175,7 @@ func TestStatusListsTheCurrentSetNotHeld(t *testing.T) {
 
 func TestLinkChangeCallbackOnlyOnChange(t *testing.T) {
 	var calls []bool
-	m, err := New(Options{OnLinkChange: func(up bool) { calls = append(calls, up) }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := newManager(t, Options{OnLinkChange: func(up bool) { calls = append(calls, up) }})
 	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"))
 	add(t, m, testVIP(netip.MustParseAddr("198.18.0.101"), "eth1"))
 	if !m.LinkUp() {
@@ -204,10 +206,7 @@ func TestLinkChangeCallbackOnlyOnChange(t *testing.T) {
 // OnLinkChange once.
 func TestAddAndRemoveReachOnLinkChange(t *testing.T) {
 	var calls []bool
-	m, err := New(Options{OnLinkChange: func(up bool) { calls = append(calls, up) }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := newManager(t, Options{OnLinkChange: func(up bool) { calls = append(calls, up) }})
 	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"))
 	m.setLinkState(map[string]bool{"eth0": true, "eth1": false})
 	down := add(t, m, testVIP(netip.MustParseAddr("198.18.0.101"), "eth1"))
@@ -246,10 +245,7 @@ func gather(t *testing.T, reg prometheus.Gatherer) []string {
 
 func TestEverySeriesIsExportedFromTheStart(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	m, err := New(Options{Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := newManager(t, Options{Registerer: reg})
 	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"))
 	// Read from the registry only: a series this test created itself
 	// would prove nothing about Add.
@@ -275,10 +271,7 @@ func TestEverySeriesIsExportedFromTheStart(t *testing.T) {
 // A removed VIP's series leave the metrics; the other VIP's stay.
 func TestRemovedVIPLeavesTheMetrics(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	m, err := New(Options{Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := newManager(t, Options{Registerer: reg})
 	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"))
 	gone := add(t, m, testVIP(netip.MustParseAddr("198.18.0.101"), "eth1"))
 	must(t, m.Remove(gone))

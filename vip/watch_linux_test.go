@@ -43,6 +43,20 @@ func (f *flakySubscription) subscribe(ch chan<- netlink.LinkUpdate, done <-chan 
 	return nil
 }
 
+// runWatch runs m's watch with sub until the test ends.
+func runWatch(t *testing.T, m *Manager, sub *flakySubscription) {
+	ctx, cancel := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		m.watch(ctx, sub.subscribe)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-watchDone
+	})
+}
+
 // TestLinkWatchThatCannotStartOrDiesReportsLinkDown drives Watch with a
 // subscription that first cannot start, then works, then dies, then works
 // again: each failure must turn LinkUp false and reach OnLinkChange, and
@@ -66,16 +80,7 @@ func TestLinkWatchThatCannotStartOrDiesReportsLinkDown(t *testing.T) {
 	}
 	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "lo"))
 	sub := &flakySubscription{failStarts: 2, die: make(chan struct{})}
-	ctx, cancel := context.WithCancel(context.Background())
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		m.watch(ctx, sub.subscribe)
-	}()
-	defer func() {
-		cancel()
-		<-watchDone
-	}()
+	runWatch(t, m, sub)
 
 	next := func(what string, want bool) {
 		t.Helper()
@@ -112,22 +117,10 @@ func TestLinkWatchThatCannotStartOrDiesReportsLinkDown(t *testing.T) {
 // update, so only the change of the set can make Watch read the links.
 func TestWatchReadsTheInterfaceOfAnAddedVIP(t *testing.T) {
 	changes := make(chan bool, 16)
-	m, err := New(Options{OnLinkChange: func(up bool) { changes <- up }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := newManager(t, Options{OnLinkChange: func(up bool) { changes <- up }})
 	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "lo"))
 	sub := &flakySubscription{}
-	ctx, cancel := context.WithCancel(context.Background())
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		m.watch(ctx, sub.subscribe)
-	}()
-	defer func() {
-		cancel()
-		<-watchDone
-	}()
+	runWatch(t, m, sub)
 	deadline := time.Now().Add(10 * time.Second)
 	for sub.attempts.Load() == 0 { // the first read of lo changes nothing to report
 		if time.Now().After(deadline) {
