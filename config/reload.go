@@ -10,10 +10,9 @@ import (
 
 // restartOnly are the keys (and sections) a running node cannot take live:
 // its identity and its place in the cluster (node.name, cluster.*), the
-// admin listener and how it authenticates (admin.*), the log encoder
-// (log.format) and the VIPs, whose holder takes a fixed list at start.
-// A reload that changes one of them is refused whole.
-var restartOnly = []string{"node.name", "cluster", "admin", "log.format", "vips"}
+// admin listener and how it authenticates (admin.*) and the log encoder
+// (log.format). A reload that changes one of them is refused whole.
+var restartOnly = []string{"node.name", "cluster", "admin", "log.format"}
 
 // RestartOnlyChanges lists the key paths that differ between running and
 // next and that only a restart can apply, in file order. Keys read from

@@ -7,9 +7,10 @@
 // that the node tells the cluster it is unfit to lead and hands over (docs/architecture.md rule 7).
 //
 // It imports neither the election nor the vip package: events arrive on a
-// channel of Event and the hold is any Holder (vip.Manager is one). Today one
-// Owner holds every VIP through one Holder; a hold per VIP is one Owner per
-// VIP, each fed the events of that VIP's placement.
+// channel of Event and the hold is any Holder (a vip.VIP is one). A hold per
+// VIP is one Owner per VIP: a Group runs them, adds and removes them while
+// it runs, and feeds each the events of that VIP's placement (today every
+// VIP's placement is the leader, so every Owner gets the same events).
 package ownership
 
 import (
@@ -31,9 +32,11 @@ type Event struct {
 }
 
 // Holder holds something until ctx ends, then releases it and returns. It
-// returns early, with an error, when the hold fails.
+// returns early, with an error, when the hold fails. It calls holding, from
+// any goroutine and without blocking for long, once it holds everything:
+// that clears a failure, so a leader whose retry succeeded is fit again.
 type Holder interface {
-	Hold(ctx context.Context) error
+	Hold(ctx context.Context, holding func()) error
 }
 
 // Options configures an Owner.
@@ -92,10 +95,10 @@ func New(opts Options) *Owner {
 // since: a leader in that state is unfit to lead (rule 7).
 func (o *Owner) Failed() bool { return o.failed.Load() }
 
-// Holding is the Holder's report that a hold now holds everything (for
-// vip.Manager: its OnHolding callback). It clears a failure, so a leader
-// whose retry succeeded is fit again and keeps what it now holds.
-func (o *Owner) Holding() {
+// holding is the Holder's report that a hold now holds everything. It
+// clears a failure, so a leader whose retry succeeded is fit again and
+// keeps what it now holds.
+func (o *Owner) holding() {
 	if o.failed.Swap(false) {
 		o.log.Info("hold succeeded after a failure: fit again")
 		o.onFailed()
@@ -181,7 +184,7 @@ func (o *Owner) startHold(ctx context.Context) *hold {
 	h := &hold{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(h.done)
-		err := o.holder.Hold(holdCtx)
+		err := o.holder.Hold(holdCtx, o.holding)
 		if err != nil {
 			o.log.Error("hold failed", zap.Error(err))
 		}

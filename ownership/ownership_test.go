@@ -29,6 +29,7 @@ type fakeHolder struct {
 
 type fakeHold struct {
 	ctx      context.Context
+	holding  func()        // the Owner's report that the hold holds
 	fail     chan error    // buffered 1: the hold returns this error
 	release  chan struct{} // closed by the test: a gated release completes
 	returned chan struct{} // closed when Hold has returned
@@ -38,12 +39,12 @@ func newFakeHolder(gated bool) *fakeHolder {
 	return &fakeHolder{gated: gated, started: make(chan *fakeHold, 8)}
 }
 
-func (f *fakeHolder) Hold(ctx context.Context) error {
+func (f *fakeHolder) Hold(ctx context.Context, holding func()) error {
 	f.calls.Add(1)
 	if f.active.Add(1) > 1 {
 		f.overlap.Store(true)
 	}
-	h := &fakeHold{ctx: ctx, fail: make(chan error, 1), release: make(chan struct{}), returned: make(chan struct{})}
+	h := &fakeHold{ctx: ctx, holding: holding, fail: make(chan error, 1), release: make(chan struct{}), returned: make(chan struct{})}
 	defer close(h.returned)
 	defer f.active.Add(-1)
 	f.started <- h
@@ -200,7 +201,7 @@ func TestAFailedHoldRetriesAfterThePauseUntilItHolds(t *testing.T) {
 	r := start(t, f, c, 0)
 	send(t, r.events, Event{Leader: true, Term: 1})
 	h := recv(t, f.started, "the first hold")
-	r.o.Holding()
+	h.holding()
 	if r.o.Failed() {
 		t.Fatal("a hold that holds reports a failure")
 	}
@@ -225,7 +226,7 @@ func TestAFailedHoldRetriesAfterThePauseUntilItHolds(t *testing.T) {
 			t.Errorf("attempt %d: the failure cleared before the retry held", attempt)
 		}
 	}
-	r.o.Holding() // the retried hold now holds
+	h.holding() // the retried hold now holds
 	recv(t, r.changes, "the recovery to be reported")
 	if r.o.Failed() {
 		t.Error("a retry that holds still reports the failure")

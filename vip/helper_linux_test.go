@@ -1,6 +1,7 @@
 package vip
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -26,6 +28,11 @@ type helperEvent struct {
 	Time  time.Time `json:"time"`
 	Up    bool      `json:"up,omitempty"`    // eventLink: the value OnLinkChange got
 	Error string    `json:"error,omitempty"` // eventReturned: what Hold or RemoveStale returned
+	// Address is the VIP an event of mode "live" is about (eventHolding,
+	// eventRemoved).
+	Address string `json:"address,omitempty"`
+	// Exported lists the addresses that have a vipd_vip_held series.
+	Exported []string `json:"exported"`
 	// The state: Status()[0].Held, LinkUp(), and the VIP's vipd_vip_*
 	// series as the registry exports them (histograms as _count and _sum).
 	Held    bool               `json:"held"`
@@ -38,6 +45,7 @@ const (
 	eventHolding  = "holding"  // OnHolding was called
 	eventLink     = "link"     // OnLinkChange was called
 	eventReturned = "returned" // Hold (or RemoveStale) returned; Watch was stopped
+	eventRemoved  = "removed"  // mode "live": a VIP's Hold ended and Remove returned
 )
 
 // reporter writes helperEvents for one Manager.
@@ -61,7 +69,7 @@ func (r *reporter) emit(e helperEvent) {
 
 func (r *reporter) emitLocked(e helperEvent) {
 	e.Time = time.Now()
-	e.Held, e.LinkUp, e.Metrics = r.m.Status()[0].Held, r.m.LinkUp(), r.series()
+	e.Held, e.LinkUp, e.Metrics, e.Exported = r.m.Status()[0].Held, r.m.LinkUp(), r.series(), r.exported()
 	r.last = e
 	if err := r.enc.Encode(e); err != nil {
 		panic(fmt.Sprintf("helper: write event: %v", err))
@@ -99,6 +107,28 @@ func (r *reporter) series() map[string]float64 {
 	return out
 }
 
+// exported lists the addresses that have a vipd_vip_held series.
+func (r *reporter) exported() []string {
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		panic(fmt.Sprintf("helper: gather: %v", err))
+	}
+	var out []string
+	for _, mf := range mfs {
+		if mf.GetName() != "vipd_vip_held" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "address" {
+					out = append(out, l.GetValue())
+				}
+			}
+		}
+	}
+	return out
+}
+
 // watchState writes a state event whenever the state changes, every 10ms
 // at most, until ctx ends.
 func (r *reporter) watchState(ctx context.Context) {
@@ -123,7 +153,10 @@ func (r *reporter) watchState(ctx context.Context) {
 // this test binary inside a namespace with VIPD_VIP_HELPER set. It reports
 // helperEvents on stdout and logs zap JSON to stderr; SIGTERM ends it. The
 // process exits non-zero if the Manager leaked a goroutine (goleak in
-// TestMain). Modes: "hold" runs Watch and Hold, "watch" runs Watch alone
+// TestMain). Modes: "hold" runs Watch and Hold, "live" does the same and
+// then takes commands on stdin, "add ADDR" (add a VIP on the same
+// interface and hold it) and "remove ADDR" (end its Hold, then Remove it),
+// "watch" runs Watch alone
 // with no file descriptor left to open (the test raises the limit from
 // outside), "removestale" runs RemoveStale.
 func TestHelperProcess(t *testing.T) {
@@ -135,12 +168,14 @@ func TestHelperProcess(t *testing.T) {
 	cfg := testVIP(netip.MustParseAddr(os.Getenv("VIPD_VIP_ADDR")), os.Getenv("VIPD_VIP_IF"))
 	r := &reporter{reg: prometheus.NewPedanticRegistry(), addr: cfg.Address.String(), ifc: cfg.Interface, enc: json.NewEncoder(os.Stdout)}
 	m, err := New(Options{
-		VIPs:         []Config{cfg},
 		Logger:       log,
 		Registerer:   r.reg,
 		OnLinkChange: func(up bool) { r.emit(helperEvent{Event: eventLink, Up: up}) },
-		OnHolding:    func() { r.emit(helperEvent{Event: eventHolding}) },
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := m.Add(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,8 +192,13 @@ func TestHelperProcess(t *testing.T) {
 		result = m.RemoveStale()
 	case "hold":
 		wg.Go(func() { m.Watch(ctx) })
-		result = m.Hold(ctx)
+		result = v.Hold(ctx, func() { r.emit(helperEvent{Event: eventHolding}) })
 		stop() // Hold may have failed on its own: end Watch too
+	case "live":
+		wg.Go(func() { m.Watch(ctx) })
+		wg.Go(func() { r.serveCommands(ctx, cfg.Interface) })
+		result = v.Hold(ctx, func() { r.emit(helperEvent{Event: eventHolding, Address: cfg.Address.String()}) })
+		stop()
 	case "watch":
 		if err := useUpFileDescriptors(); err != nil {
 			t.Fatal(err)
@@ -190,4 +230,67 @@ func useUpFileDescriptors() error {
 	}
 	lim.Cur = uint64(lowest)
 	return unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+}
+
+// serveCommands runs the "live" mode's commands from stdin until ctx ends:
+// each added VIP is held by a Hold of its own, beside the first.
+func (r *reporter) serveCommands(ctx context.Context, ifname string) {
+	type running struct {
+		v      *VIP
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	holds := map[string]*running{}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	lines := make(chan string)
+	go func() { // ends when stdin closes, which the test does last
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		var line string
+		select {
+		case <-ctx.Done():
+			for _, h := range holds {
+				h.cancel()
+			}
+			return
+		case line = <-lines:
+		}
+		verb, addr, _ := strings.Cut(line, " ")
+		switch verb {
+		case "add":
+			v, err := r.m.Add(testVIP(netip.MustParseAddr(addr), ifname))
+			if err != nil {
+				panic(fmt.Sprintf("helper: %v", err))
+			}
+			hctx, cancel := context.WithCancel(ctx)
+			h := &running{v: v, cancel: cancel, done: make(chan struct{})}
+			holds[addr] = h
+			wg.Go(func() {
+				defer close(h.done)
+				if err := v.Hold(hctx, func() { r.emit(helperEvent{Event: eventHolding, Address: addr}) }); err != nil {
+					r.emit(helperEvent{Event: eventReturned, Address: addr, Error: err.Error()})
+				}
+			})
+		case "remove":
+			h := holds[addr]
+			delete(holds, addr)
+			h.cancel()
+			<-h.done
+			if err := r.m.Remove(h.v); err != nil {
+				panic(fmt.Sprintf("helper: %v", err))
+			}
+			r.emit(helperEvent{Event: eventRemoved, Address: addr})
+		default:
+			panic(fmt.Sprintf("helper: unknown command %q", line))
+		}
+	}
 }

@@ -64,7 +64,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 // exported from the start and a rate over it has a beginning.
 func (m *metrics) initSeries(address, ifname string) {
 	m.held.WithLabelValues(address, ifname).Set(0)
-	for _, c := range []*prometheus.CounterVec{m.claims, m.releases, m.restores, m.renewFailures, m.announcements, m.conflicts} {
+	for _, c := range m.counters() {
 		c.WithLabelValues(address, ifname)
 	}
+}
+
+// deleteSeries drops every series of one VIP, once it left the set.
+func (m *metrics) deleteSeries(address, ifname string) {
+	m.held.DeleteLabelValues(address, ifname)
+	for _, c := range m.counters() {
+		c.DeleteLabelValues(address, ifname)
+	}
+}
+
+// counters are the labelled counters: every one has a series per VIP.
+func (m *metrics) counters() []*prometheus.CounterVec {
+	return []*prometheus.CounterVec{m.claims, m.releases, m.restores, m.renewFailures, m.announcements, m.conflicts}
 }

@@ -67,9 +67,10 @@ func keepRunning(ctx context.Context, log *zap.Logger, what string, attempt func
 // follow runs one subscription until ctx ends (it returns nil) or the
 // subscription cannot start, ends, or handle fails (it returns why). handle
 // gets the zero T first, meaning "updates may have been missed: re-read the
-// state", then every update; started is called once the first handle call
-// has succeeded.
-func follow[T any](ctx context.Context, log *zap.Logger, what string, sub subscribeFunc[T], started func(), handle func(T) error) error {
+// state", then every update, and the zero T again on every receive from
+// reread (nil: never); started is called once the first handle call has
+// succeeded.
+func follow[T any](ctx context.Context, log *zap.Logger, what string, sub subscribeFunc[T], reread <-chan struct{}, started func(), handle func(T) error) error {
 	ch := make(chan T, 64)
 	done := make(chan struct{})
 	// lastErr is written only by the subscription's goroutine before it
@@ -103,6 +104,8 @@ func follow[T any](ctx context.Context, log *zap.Logger, what string, sub subscr
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-reread:
+			next = *new(T)
 		case u, ok := <-ch:
 			if !ok {
 				if lastErr == nil {
@@ -136,7 +139,7 @@ func startStream[T any](ctx context.Context, log *zap.Logger, what string, sub s
 	}
 	s.wg.Go(func() {
 		keepRunning(ctx, log, what+" subscription", func(started func()) error {
-			return follow(ctx, log, what, sub, started, send)
+			return follow(ctx, log, what, sub, nil, started, send)
 		})
 	})
 	return s

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -126,13 +127,6 @@ func newNode(t *testing.T, role, ifname string) *node {
 	return n
 }
 
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 // addAddr adds a permanent address (IPv6 without DAD) to n's interface.
 func (n *node) addAddr(t *testing.T, cidr string) {
 	t.Helper()
@@ -201,6 +195,31 @@ func (n *node) addrOf(t *testing.T, ip netip.Addr) *netlink.Addr {
 	return nil
 }
 
+// countDeletions follows n's address notifications until the test ends
+// and returns a function that counts the deletions of ip seen so far.
+func (n *node) countDeletions(t *testing.T, ip netip.Addr) func() int {
+	t.Helper()
+	ch := make(chan netlink.AddrUpdate, 64)
+	done := make(chan struct{})
+	ns := n.ns
+	must(t, netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{Namespace: &ns}))
+	var deleted atomic.Int64
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for u := range ch {
+			if a, ok := netip.AddrFromSlice(u.LinkAddress.IP); ok && !u.NewAddr && a.Unmap() == ip {
+				deleted.Add(1)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		close(done)
+		<-finished
+	})
+	return func() int { return int(deleted.Load()) }
+}
+
 // neighMAC is the link-layer address n's neighbour table has for ip, or nil.
 func (n *node) neighMAC(t *testing.T, ip netip.Addr) net.HardwareAddr {
 	t.Helper()
@@ -257,6 +276,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 // their wording.
 type child struct {
 	cmd    *exec.Cmd
+	stdin  io.WriteCloser // commands of mode "live"; closed by stop
 	events chan helperEvent
 	exit   chan error // the exit status, once stdout is drained
 
@@ -276,6 +296,8 @@ func startChild(t *testing.T, n *node, mode string, vip netip.Addr, wrapper ...s
 	c := &child{cmd: exec.Command("ip", args...), events: make(chan helperEvent, 10000), exit: make(chan error, 1)}
 	c.cmd.Env = append(os.Environ(), "VIPD_VIP_HELPER="+mode, "VIPD_VIP_ADDR="+vip.String(), "VIPD_VIP_IF="+n.ifname)
 	stdout, err := c.cmd.StdoutPipe()
+	must(t, err)
+	c.stdin, err = c.cmd.StdinPipe()
 	must(t, err)
 	c.cmd.Stderr = &lockedWriter{c: c}
 	if err := c.cmd.Start(); err != nil {
@@ -363,10 +385,19 @@ func (c *child) waitReturned(t *testing.T) helperEvent {
 	return c.waitFor(t, "returned", 10*time.Second, func(e helperEvent) bool { return e.Event == eventReturned })
 }
 
-// stop sends SIGTERM and waits for a clean exit (which includes the child's
-// own goroutine leak check).
+// send writes one command to a helper of mode "live".
+func (c *child) send(t *testing.T, command string) {
+	t.Helper()
+	if _, err := io.WriteString(c.stdin, command+"\n"); err != nil {
+		t.Fatalf("send %q to the helper: %v", command, err)
+	}
+}
+
+// stop closes stdin, sends SIGTERM and waits for a clean exit (which
+// includes the child's own goroutine leak check).
 func (c *child) stop(t *testing.T) {
 	t.Helper()
+	c.stdin.Close()
 	must(t, c.cmd.Process.Signal(syscall.SIGTERM))
 	c.waitExit(t)
 }

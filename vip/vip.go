@@ -1,6 +1,8 @@
 // Package vip claims, holds and releases vipd's virtual IP addresses.
 //
-// A Manager adds each VIP to its interface as a /32 (IPv4) or /128 (IPv6,
+// A Manager keeps the set of VIPs, which may change while it runs, and what
+// they share (the link watch, the metrics); each VIP is held by a Hold of
+// its own, which adds it to its interface as a /32 (IPv4) or /128 (IPv6,
 // without duplicate address detection) with a short kernel lifetime, announces
 // it with gratuitous ARP or unsolicited neighbour advertisements, and renews
 // the lifetime on every refresh tick. If the process dies or freezes, the
@@ -18,10 +20,12 @@
 package vip
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -38,12 +42,16 @@ const maxIfNameLen = 15
 // ErrNotSupported is returned on systems where vipd cannot manage addresses.
 var ErrNotSupported = errors.New("vip: managing virtual IPs is only supported on Linux")
 
-// ErrHoldActive is returned by Hold when another Hold of the same Manager is
-// still running: two VIP loops must never overlap.
-var ErrHoldActive = errors.New("vip: another Hold is already running")
+// ErrHoldActive is returned by Hold when another Hold of the same VIP is
+// still running (two loops holding one VIP must never overlap), and by
+// Remove while a Hold of the VIP runs.
+var ErrHoldActive = errors.New("vip: another Hold of this VIP is already running")
+
+// ErrRemoved is returned by Hold on a VIP its Manager no longer has.
+var ErrRemoved = errors.New("vip: the VIP was removed from its Manager")
 
 // Config is one virtual IP and how it is held. The timings come from the
-// config package, which owns their defaults and rules; New only refuses a
+// config package, which owns their defaults and rules; Add only refuses a
 // timing that is not set.
 type Config struct {
 	Address   netip.Addr
@@ -61,18 +69,13 @@ type Config struct {
 
 // Options configures a Manager.
 type Options struct {
-	VIPs       []Config
 	Logger     *zap.Logger           // nil: no logs
 	Registerer prometheus.Registerer // nil: metrics are not registered
-	// OnLinkChange is called by Watch, from its goroutine, whenever LinkUp
-	// changes, including when Watch loses sight of the links. It must not
-	// block for long.
+	// OnLinkChange is called whenever LinkUp changes: by Watch, from its
+	// goroutine, including when Watch loses sight of the links, and by Add
+	// and Remove when the set of interfaces changes it. It must not block
+	// for long.
 	OnLinkChange func(up bool)
-	// OnHolding is called by Hold, from its goroutine, once every VIP is
-	// claimed and announcing: from then on that Hold runs until its context
-	// ends, unless a VIP's interface is deleted or recreated. It must not
-	// block for long.
-	OnHolding func()
 }
 
 // Status reports one VIP.
@@ -82,62 +85,143 @@ type Status struct {
 	Held      bool   `json:"held"`
 }
 
-// Manager holds a fixed set of VIPs. Its methods are safe for concurrent use;
-// only one Hold may run at a time.
+// Manager keeps what the VIPs of a node share: the link watch, the metrics
+// and the logger. VIPs are added and removed while it runs; each is held by
+// its own Hold. Its methods are safe for concurrent use.
 type Manager struct {
-	vips         []*vipState
 	log          *zap.Logger
 	metrics      *metrics
 	onLinkChange func(up bool)
-	onHolding    func()
-
-	holding atomic.Bool // a Hold is running
+	rescan       chan struct{} // buffered 1: the set changed, Watch reads the links again
 
 	mu       sync.Mutex
+	vips     []*VIP          // the current set, in the order added
 	linkUp   map[string]bool // interface name -> up, as last read by Watch
 	linkLost bool            // Watch cannot see the links now: none counts as up
 }
 
-// vipState is one configured VIP and whether this node holds it now.
-type vipState struct {
-	cfg  Config
-	held atomic.Bool
+// The states of a VIP: at most one Hold runs at a time, and none after
+// the VIP was removed.
+const (
+	vipIdle int32 = iota
+	vipHolding
+	vipRemoved
+)
+
+// VIP is one virtual IP of a Manager, from Add until Remove. Its Hold
+// claims and holds it.
+type VIP struct {
+	m     *Manager
+	cfg   Config
+	log   *zap.Logger
+	held  atomic.Bool  // this node holds the address now
+	state atomic.Int32 // vipIdle, vipHolding or vipRemoved
 }
 
-// New checks opts and registers the metrics. It touches neither the network
-// nor the kernel.
+// Config is the VIP as it was added (address normalised).
+func (v *VIP) Config() Config { return v.cfg }
+
+// New registers the metrics. It touches neither the network nor the
+// kernel, and holds no VIP until one is added.
 func New(opts Options) (*Manager, error) {
 	log := opts.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	m := &Manager{
-		log:          log.Named("vip"),
-		onLinkChange: opts.OnLinkChange,
-		onHolding:    opts.OnHolding,
-		linkUp:       make(map[string]bool),
-	}
-	seen := make(map[netip.Addr]bool)
-	for _, c := range opts.VIPs {
-		c, err := checkConfig(c)
-		if err != nil {
-			return nil, err
-		}
-		if seen[c.Address] {
-			return nil, fmt.Errorf("vip %s: configured twice", c.Address)
-		}
-		seen[c.Address] = true
-		m.vips = append(m.vips, &vipState{cfg: c})
-	}
 	met, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	m.metrics = met
-	for _, v := range m.vips {
-		met.initSeries(v.cfg.Address.String(), v.cfg.Interface)
+	return &Manager{
+		log:          log.Named("vip"),
+		metrics:      met,
+		onLinkChange: opts.OnLinkChange,
+		rescan:       make(chan struct{}, 1),
+		linkUp:       make(map[string]bool),
+	}, nil
+}
+
+// Add checks c and adds it to the set: its series are exported at zero,
+// Status lists it and Watch follows its interface. It is not held until
+// its Hold runs. An address already in the set is refused.
+func (m *Manager) Add(c Config) (*VIP, error) {
+	c, err := checkConfig(c)
+	if err != nil {
+		return nil, err
 	}
-	return m, nil
+	v := &VIP{m: m, cfg: c, log: m.log.With(zap.Stringer("address", c.Address), zap.String("interface", c.Interface))}
+	var dup bool
+	m.updateLinks(func() {
+		dup = slices.ContainsFunc(m.vips, func(o *VIP) bool { return o.cfg.Address == c.Address })
+		if !dup {
+			m.vips = append(m.vips, v)
+		}
+	}, zap.String("added", c.Address.String()))
+	if dup {
+		return nil, fmt.Errorf("vip %s: configured twice", c.Address)
+	}
+	m.metrics.initSeries(c.Address.String(), c.Interface)
+	m.kickWatch()
+	return v, nil
+}
+
+// Remove takes v out of the set: Status no longer lists it, its series
+// leave the metrics, and Hold refuses it from then on. The caller ends
+// v's Hold first (which releases the address); while one runs, Remove
+// refuses with ErrHoldActive and changes nothing.
+func (m *Manager) Remove(v *VIP) error {
+	if !v.state.CompareAndSwap(vipIdle, vipRemoved) {
+		if v.state.Load() == vipRemoved {
+			return nil
+		}
+		return fmt.Errorf("remove vip %s: %w", v.cfg.Address, ErrHoldActive)
+	}
+	m.updateLinks(func() {
+		m.vips = slices.DeleteFunc(m.vips, func(o *VIP) bool { return o == v })
+	}, zap.String("removed", v.cfg.Address.String()))
+	m.metrics.deleteSeries(v.cfg.Address.String(), v.cfg.Interface)
+	m.kickWatch()
+	return nil
+}
+
+// beginHold marks v held by one Hold, or says why it cannot be.
+func (v *VIP) beginHold() error {
+	if v.state.CompareAndSwap(vipIdle, vipHolding) {
+		return nil
+	}
+	if v.state.Load() == vipRemoved {
+		return fmt.Errorf("hold %s: %w", v.cfg.Address, ErrRemoved)
+	}
+	return fmt.Errorf("hold %s: %w", v.cfg.Address, ErrHoldActive)
+}
+
+func (v *VIP) endHold() { v.state.Store(vipIdle) }
+
+// kickWatch tells Watch the set changed; it never blocks.
+func (m *Manager) kickWatch() {
+	select {
+	case m.rescan <- struct{}{}:
+	default: // a re-read is already pending
+	}
+}
+
+// snapshot is the current set.
+func (m *Manager) snapshot() []*VIP {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.vips)
+}
+
+// waitForVIPs returns true once the set is not empty, false if ctx ends first.
+func (m *Manager) waitForVIPs(ctx context.Context) bool {
+	for len(m.snapshot()) == 0 {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-m.rescan:
+		}
+	}
+	return true
 }
 
 // checkConfig normalises c's address and rejects a VIP that cannot be held.
@@ -187,10 +271,12 @@ func (c Config) label() string {
 	return l
 }
 
-// Status reports every configured VIP and whether this node holds it.
+// Status reports every VIP of the set, in the order added, and whether
+// this node holds it.
 func (m *Manager) Status() []Status {
-	out := make([]Status, len(m.vips))
-	for i, v := range m.vips {
+	vips := m.snapshot()
+	out := make([]Status, len(vips))
+	for i, v := range vips {
 		out[i] = Status{Address: v.cfg.Address.String(), Interface: v.cfg.Interface, Held: v.held.Load()}
 	}
 	return out
@@ -199,7 +285,7 @@ func (m *Manager) Status() []Status {
 // LinkUp reports whether every VIP interface is up, as last seen by Watch.
 // Before Watch has read an interface it counts as up; while Watch cannot
 // follow the links (its netlink watch failed to start or died, and is being
-// retried) none counts as up.
+// retried) none counts as up. With no VIP there is no link to be down.
 func (m *Manager) LinkUp() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -208,6 +294,9 @@ func (m *Manager) LinkUp() bool {
 
 // allUpLocked is LinkUp's answer; m.mu must be held.
 func (m *Manager) allUpLocked() bool {
+	if len(m.vips) == 0 {
+		return true
+	}
 	if m.linkLost {
 		return false
 	}
@@ -219,8 +308,8 @@ func (m *Manager) allUpLocked() bool {
 	return true
 }
 
-// setLinkState records the state of every VIP interface (name -> up), as
-// read by Watch.
+// setLinkState records the state of VIP interfaces (name -> up), as read
+// by Watch.
 func (m *Manager) setLinkState(state map[string]bool) {
 	m.updateLinks(func() {
 		m.linkLost = false
@@ -233,8 +322,8 @@ func (m *Manager) setLinkLost() {
 	m.updateLinks(func() { m.linkLost = true }, zap.String("interfaces", "unknown: the link watch is down"))
 }
 
-// updateLinks applies change under m.mu and calls OnLinkChange when LinkUp
-// changes as a result.
+// updateLinks applies change (to the link state or the set) under m.mu and
+// calls OnLinkChange when LinkUp changes as a result.
 func (m *Manager) updateLinks(change func(), detail zap.Field) {
 	m.mu.Lock()
 	before := m.allUpLocked()

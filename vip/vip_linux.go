@@ -38,9 +38,9 @@ func prefix(a netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
 }
 
-// RemoveStale deletes every configured VIP found on its interface, whatever
-// its prefix length (docs/architecture.md rule 4: a restarted node starts clean). A
-// missing interface holds nothing and is skipped.
+// RemoveStale deletes every VIP of the set found on its interface (see
+// VIP.RemoveStale): docs/architecture.md rule 4, a restarted node starts
+// clean.
 func (m *Manager) RemoveStale() error {
 	h, err := newHandle()
 	if err != nil {
@@ -48,12 +48,29 @@ func (m *Manager) RemoveStale() error {
 	}
 	defer h.Close()
 	var errs []error
-	for _, v := range m.vips {
+	for _, v := range m.snapshot() {
 		if err := removeStale(h, v.cfg); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// RemoveStale deletes v's address from its interface, whatever its prefix
+// length, when no Hold of v runs: what an operator or an earlier process
+// left there is not this node's to keep (rule 4, also for a VIP added
+// while the daemon runs). A missing interface holds nothing and is skipped.
+func (v *VIP) RemoveStale() error {
+	if err := v.beginHold(); err != nil {
+		return fmt.Errorf("remove stale VIP: %w", err)
+	}
+	defer v.endHold()
+	h, err := newHandle()
+	if err != nil {
+		return needsCap(err, "CAP_NET_ADMIN")
+	}
+	defer h.Close()
+	return removeStale(h, v.cfg)
 }
 
 func removeStale(h *netlink.Handle, c Config) error {
@@ -86,8 +103,8 @@ func removeStale(h *netlink.Handle, c Config) error {
 
 // held is one VIP during one Hold: its link, socket and announcement loop.
 type held struct {
-	st      *vipState
-	log     *zap.Logger
+	*VIP
+	h       *netlink.Handle
 	link    netlink.Link
 	addr    netlink.Addr
 	ann     announcer
@@ -116,54 +133,48 @@ func (v *held) trigger(burst bool) {
 	}
 }
 
-// Hold claims every VIP, announces it, renews and re-announces it each
-// Refresh (the shortest Refresh of all VIPs), puts it back and announces a
-// burst at once if it vanishes or its link comes back up, and watches for
-// other hosts claiming it, until ctx is done. It then releases every VIP —
-// the address deletion comes first and nothing waits before it — and returns
-// only after that, with every goroutine it started ended. It returns an error
-// when a VIP cannot be claimed or announced (after releasing what it claimed;
-// a permission error names the missing capability), when a VIP's interface
-// is deleted or recreated while held, when a VIP's renewals keep failing for
-// longer than its renewalBudget, or when another Hold is running. A renewal
-// that fails and is followed by one that succeeds within the budget, and
-// failed sends, are logged, not fatal.
-func (m *Manager) Hold(ctx context.Context) error {
-	if !m.holding.CompareAndSwap(false, true) {
-		return ErrHoldActive
+// Hold claims the VIP, announces it, renews and re-announces it each
+// Refresh, puts it back and announces a burst at once if it vanishes or its
+// link comes back up, and watches for other hosts claiming it, until ctx is
+// done. It then releases the VIP — the address deletion comes first and
+// nothing waits before it — and returns only after that, with every
+// goroutine it started ended. Once the VIP is claimed and announcing it
+// calls holding (if not nil), from its goroutine; it must not block for
+// long. It returns an error when the VIP cannot be claimed or announced
+// (after releasing what it claimed; a permission error names the missing
+// capability), when its interface is deleted or recreated while held, when
+// its renewals keep failing for longer than its renewalBudget, when another
+// Hold of it runs, or when it was removed. A renewal that fails and is
+// followed by one that succeeds within the budget, and failed sends, are
+// logged, not fatal. Holds of different VIPs run side by side and never
+// touch each other's address.
+func (v *VIP) Hold(ctx context.Context, holding func()) error {
+	if err := v.beginHold(); err != nil {
+		return err
 	}
-	defer m.holding.Store(false)
+	defer v.endHold()
 	start := time.Now()
-	if len(m.vips) == 0 || ctx.Err() != nil {
-		<-ctx.Done()
+	if ctx.Err() != nil {
 		return nil
 	}
 	h, err := newHandle()
 	if err != nil {
 		return needsCap(err, "CAP_NET_ADMIN")
 	}
-	vips := make([]*held, len(m.vips))
-	for i, st := range m.vips {
-		vips[i] = &held{
-			st:   st,
-			log:  m.log.With(zap.Stringer("address", st.cfg.Address), zap.String("interface", st.cfg.Interface)),
-			kick: make(chan struct{}, 1),
-		}
-	}
+	hv := &held{VIP: v, h: h, kick: make(chan struct{}, 1)}
+	cfg := v.cfg
 	// Subscriptions start before the claim so no deletion goes unseen.
 	subCtx, stopSubs := context.WithCancel(ctx)
-	addrs := startStream(subCtx, m.log, "address", subscribeAddrs)
-	links := startStream(subCtx, m.log, "link", subscribeLinks)
+	addrs := startStream(subCtx, v.log, "address", subscribeAddrs)
+	links := startStream(subCtx, v.log, "link", subscribeLinks)
 	// Announcing stops the moment ctx ends, without waiting for anything.
 	annCtx, stopAnn := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
-		m.release(h, vips) // first: nothing may delay the deletion
+		hv.release() // first: nothing may delay the deletion
 		stopAnn()
-		for _, v := range vips {
-			if v.ann != nil {
-				v.ann.close() // unblocks readConflicts
-			}
+		if hv.ann != nil {
+			hv.ann.close() // unblocks readConflicts
 		}
 		stopSubs()
 		wg.Wait()
@@ -172,107 +183,84 @@ func (m *Manager) Hold(ctx context.Context) error {
 		h.Close()
 	}()
 
-	for _, v := range vips {
-		if err := m.claim(h, v); err != nil {
-			return err
-		}
+	if err := hv.claim(); err != nil {
+		return err
 	}
-	for _, v := range vips {
-		ifi, err := net.InterfaceByIndex(v.link.Attrs().Index)
-		if err != nil {
-			return fmt.Errorf("claim %s on %s: %w", v.st.cfg.Address, v.st.cfg.Interface, err)
-		}
-		ann, err := openAnnouncer(ifi, v.st.cfg.Address)
-		if err != nil { // v.ann stays a nil interface, not a typed nil
-			return fmt.Errorf("claim %s on %s: %w", v.st.cfg.Address, v.st.cfg.Interface, err)
-		}
-		v.ann = ann
+	ifi, err := net.InterfaceByIndex(hv.link.Attrs().Index)
+	if err != nil {
+		return fmt.Errorf("claim %s on %s: %w", cfg.Address, cfg.Interface, err)
 	}
-	conflicts := make(chan conflict)
-	for _, v := range vips {
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			m.announceLoop(annCtx, v, start)
-		}()
-		go func() {
-			defer wg.Done()
-			v.ann.readConflicts(func(mac net.HardwareAddr) {
-				select {
-				case conflicts <- conflict{v: v, mac: mac}:
-				case <-annCtx.Done():
-				}
-			})
-		}()
+	ann, err := openAnnouncer(ifi, cfg.Address)
+	if err != nil { // hv.ann stays a nil interface, not a typed nil
+		return fmt.Errorf("claim %s on %s: %w", cfg.Address, cfg.Interface, err)
 	}
+	hv.ann = ann
+	conflicts := make(chan net.HardwareAddr)
+	wg.Go(func() { hv.announceLoop(annCtx, start) })
+	wg.Go(func() {
+		hv.ann.readConflicts(func(mac net.HardwareAddr) {
+			select {
+			case conflicts <- mac:
+			case <-annCtx.Done():
+			}
+		})
+	})
 
-	refresh := vips[0].st.cfg.Refresh
-	for _, v := range vips {
-		refresh = min(refresh, v.st.cfg.Refresh)
-	}
-	tick := time.NewTicker(refresh)
+	tick := time.NewTicker(cfg.Refresh)
 	defer tick.Stop()
-	// giveUp fires when the first VIP whose renewals fail reaches the end
-	// of its budget: one more try then, and the hold ends if that fails.
+	// giveUp fires when the budget of failing renewals ends: one more try
+	// then, and the hold ends if that fails.
 	giveUp := time.NewTimer(0)
 	giveUp.Stop()
 	defer giveUp.Stop()
-	m.log.Info("vip hold started", zap.Int("vips", len(vips)))
-	if m.onHolding != nil {
-		m.onHolding()
+	v.log.Info("vip hold started")
+	if holding != nil {
+		holding()
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			for _, v := range vips {
-				m.renew(h, v)
-			}
+			hv.renew()
 		case u := <-addrs.C:
-			for _, v := range vips {
-				if !u.NewAddr && u.LinkIndex == v.link.Attrs().Index && u.LinkAddress.IP.Equal(v.addr.IP) {
-					m.restore(h, v, "address vanished")
-				}
+			if !u.NewAddr && u.LinkIndex == hv.link.Attrs().Index && u.LinkAddress.IP.Equal(hv.addr.IP) {
+				hv.restore("address vanished")
 			}
 		case <-links.C:
-			// Re-read every VIP interface, as Watch does: immune to lost
+			// Re-read the interface, as Watch does: immune to lost
 			// messages, and it sees an interface deleted or recreated under
 			// the same name, which this Hold's address and announcer no
 			// longer reach. Ending the Hold makes the caller claim anew.
-			for _, v := range vips {
-				link, err := h.LinkByName(v.st.cfg.Interface)
-				var notFound netlink.LinkNotFoundError
-				switch {
-				case errors.As(err, &notFound) || (err == nil && link.Attrs().Index != v.link.Attrs().Index):
-					return fmt.Errorf("hold %s: interface %s was deleted or recreated: the VIP must be claimed again",
-						v.st.cfg.Address, v.st.cfg.Interface)
-				case err != nil:
-					v.log.Warn("vip interface re-read failed", zap.Error(err))
-					continue
-				}
-				up := isUp(link.Attrs())
-				if up && !v.linkUp {
-					m.restore(h, v, "link came up")
-				}
-				v.linkUp = up
+			link, err := h.LinkByName(cfg.Interface)
+			var notFound netlink.LinkNotFoundError
+			switch {
+			case errors.As(err, &notFound) || (err == nil && link.Attrs().Index != hv.link.Attrs().Index):
+				return fmt.Errorf("hold %s: interface %s was deleted or recreated: the VIP must be claimed again",
+					cfg.Address, cfg.Interface)
+			case err != nil:
+				v.log.Warn("vip interface re-read failed", zap.Error(err))
+				continue
 			}
-		case c := <-conflicts:
-			m.conflict(c)
+			up := isUp(link.Attrs())
+			if up && !hv.linkUp {
+				hv.restore("link came up")
+			}
+			hv.linkUp = up
+		case mac := <-conflicts:
+			hv.conflict(mac)
 		case <-giveUp.C:
-			for _, v := range vips {
-				if v.renewErr != nil {
-					m.renew(h, v)
-				}
+			if hv.renewErr != nil {
+				hv.renew()
 			}
 		}
-		next, err := renewalsFailed(vips, time.Now())
+		end, err := hv.renewalFailed(time.Now())
 		if err != nil {
 			return err
 		}
 		giveUp.Stop()
-		if !next.IsZero() {
-			giveUp.Reset(time.Until(next))
+		if !end.IsZero() {
+			giveUp.Reset(time.Until(end))
 		}
 	}
 }
@@ -287,51 +275,40 @@ func (m *Manager) Hold(ctx context.Context) error {
 // (Refresh is at most half the lifetime, config's rule) or at its end.
 func (c Config) renewalBudget() time.Duration { return c.Lifetime / 2 }
 
-// renewalsFailed returns an error naming the first VIP whose renewals have
+// renewalFailed returns an error naming the VIP when its renewals have
 // failed at least twice in a row and for longer than its budget; otherwise
-// the end of the earliest budget still running (zero if every VIP's last
-// renewal succeeded).
-func renewalsFailed(vips []*held, now time.Time) (time.Time, error) {
-	var next time.Time
-	for _, v := range vips {
-		if v.renewErr == nil {
-			continue
-		}
-		cfg := v.st.cfg
-		end := v.renewed.Add(cfg.renewalBudget())
-		if v.failures >= 2 && !now.Before(end) {
-			return time.Time{}, fmt.Errorf("hold %s on %s: no renewal succeeded for %s, over half the %s lifetime: %w",
-				cfg.Address, cfg.Interface, now.Sub(v.renewed).Round(time.Millisecond), cfg.Lifetime, v.renewErr)
-		}
-		if next.IsZero() || end.Before(next) {
-			next = end
-		}
+// the end of the budget still running (zero if the last renewal succeeded).
+func (v *held) renewalFailed(now time.Time) (time.Time, error) {
+	if v.renewErr == nil {
+		return time.Time{}, nil
 	}
-	return next, nil
+	cfg := v.cfg
+	end := v.renewed.Add(cfg.renewalBudget())
+	if v.failures >= 2 && !now.Before(end) {
+		return time.Time{}, fmt.Errorf("hold %s on %s: no renewal succeeded for %s, over half the %s lifetime: %w",
+			cfg.Address, cfg.Interface, now.Sub(v.renewed).Round(time.Millisecond), cfg.Lifetime, v.renewErr)
+	}
+	return end, nil
 }
 
-// conflict is another MAC claiming a held VIP.
-type conflict struct {
-	v   *held
-	mac net.HardwareAddr
-}
+// labels are the VIP's metric labels.
+func (v *held) labels() []string { return []string{v.cfg.Address.String(), v.cfg.Interface} }
 
 // conflict logs and counts another host's claim and re-announces, at most
 // once per Refresh so two holders cannot drive each other into a storm.
-func (m *Manager) conflict(c conflict) {
-	cfg := c.v.st.cfg
-	m.metrics.conflicts.WithLabelValues(cfg.Address.String(), cfg.Interface).Inc()
-	c.v.log.Warn("vip conflict: another host claims the VIP", zap.Stringer("mac", c.mac))
-	if time.Since(c.v.lastKick) >= cfg.Refresh {
-		c.v.lastKick = time.Now()
-		c.v.trigger(false)
+func (v *held) conflict(mac net.HardwareAddr) {
+	v.m.metrics.conflicts.WithLabelValues(v.labels()...).Inc()
+	v.log.Warn("vip conflict: another host claims the VIP", zap.Stringer("mac", mac))
+	if time.Since(v.lastKick) >= v.cfg.Refresh {
+		v.lastKick = time.Now()
+		v.trigger(false)
 	}
 }
 
 // claim adds the address for the first time in this Hold.
-func (m *Manager) claim(h *netlink.Handle, v *held) error {
-	cfg := v.st.cfg
-	link, err := h.LinkByName(cfg.Interface)
+func (v *held) claim() error {
+	cfg := v.cfg
+	link, err := v.h.LinkByName(cfg.Interface)
 	if err != nil {
 		return fmt.Errorf("claim %s: find interface %s: %w", cfg.Address, cfg.Interface, err)
 	}
@@ -346,44 +323,44 @@ func (m *Manager) claim(h *netlink.Handle, v *held) error {
 	if cfg.Address.Is6() {
 		v.addr.Flags = unix.IFA_F_NODAD
 	}
-	if err := m.addAddr(h, v); err != nil {
+	if err := v.addAddr(); err != nil {
 		return err
 	}
 	v.claimed, v.renewed = true, time.Now()
-	v.st.held.Store(true)
-	m.metrics.claims.WithLabelValues(cfg.Address.String(), cfg.Interface).Inc()
-	m.metrics.held.WithLabelValues(cfg.Address.String(), cfg.Interface).Set(1)
+	v.held.Store(true)
+	v.m.metrics.claims.WithLabelValues(v.labels()...).Inc()
+	v.m.metrics.held.WithLabelValues(v.labels()...).Set(1)
 	v.log.Info("vip claimed", zap.Int("lifetime_s", v.addr.ValidLft))
 	return nil
 }
 
 // addAddr adds or renews the address with its lifetime (idempotent).
-func (m *Manager) addAddr(h *netlink.Handle, v *held) error {
+func (v *held) addAddr() error {
 	a := v.addr // AddrReplace fills in fields of what it is given
-	if err := h.AddrReplace(v.link, &a); err != nil {
-		return fmt.Errorf("add address %s to %s: %w", v.addr.IPNet, v.st.cfg.Interface, needsCap(err, "CAP_NET_ADMIN"))
+	if err := v.h.AddrReplace(v.link, &a); err != nil {
+		return fmt.Errorf("add address %s to %s: %w", v.addr.IPNet, v.cfg.Interface, needsCap(err, "CAP_NET_ADMIN"))
 	}
 	return nil
 }
 
 // putAddr adds or renews the address of a held VIP and records the outcome
-// for renewalsFailed.
-func (m *Manager) putAddr(h *netlink.Handle, v *held) error {
-	if err := m.addAddr(h, v); err != nil {
+// for renewalFailed.
+func (v *held) putAddr() error {
+	if err := v.addAddr(); err != nil {
 		v.renewErr = err
 		v.failures++
-		v.st.held.Store(false)
-		m.metrics.renewFailures.WithLabelValues(v.st.cfg.Address.String(), v.st.cfg.Interface).Inc()
+		v.held.Store(false)
+		v.m.metrics.renewFailures.WithLabelValues(v.labels()...).Inc()
 		return err
 	}
 	v.renewed, v.renewErr, v.failures = time.Now(), nil, 0
-	v.st.held.Store(true)
+	v.held.Store(true)
 	return nil
 }
 
 // renew extends the lifetime and asks for one announcement.
-func (m *Manager) renew(h *netlink.Handle, v *held) {
-	if err := m.putAddr(h, v); err != nil {
+func (v *held) renew() {
+	if err := v.putAddr(); err != nil {
 		v.log.Error("vip renew failed", zap.Int("failures_in_a_row", v.failures), zap.Error(err))
 		return
 	}
@@ -391,47 +368,44 @@ func (m *Manager) renew(h *netlink.Handle, v *held) {
 }
 
 // restore puts the address back at once and announces a full burst.
-func (m *Manager) restore(h *netlink.Handle, v *held, why string) {
-	if err := m.putAddr(h, v); err != nil {
+func (v *held) restore(why string) {
+	if err := v.putAddr(); err != nil {
 		v.log.Error("vip restore failed", zap.String("reason", why), zap.Int("failures_in_a_row", v.failures), zap.Error(err))
 		return
 	}
-	m.metrics.restores.WithLabelValues(v.st.cfg.Address.String(), v.st.cfg.Interface).Inc()
+	v.m.metrics.restores.WithLabelValues(v.labels()...).Inc()
 	v.log.Warn("vip restored", zap.String("reason", why))
 	v.trigger(true)
 }
 
-// release deletes every address this Hold added. It runs before anything
-// else on the way out of Hold.
-func (m *Manager) release(h *netlink.Handle, vips []*held) {
-	for _, v := range vips {
-		if !v.claimed {
-			continue
-		}
-		cfg := v.st.cfg
-		a := v.addr
-		err := h.AddrDel(v.link, &a)
-		v.st.held.Store(false)
-		m.metrics.held.WithLabelValues(cfg.Address.String(), cfg.Interface).Set(0)
-		m.metrics.releases.WithLabelValues(cfg.Address.String(), cfg.Interface).Inc()
-		switch {
-		case err == nil, errors.Is(err, syscall.EADDRNOTAVAIL):
-			v.log.Info("vip released")
-		case errors.Is(err, syscall.ENODEV):
-			v.log.Info("vip released with its interface") // deleted along with it
-		default:
-			v.log.Error("vip release failed; the kernel drops it when its lifetime ends",
-				zap.Error(needsCap(err, "CAP_NET_ADMIN")))
-		}
+// release deletes the address if this Hold added it. It runs before
+// anything else on the way out of Hold.
+func (v *held) release() {
+	if !v.claimed {
+		return
+	}
+	a := v.addr
+	err := v.h.AddrDel(v.link, &a)
+	v.held.Store(false)
+	v.m.metrics.held.WithLabelValues(v.labels()...).Set(0)
+	v.m.metrics.releases.WithLabelValues(v.labels()...).Inc()
+	switch {
+	case err == nil, errors.Is(err, syscall.EADDRNOTAVAIL):
+		v.log.Info("vip released")
+	case errors.Is(err, syscall.ENODEV):
+		v.log.Info("vip released with its interface") // deleted along with it
+	default:
+		v.log.Error("vip release failed; the kernel drops it when its lifetime ends",
+			zap.Error(needsCap(err, "CAP_NET_ADMIN")))
 	}
 }
 
 // announceLoop sends the claim burst, then one announcement per trigger (or
 // a burst when asked), until ctx is done. Sends carry deadlines; a failure is
 // logged when it starts and when it ends, not on every tick.
-func (m *Manager) announceLoop(ctx context.Context, v *held, start time.Time) {
-	cfg := v.st.cfg
-	announcements := m.metrics.announcements.WithLabelValues(cfg.Address.String(), cfg.Interface)
+func (v *held) announceLoop(ctx context.Context, start time.Time) {
+	cfg := v.cfg
+	announcements := v.m.metrics.announcements.WithLabelValues(v.labels()...)
 	first, failing := true, false
 	send := func() {
 		if ctx.Err() != nil {
@@ -452,7 +426,7 @@ func (m *Manager) announceLoop(ctx context.Context, v *held, start time.Time) {
 		if first {
 			first = false
 			d := time.Since(start)
-			m.metrics.claimToAnnounce.Observe(d.Seconds())
+			v.m.metrics.claimToAnnounce.Observe(d.Seconds())
 			v.log.Info("vip announced", zap.Duration("claim_to_announce", d))
 		}
 	}
@@ -490,18 +464,19 @@ func isUp(a *netlink.LinkAttrs) bool {
 	return a.Flags&net.FlagUp != 0 && (a.OperState == netlink.OperUp || a.OperState == netlink.OperUnknown)
 }
 
-// Watch follows the VIP interfaces with a netlink link subscription, keeps
-// LinkUp accurate and calls OnLinkChange on every change, until ctx is done.
-// A missing interface counts as down. If the watch cannot start or dies,
-// LinkUp turns false (the links are not known, so not known to be up) and
-// the watch is retried, with a growing pause, until it works again and the
-// links are read afresh.
+// Watch follows the interfaces of the set with a netlink link
+// subscription, keeps LinkUp accurate and calls OnLinkChange on every
+// change, until ctx is done; it reads the interfaces again whenever a VIP
+// is added or removed. A missing interface counts as down. If the watch
+// cannot start or dies, LinkUp turns false (the links are not known, so not
+// known to be up) and the watch is retried, with a growing pause, until it
+// works again and the links are read afresh. It opens nothing until the
+// set has a VIP.
 func (m *Manager) Watch(ctx context.Context) { m.watch(ctx, subscribeLinks) }
 
 // watch is Watch with the subscription given, so tests can make it fail.
 func (m *Manager) watch(ctx context.Context, sub subscribeFunc[netlink.LinkUpdate]) {
-	if len(m.vips) == 0 {
-		<-ctx.Done()
+	if !m.waitForVIPs(ctx) {
 		return
 	}
 	keepRunning(ctx, m.log, "link watch", func(started func()) error {
@@ -520,18 +495,21 @@ func (m *Manager) watchOnce(ctx context.Context, sub subscribeFunc[netlink.LinkU
 		return needsCap(err, "CAP_NET_ADMIN")
 	}
 	defer h.Close()
-	// Any update (or a resubscription) re-reads every interface: fresher
-	// than the update itself and immune to lost messages.
-	return follow(ctx, m.log, "link", sub, started, func(netlink.LinkUpdate) error {
+	// Any update (or a resubscription, or a change of the set) re-reads
+	// every interface: fresher than the update itself and immune to lost
+	// messages.
+	return follow(ctx, m.log, "link", sub, m.rescan, started, func(netlink.LinkUpdate) error {
 		return m.readLinks(h)
 	})
 }
 
-// readLinks reads every VIP interface into the link state. A missing
-// interface is down; failing to read one is an error (the watch then fails).
+// readLinks reads every interface of the set into the link state. A
+// missing interface is down; failing to read one is an error (the watch
+// then fails).
 func (m *Manager) readLinks(h *netlink.Handle) error {
-	state := make(map[string]bool, len(m.vips))
-	for _, v := range m.vips {
+	vips := m.snapshot()
+	state := make(map[string]bool, len(vips))
+	for _, v := range vips {
 		link, err := h.LinkByName(v.cfg.Interface)
 		var notFound netlink.LinkNotFoundError
 		switch {

@@ -3,6 +3,7 @@ package vip
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -275,19 +276,86 @@ func TestMissingCapabilityIsNamed(t *testing.T) {
 	}
 }
 
+// TestVIPAddedAndRemovedBesideAHeldOne holds one VIP, then adds a second
+// and holds it, then ends its hold and removes it: the second is claimed
+// and released on its own, its series leave the metrics, and the first
+// VIP's address is never deleted meanwhile (the test follows the kernel's
+// address notifications), claimed once, never restored.
+func TestVIPAddedAndRemovedBesideAHeldOne(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			tb := newTestbed(t)
+			second := f.vip.Next()
+			c := startChild(t, tb.a, "live", f.vip)
+			c.waitFor(t, "the first VIP holding", 10*time.Second, isEvent(eventHolding))
+			c.waitAnnounced(t)
+			deletions := tb.a.countDeletions(t, f.vip)
+
+			c.send(t, "add "+second.String())
+			e := c.waitFor(t, "the second VIP holding", 10*time.Second, func(e helperEvent) bool {
+				return e.Address == second.String()
+			})
+			if e.Event != eventHolding {
+				t.Fatalf("second VIP: %+v, want it holding", e)
+			}
+			if tb.a.addrOf(t, second) == nil {
+				t.Fatalf("%s reported holding but not on %s", second, tb.a.ifname)
+			}
+			if !slices.Contains(e.Exported, second.String()) {
+				t.Errorf("series of the added VIP not exported: %v", e.Exported)
+			}
+
+			c.send(t, "remove "+second.String())
+			e = c.waitFor(t, "the second VIP removed", 10*time.Second, isEvent(eventRemoved))
+			if a := tb.a.addrOf(t, second); a != nil {
+				t.Fatalf("%s still on %s after its hold ended: %v", second, tb.a.ifname, a)
+			}
+			if fmt.Sprint(e.Exported) != fmt.Sprint([]string{f.vip.String()}) {
+				t.Errorf("addresses with series after the remove = %v, want only %s", e.Exported, f.vip)
+			}
+			if tb.a.addrOf(t, f.vip) == nil || !e.Held {
+				t.Fatalf("the first VIP is not held after the second came and went: %+v", e)
+			}
+			if n := deletions(); n != 0 {
+				t.Errorf("the first VIP's address was deleted %d times while the second came and went", n)
+			}
+			if m := e.Metrics; m["vipd_vip_claims_total"] != 1 || m["vipd_vip_releases_total"] != 0 || m["vipd_vip_restores_total"] != 0 {
+				t.Errorf("first VIP's series %v, want one claim, no release, no restore", m)
+			}
+			c.stop(t)
+		})
+	}
+}
+
 // isEvent matches events of the given kinds.
 func isEvent(kinds ...string) func(helperEvent) bool {
 	return func(e helperEvent) bool { return slices.Contains(kinds, e.Event) }
 }
 
-func TestSecondHoldIsRefused(t *testing.T) {
-	m, err := New(Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.holding.Store(true) // as while a first Hold runs
-	if err := m.Hold(context.Background()); !errors.Is(err, ErrHoldActive) {
+func TestSecondHoldOfAVIPIsRefused(t *testing.T) {
+	m := newManager(t, Options{})
+	v := add(t, m, testVIP(vip4, "eth0"))
+	other := add(t, m, testVIP(netip.MustParseAddr("198.18.0.101"), "eth0"))
+	must(t, v.beginHold()) // as while a first Hold runs
+	if err := v.Hold(context.Background(), nil); !errors.Is(err, ErrHoldActive) {
 		t.Fatalf("second Hold = %v, want ErrHoldActive", err)
+	}
+	if err := m.Remove(v); !errors.Is(err, ErrHoldActive) {
+		t.Fatalf("Remove while a Hold runs = %v, want ErrHoldActive", err)
+	}
+	if len(m.Status()) != 2 {
+		t.Fatal("a refused Remove changed the set")
+	}
+	// Another VIP's hold is not this one's: only its own state counts.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := other.Hold(ctx, nil); err != nil {
+		t.Fatalf("Hold of another VIP = %v, want nil (its context ended before it began)", err)
+	}
+	v.endHold()
+	must(t, m.Remove(v))
+	if err := v.Hold(context.Background(), nil); !errors.Is(err, ErrRemoved) {
+		t.Fatalf("Hold of a removed VIP = %v, want ErrRemoved", err)
 	}
 }
 

@@ -11,16 +11,20 @@ import (
 // RemoveStale is not supported on this system: it returns ErrNotSupported.
 func (m *Manager) RemoveStale() error { return ErrNotSupported }
 
+// RemoveStale is not supported on this system: it returns ErrNotSupported.
+func (v *VIP) RemoveStale() error { return ErrNotSupported }
+
 // Hold is not supported on this system: it returns ErrNotSupported at once.
-func (m *Manager) Hold(ctx context.Context) error { return ErrNotSupported }
+func (v *VIP) Hold(ctx context.Context, holding func()) error { return ErrNotSupported }
 
 // Watch cannot follow links on this system: as a Linux watch that cannot
-// start, it reports the links down (LinkUp false) and logs ErrNotSupported
-// once, then returns when ctx is done.
+// start, once the set has a VIP it reports the links down (LinkUp false)
+// and logs ErrNotSupported once, then returns when ctx is done.
 func (m *Manager) Watch(ctx context.Context) {
-	if len(m.vips) > 0 {
-		m.setLinkLost()
-		m.log.Error("vip link watch unavailable", zap.Error(ErrNotSupported))
+	if !m.waitForVIPs(ctx) {
+		return
 	}
+	m.setLinkLost()
+	m.log.Error("vip link watch unavailable", zap.Error(ErrNotSupported))
 	<-ctx.Done()
 }

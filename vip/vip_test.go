@@ -35,22 +35,43 @@ func testVIP(addr netip.Addr, ifname string) Config {
 	}
 }
 
-func TestNewLeavesTimingRulesToConfig(t *testing.T) {
-	// config decides which timings are sensible; New takes any that is set.
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// newManager is New(opts) or fails the test.
+func newManager(t *testing.T, opts Options) *Manager {
+	t.Helper()
+	m, err := New(opts)
+	must(t, err)
+	return m
+}
+
+// add adds c to m or fails the test.
+func add(t *testing.T, m *Manager, c Config) *VIP {
+	t.Helper()
+	v, err := m.Add(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestAddLeavesTimingRulesToConfig(t *testing.T) {
+	// config decides which timings are sensible; Add takes any that is set.
 	c := Config{
 		Address: netip.MustParseAddr("198.18.0.100"), Interface: "eth0",
 		Lifetime: time.Second, Refresh: time.Second, AnnounceCount: 1, AnnounceInterval: time.Millisecond,
 	}
-	m, err := New(Options{VIPs: []Config{c}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := m.vips[0].cfg; got != c {
+	if got := add(t, newManager(t, Options{}), c).Config(); got != c {
 		t.Fatalf("config = %+v, want it as given: %+v", got, c)
 	}
 }
 
-func TestNewRejectsInvalidConfig(t *testing.T) {
+func TestAddRejectsInvalidConfig(t *testing.T) {
 	v4 := netip.MustParseAddr("198.18.0.100")
 	with := func(change func(*Config)) []Config {
 		c := testVIP(v4, "eth0")
@@ -77,9 +98,18 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := New(Options{VIPs: c.vips})
+			m := newManager(t, Options{})
+			var err error
+			for _, v := range c.vips {
+				if _, err = m.Add(v); err != nil {
+					break
+				}
+			}
 			if err == nil || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("New error = %v, want one containing %q", err, c.want)
+				t.Fatalf("Add error = %v, want one containing %q", err, c.want)
+			}
+			if got := len(m.Status()); got != len(c.vips)-1 {
+				t.Fatalf("%d VIPs in the set after the refused Add, want %d: a refused VIP changed the set", got, len(c.vips)-1)
 			}
 		})
 	}
@@ -127,33 +157,27 @@ func TestNeedsCapNamesTheCapability(t *testing.T) {
 	}
 }
 
-func TestStatusListsEveryVIPNotHeld(t *testing.T) {
-	m, err := New(Options{VIPs: []Config{
-		testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"),
-		testVIP(netip.MustParseAddr("2001:2::100"), "eth1"),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+func TestStatusListsTheCurrentSetNotHeld(t *testing.T) {
+	m := newManager(t, Options{})
+	first := add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"))
+	add(t, m, testVIP(netip.MustParseAddr("2001:2::100"), "eth1"))
 	want := []Status{{"198.18.0.100", "eth0", false}, {"2001:2::100", "eth1", false}}
-	got := m.Status()
-	if fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := m.Status(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("Status = %v, want %v", got, want)
+	}
+	must(t, m.Remove(first))
+	add(t, m, testVIP(netip.MustParseAddr("198.18.0.101"), "eth0"))
+	want = []Status{{"2001:2::100", "eth1", false}, {"198.18.0.101", "eth0", false}}
+	if got := m.Status(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after a remove and an add: Status = %v, want %v", got, want)
 	}
 }
 
 func TestLinkChangeCallbackOnlyOnChange(t *testing.T) {
 	var calls []bool
-	m, err := New(Options{
-		VIPs: []Config{
-			testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"),
-			testVIP(netip.MustParseAddr("198.18.0.101"), "eth1"),
-		},
-		OnLinkChange: func(up bool) { calls = append(calls, up) },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := newManager(t, Options{OnLinkChange: func(up bool) { calls = append(calls, up) }})
+	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"))
+	add(t, m, testVIP(netip.MustParseAddr("198.18.0.101"), "eth1"))
 	if !m.LinkUp() {
 		t.Fatal("LinkUp false before any interface was read")
 	}
@@ -177,13 +201,30 @@ func TestLinkChangeCallbackOnlyOnChange(t *testing.T) {
 	}
 }
 
-func TestEverySeriesIsExportedFromTheStart(t *testing.T) {
-	reg := prometheus.NewPedanticRegistry()
-	if _, err := New(Options{VIPs: []Config{testVIP(netip.MustParseAddr("198.18.0.100"), "eth0")}, Registerer: reg}); err != nil {
-		t.Fatal(err)
+// A VIP on an interface that is down makes LinkUp false as soon as it is
+// added, and removing it makes LinkUp true again: each change reaches
+// OnLinkChange once.
+func TestAddAndRemoveReachOnLinkChange(t *testing.T) {
+	var calls []bool
+	m := newManager(t, Options{OnLinkChange: func(up bool) { calls = append(calls, up) }})
+	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"))
+	m.setLinkState(map[string]bool{"eth0": true, "eth1": false})
+	down := add(t, m, testVIP(netip.MustParseAddr("198.18.0.101"), "eth1"))
+	if m.LinkUp() {
+		t.Fatal("LinkUp true with a VIP on a down interface")
 	}
-	// Read from the registry only: a series this test created itself
-	// would prove nothing about New.
+	must(t, m.Remove(down))
+	if !m.LinkUp() {
+		t.Fatal("LinkUp false after the VIP on the down interface was removed")
+	}
+	if fmt.Sprint(calls) != "[false true]" {
+		t.Fatalf("OnLinkChange calls = %v, want [false true]", calls)
+	}
+}
+
+// gather lists every series of reg as name{address,interface}=value.
+func gather(t *testing.T, reg prometheus.Gatherer) []string {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -199,6 +240,16 @@ func TestEverySeriesIsExportedFromTheStart(t *testing.T) {
 			got = append(got, fmt.Sprintf("%s{%s,%s}=%g", mf.GetName(), labels["address"], labels["interface"], value))
 		}
 	}
+	return got
+}
+
+func TestEverySeriesIsExportedFromTheStart(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := newManager(t, Options{Registerer: reg})
+	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"))
+	// Read from the registry only: a series this test created itself
+	// would prove nothing about Add.
+	got := gather(t, reg)
 	want := []string{
 		"vipd_vip_announcements_total{198.18.0.100,eth0}=0",
 		"vipd_vip_claim_to_announce_seconds{,}=0",
@@ -214,5 +265,22 @@ func TestEverySeriesIsExportedFromTheStart(t *testing.T) {
 	}
 	if _, err := New(Options{Registerer: reg}); err == nil {
 		t.Fatal("registering the metrics twice did not fail")
+	}
+}
+
+// A removed VIP's series leave the metrics; the other VIP's stay.
+func TestRemovedVIPLeavesTheMetrics(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := newManager(t, Options{Registerer: reg})
+	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "eth0"))
+	gone := add(t, m, testVIP(netip.MustParseAddr("198.18.0.101"), "eth1"))
+	must(t, m.Remove(gone))
+	for _, s := range gather(t, reg) {
+		if strings.Contains(s, "198.18.0.101") {
+			t.Errorf("series %s of the removed VIP is still exported", s)
+		}
+	}
+	if got := gather(t, reg); len(got) != 8 {
+		t.Errorf("series after the remove = %v, want the other VIP's seven and the histogram", got)
 	}
 }

@@ -43,6 +43,20 @@ func (f *flakySubscription) subscribe(ch chan<- netlink.LinkUpdate, done <-chan 
 	return nil
 }
 
+// runWatch runs m's watch with sub until the test ends.
+func runWatch(t *testing.T, m *Manager, sub *flakySubscription) {
+	ctx, cancel := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		m.watch(ctx, sub.subscribe)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-watchDone
+	})
+}
+
 // TestLinkWatchThatCannotStartOrDiesReportsLinkDown drives Watch with a
 // subscription that first cannot start, then works, then dies, then works
 // again: each failure must turn LinkUp false and reach OnLinkChange, and
@@ -54,7 +68,6 @@ func TestLinkWatchThatCannotStartOrDiesReportsLinkDown(t *testing.T) {
 	var mu sync.Mutex
 	var linkUpInCallback []bool
 	m, err := New(Options{
-		VIPs: []Config{testVIP(netip.MustParseAddr("198.18.0.100"), "lo")},
 		OnLinkChange: func(up bool) {
 			mu.Lock()
 			linkUpInCallback = append(linkUpInCallback, m.LinkUp())
@@ -65,17 +78,9 @@ func TestLinkWatchThatCannotStartOrDiesReportsLinkDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "lo"))
 	sub := &flakySubscription{failStarts: 2, die: make(chan struct{})}
-	ctx, cancel := context.WithCancel(context.Background())
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		m.watch(ctx, sub.subscribe)
-	}()
-	defer func() {
-		cancel()
-		<-watchDone
-	}()
+	runWatch(t, m, sub)
 
 	next := func(what string, want bool) {
 		t.Helper()
@@ -103,5 +108,38 @@ func TestLinkWatchThatCannotStartOrDiesReportsLinkDown(t *testing.T) {
 	defer mu.Unlock()
 	if fmt.Sprint(linkUpInCallback) != "[false true false true]" {
 		t.Fatalf("LinkUp seen in the callbacks = %v, want [false true false true]", linkUpInCallback)
+	}
+}
+
+// A VIP added while Watch runs has its interface read at once, without
+// waiting for a link update: here one that does not exist, so LinkUp turns
+// false; removing it turns LinkUp true again. The subscription sends no
+// update, so only the change of the set can make Watch read the links.
+func TestWatchReadsTheInterfaceOfAnAddedVIP(t *testing.T) {
+	changes := make(chan bool, 16)
+	m := newManager(t, Options{OnLinkChange: func(up bool) { changes <- up }})
+	add(t, m, testVIP(netip.MustParseAddr("198.18.0.100"), "lo"))
+	sub := &flakySubscription{}
+	runWatch(t, m, sub)
+	deadline := time.Now().Add(10 * time.Second)
+	for sub.attempts.Load() == 0 { // the first read of lo changes nothing to report
+		if time.Now().After(deadline) {
+			t.Fatal("the watch did not subscribe within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	absent := add(t, m, testVIP(netip.MustParseAddr("198.18.0.101"), "vipd-absent0"))
+	for _, want := range []bool{false, true} {
+		select {
+		case up := <-changes:
+			if up != want {
+				t.Fatalf("OnLinkChange(%v), want %v", up, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no OnLinkChange(%v) within 10s", want)
+		}
+		if !want {
+			must(t, m.Remove(absent)) // Remove itself reports it: the set has only lo now
+		}
 	}
 }

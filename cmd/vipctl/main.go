@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -299,6 +300,7 @@ type statusView struct {
 	VIPs                []struct {
 		Address, Interface string
 		Held               bool
+		Holder             string // "" when no node holds it
 	}
 	Members []struct {
 		Name     string
@@ -332,9 +334,9 @@ func printStatus(data []byte, out io.Writer) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "node %s\tstate %s\tleader %s\tterm %d\tready %t\n\n", s.Node, s.State, s.Leader, s.Term, s.Ready)
 	if len(s.VIPs) > 0 {
-		fmt.Fprintln(tw, "VIP\tINTERFACE\tHELD HERE")
+		fmt.Fprintln(tw, "VIP\tINTERFACE\tHELD HERE\tHOLDER")
 		for _, v := range s.VIPs {
-			fmt.Fprintf(tw, "%s\t%s\t%t\n", v.Address, v.Interface, v.Held)
+			fmt.Fprintf(tw, "%s\t%s\t%t\t%s\n", v.Address, v.Interface, v.Held, cmp.Or(v.Holder, "none"))
 		}
 		fmt.Fprintln(tw)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
@@ -93,7 +94,8 @@ func TestStatusTableShowsARealStatus(t *testing.T) {
 	}
 	for _, v := range field[[]any](t, st, "vips") {
 		v := v.(map[string]any)
-		want = append(want, fmt.Sprintf("%s  %s  %t", field[string](t, v, "address"), field[string](t, v, "interface"), field[bool](t, v, "held")))
+		holder := cmp.Or(field[string](t, v, "holder"), "none")
+		want = append(want, fmt.Sprintf("%s  %s  %t      %s", field[string](t, v, "address"), field[string](t, v, "interface"), field[bool](t, v, "held"), holder))
 	}
 	for _, m := range field[[]any](t, st, "members") {
 		m := m.(map[string]any)

@@ -36,13 +36,22 @@ type Status struct {
 	Leader  string            `json:"leader"`
 	Term    uint64            `json:"term"`
 	Ready   bool              `json:"ready"`
-	VIPs    []vip.Status      `json:"vips"`
+	VIPs    []VIPStatus       `json:"vips"`
 	Members []election.Member `json:"members"`
 	Pools   []PoolStatus      `json:"pools"`
 	Health  HealthSummary     `json:"health"`
 	Intent  election.Intent   `json:"intent"`
 	// ConfigDigest is config.Digest of the config this node runs.
 	ConfigDigest string `json:"config_digest"`
+}
+
+// VIPStatus is a VIP in /status: the vip package's view plus where it
+// should be held (placement: "leader" for every VIP today) and the node
+// that holds it, "" when none does (as this node knows it).
+type VIPStatus struct {
+	vip.Status
+	Placement string `json:"placement"`
+	Holder    string `json:"holder"`
 }
 
 // PoolStatus is a pool in /status: the balancer's view plus the last check.
@@ -69,12 +78,9 @@ func (d *daemon) status() Status {
 	sum := d.mon.Summary()
 	st := Status{
 		Node: es.Node, State: es.State, Leader: es.Leader, Term: es.Term,
-		Ready: d.ready.Load(), VIPs: []vip.Status{}, Members: es.Members, Pools: []PoolStatus{},
+		Ready: d.ready.Load(), VIPs: d.vips.status(es), Members: es.Members, Pools: []PoolStatus{},
 		Health: HealthSummary{Summary: sum, Fit: sum.Fit()}, Intent: d.node.Intent(),
 		ConfigDigest: config.Digest(d.running()),
-	}
-	if d.vips != nil {
-		st.VIPs = d.vips.Status()
 	}
 	checked := map[[2]string]health.BackendHealth{}
 	for _, p := range d.mon.Status() {

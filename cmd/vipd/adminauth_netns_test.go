@@ -79,7 +79,7 @@ func inOwnNetns(t *testing.T) bool {
 		t.Fatalf("in its own network namespace: %v\n%s", err, out)
 	}
 	for line := range strings.Lines(string(out)) {
-		if strings.Contains(line, "--- ") {
+		if strings.Contains(line, "--- ") || strings.Contains(line, "_test.go:") {
 			t.Logf("in its own network namespace: %s", strings.TrimSpace(line))
 		}
 	}

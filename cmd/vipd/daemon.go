@@ -40,10 +40,8 @@ type daemon struct {
 	bal  *balancer.Balancer
 	mon  *health.Monitor
 	node *election.Node
-	vips *vip.Manager // nil when the config has no VIP
+	vips *vipSet // each VIP held by its own Owner while this node leads
 	auth *adminAuth
-
-	owner *ownership.Owner // holds the VIPs while this node leads
 
 	linkUp      atomic.Bool   // the VIP interface's link, from vip's watcher
 	fitnessKick chan struct{} // wakes the fitness loop; never blocks the sender
@@ -106,21 +104,20 @@ func newDaemon(cfg *config.Config, configPath string, log *zap.Logger, level *za
 		return nil, fmt.Errorf("election: %w", err)
 	}
 
-	oopts := ownership.Options{Logger: log.Named("ownership"), OnFailedChange: d.kickFitness, Probe: d.probes.leadership}
-	if len(cfg.VIPs) > 0 {
-		vopts := vipOptions(cfg)
-		vopts.Logger, vopts.Registerer = log, d.reg
-		vopts.OnLinkChange = d.onLinkChange
-		vopts.OnHolding = func() { d.owner.Holding() }
-		if d.vips, err = vip.New(vopts); err != nil {
-			return nil, fmt.Errorf("vip: %w", err)
-		}
-		oopts.Holder = d.vips
+	mgr, err := vip.New(vip.Options{Logger: log, Registerer: d.reg, OnLinkChange: d.onLinkChange})
+	if err != nil {
+		return nil, fmt.Errorf("vip: %w", err)
 	}
-	d.owner = ownership.New(oopts)
+	owners := ownership.NewGroup(ownership.Options{Logger: log.Named("ownership"), OnFailedChange: d.kickFitness, Probe: d.probes.leadership})
+	d.vips = &vipSet{mgr: mgr, owners: owners, byAddr: map[string]*vip.VIP{}}
+	for i, c := range cfg.VIPs {
+		if err := d.vips.add(c, false); err != nil {
+			return nil, fmt.Errorf("vip: vips[%d]: %w", i, err)
+		}
+	}
 	d.rec = reconcile.New(reconcile.Options{
 		Running: cfg, Source: reconcile.File{Path: configPath},
-		Target:    dataPlane{mon: d.mon, bal: d.bal, level: level},
+		Target:    dataPlane{mon: d.mon, bal: d.bal, vips: d.vips, level: level},
 		OnApplied: d.onConfigApplied, Logger: log.Named("reconcile"), Registerer: d.reg,
 	})
 	d.node.SetConfigDigest(config.Digest(cfg))
@@ -157,9 +154,7 @@ func (d *daemon) run(ctx context.Context) error {
 	bg, stopBackground := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { d.mon.Run(bg) })
-	if d.vips != nil {
-		wg.Go(func() { d.vips.Watch(bg) })
-	}
+	wg.Go(func() { d.vips.mgr.Watch(bg) })
 	wg.Go(func() { d.fitnessLoop(bg) })
 	wg.Go(func() { d.intentLoop(bg) })
 	wg.Go(func() { d.notifyLoop(bg) }) // after the listeners are bound
@@ -167,7 +162,7 @@ func (d *daemon) run(ctx context.Context) error {
 	var leadingWG sync.WaitGroup
 	events := make(chan ownership.Event)
 	leadingWG.Go(func() { forwardLeadership(leading, d.node.Events(), events) })
-	leadingWG.Go(func() { d.owner.Run(leading, events) })
+	leadingWG.Go(func() { d.vips.owners.Run(leading, events) })
 
 	d.ready.Store(true)
 	cfg := d.running()
@@ -191,7 +186,7 @@ serve:
 	d.notify.stopping()
 	d.ready.Store(false)
 
-	// 1. The VIP goes first: the owner releases it on exit.
+	// 1. The VIPs go first: every owner releases its VIP on exit.
 	stopLeading()
 	leadingWG.Wait()
 	// 2. Hand leadership over and leave the voter set on purpose.
@@ -224,10 +219,8 @@ func (d *daemon) start(ctx context.Context) (_ *http.Server, _ <-chan error, err
 			}
 		}
 	}()
-	if d.vips != nil {
-		if err := d.vips.RemoveStale(); err != nil {
-			return nil, nil, fmt.Errorf("remove stale VIPs: %w", err)
-		}
+	if err := d.vips.mgr.RemoveStale(); err != nil {
+		return nil, nil, fmt.Errorf("remove stale VIPs: %w", err)
 	}
 	if err := d.bal.Start(); err != nil {
 		return nil, nil, fmt.Errorf("start listeners: %w", err)
@@ -333,14 +326,12 @@ func forwardLeadership(ctx context.Context, in <-chan election.Event, out chan<-
 // fitnessLoop tells the election how fit this node is to lead whenever the
 // health summary or the VIP link changes.
 func (d *daemon) fitnessLoop(ctx context.Context) {
-	if d.vips != nil {
-		d.linkUp.Store(d.vips.LinkUp())
-	}
+	d.linkUp.Store(d.vips.mgr.LinkUp())
 	summary := d.mon.Summary()
 	for {
 		d.node.SetFitness(election.Fitness{
 			Pools: summary.Pools, HealthyPools: summary.HealthyPools,
-			LinkUp: d.linkUp.Load(), VIPHoldFailed: d.owner.Failed(),
+			LinkUp: d.linkUp.Load(), VIPHoldFailed: d.vips.owners.Failed(),
 		})
 		select {
 		case <-ctx.Done():

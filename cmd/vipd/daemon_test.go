@@ -273,6 +273,8 @@ type statusContract struct {
 		Address   string `json:"address"`
 		Interface string `json:"interface"`
 		Held      bool   `json:"held"`
+		Placement string `json:"placement"`
+		Holder    string `json:"holder"`
 	} `json:"vips"`
 	Members []struct {
 		Name     string `json:"name"`
@@ -394,8 +396,9 @@ func TestStatusKeepsItsContract(t *testing.T) {
 	if st.Node != "solo" || st.State != "leader" || st.Leader != "solo" || st.Term == 0 {
 		t.Errorf("node %q state %q leader %q term %d; want solo, leader, solo, a term", st.Node, st.State, st.Leader, st.Term)
 	}
-	if len(st.VIPs) != 1 || st.VIPs[0].Address != "198.18.0.100" || st.VIPs[0].Interface != "vipd-absent0" || st.VIPs[0].Held {
-		t.Errorf("vips = %+v; want 198.18.0.100 on vipd-absent0, not held (the interface does not exist)", st.VIPs)
+	if len(st.VIPs) != 1 || st.VIPs[0].Address != "198.18.0.100" || st.VIPs[0].Interface != "vipd-absent0" || st.VIPs[0].Held ||
+		st.VIPs[0].Placement != "leader" || st.VIPs[0].Holder != "" {
+		t.Errorf("vips = %+v; want 198.18.0.100 on vipd-absent0, placement leader, not held and no holder (the interface does not exist)", st.VIPs)
 	}
 	if len(st.Members) != 1 || st.Members[0].Name != "solo" || st.Members[0].RaftAddr != n.raft || !st.Members[0].Voter || !st.Members[0].Alive {
 		t.Errorf("members = %+v; want solo at %s, voter, alive", st.Members, n.raft)

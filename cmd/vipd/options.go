@@ -103,14 +103,11 @@ func raftTLS(t config.ClusterTLS) *election.TLSIdentity {
 	return &election.TLSIdentity{CertPEM: t.CertPEM, KeyPEM: t.KeyPEM, CAPEM: t.CAPEM}
 }
 
-func vipOptions(cfg *config.Config) vip.Options {
-	var opts vip.Options
-	for _, v := range cfg.VIPs {
-		opts.VIPs = append(opts.VIPs, vip.Config{
-			Address: netip.MustParseAddr(v.Address), Interface: v.Interface,
-			Lifetime: v.Lifetime, Refresh: v.Refresh,
-			AnnounceCount: v.AnnounceCount, AnnounceInterval: v.AnnounceInterval,
-		})
+// vipConfig is c as package vip takes it; config has validated it.
+func vipConfig(c config.VIP) vip.Config {
+	return vip.Config{
+		Address: netip.MustParseAddr(c.Address), Interface: c.Interface,
+		Lifetime: c.Lifetime, Refresh: c.Refresh,
+		AnnounceCount: c.AnnounceCount, AnnounceInterval: c.AnnounceInterval,
 	}
-	return opts
 }

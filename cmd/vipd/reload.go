@@ -15,21 +15,27 @@ import (
 )
 
 // dataPlane is the reconciler's target on this node: health checks, the
-// balancer and the log level, in the order of docs/architecture.md
-// ("Reconfiguring the data plane"), so that a set either component rejects
-// leaves both as they were.
+// balancer, the VIPs and the log level, in the order of
+// docs/architecture.md ("Reconfiguring the data plane"), so that a set any
+// component rejects leaves all as they were. The VIPs change last: a new
+// VIP arrives with its frontends already bound.
 type dataPlane struct {
 	mon   *health.Monitor
 	bal   *balancer.Balancer
+	vips  *vipSet
 	level *zap.AtomicLevel // nil: the logger's level is not ours to change (tests)
 }
 
 var _ reconcile.Target = dataPlane{}
 
-func (p dataPlane) Apply(_, next *config.Config) error {
+func (p dataPlane) Apply(running, next *config.Config) error {
 	level, err := zapcore.ParseLevel(next.Log.Level)
 	if err != nil {
 		return fmt.Errorf("log.level: %w", err)
+	}
+	vips, err := diffVIPs(running.VIPs, next.VIPs)
+	if err != nil {
+		return err
 	}
 	change, err := p.mon.Prepare(healthOptions(next).Pools)
 	if err != nil {
@@ -49,6 +55,9 @@ func (p dataPlane) Apply(_, next *config.Config) error {
 	}
 	if p.level != nil {
 		p.level.SetLevel(level)
+	}
+	if err := p.vips.apply(vips); err != nil {
+		return fmt.Errorf("vips: %w", err)
 	}
 	return nil
 }

@@ -240,9 +240,9 @@ func (d *daemon) statusLine() string {
 	default:
 		fmt.Fprintf(&b, "%s, no leader, term %d", es.State, es.Term)
 	}
-	if d.vips != nil {
+	if vips := d.vips.mgr.Status(); len(vips) > 0 {
 		var held []string
-		for _, v := range d.vips.Status() {
+		for _, v := range vips {
 			if v.Held {
 				held = append(held, v.Address)
 			}
