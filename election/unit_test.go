@@ -135,7 +135,7 @@ func TestFSMSnapshotRestoresIntent(t *testing.T) {
 	if err := g.Restore(sink.reader()); err != nil {
 		t.Fatal(err)
 	}
-	want := Intent{Drained: []BackendRef{{"web", "b1"}, {"web", "b2"}}, Maintenance: []string{"n1"}}
+	want := Intent{Drained: []BackendRef{{"web", "b1"}, {"web", "b2"}}, Maintenance: []string{"n1"}, VIPs: []VIPAssignment{}}
 	if got := g.intent(); !sameIntent(got, want) {
 		t.Fatalf("restored %+v, want %+v", got, want)
 	}
