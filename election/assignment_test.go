@@ -11,6 +11,24 @@ import (
 	"github.com/hashicorp/raft"
 )
 
+// roundTrip restores a new fsm from a snapshot of f.
+func roundTrip(t *testing.T, f *fsm) *fsm {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	g := newFSM(func() {})
+	if err := g.Restore(sink.reader()); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
 // applyAt applies c as a committed entry of term.
 func applyAt(t *testing.T, f *fsm, term uint64, c command) interface{} {
 	t.Helper()
@@ -82,15 +100,7 @@ func TestAssignmentSurvivesSnapshotAndRestore(t *testing.T) {
 	applyAt(t, f, 5, command{Op: opAssign, VIP: "v1", Node: "b"})
 	applyAt(t, f, 5, command{Op: opSettle, VIP: "v1", Node: "b"})
 	applyAt(t, f, 5, command{Op: opAssign, VIP: "v0", Node: "c"})
-	snap, _ := f.Snapshot()
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
-	g := newFSM(func() {})
-	if err := g.Restore(sink.reader()); err != nil {
-		t.Fatal(err)
-	}
+	g := roundTrip(t, f)
 	if got, want := g.intent(), f.intent(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("restored %+v, want %+v", got, want)
 	}
