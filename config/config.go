@@ -55,6 +55,10 @@ type Cluster struct {
 	// ReconnectTimeout is how long a member gossip believes dead (and that
 	// did not leave on purpose) is redialled before it is forgotten.
 	ReconnectTimeout time.Duration `yaml:"reconnect_timeout"`
+	// Rebalance says whether spread VIPs also move to even the spread after
+	// a node joins (RebalanceAuto), or only when their node stops being fit,
+	// leaves, or the operator moves them (RebalanceManual).
+	Rebalance string `yaml:"rebalance"`
 
 	// TLS, when set, authenticates Raft with certificates from a CA instead
 	// of the key pair derived from the cluster key.
@@ -119,10 +123,27 @@ func (t *Timing) decodeNode(d *decoder, n *yaml.Node, path string) {
 	d.decodeStruct(n, reflectValue(t), path)
 }
 
+// Rebalance modes.
+const (
+	RebalanceManual = "manual"
+	RebalanceAuto   = "auto"
+)
+
+// VIP placements.
+const (
+	PlacementLeader = "leader" // held by the Raft leader
+	PlacementSpread = "spread" // assigned to one fit node, under a lease
+)
+
 // VIP is one virtual address and the interface that carries it.
 type VIP struct {
 	Address   string `yaml:"address"`
 	Interface string `yaml:"interface"`
+	// Placement is which node holds it: PlacementLeader or PlacementSpread.
+	Placement string `yaml:"placement"`
+	// Prefer names the nodes a spread VIP goes to first, in order; they
+	// need not be members yet.
+	Prefer []string `yaml:"prefer"`
 	// Lifetime is the kernel valid_lft of the address: a crashed or frozen
 	// holder loses the VIP when it runs out.
 	Lifetime time.Duration `yaml:"lifetime"`

@@ -118,6 +118,8 @@ pools:
 		"cluster.timing":                       {cfg.Cluster.Timing.Profile},
 		"cluster.fitness_grace":                {cfg.Cluster.FitnessGrace},
 		"cluster.reconnect_timeout":            {cfg.Cluster.ReconnectTimeout},
+		"cluster.rebalance":                    {cfg.Cluster.Rebalance},
+		"vips.placement":                       {vip.Placement},
 		"vips.lifetime":                        {vip.Lifetime},
 		"vips.refresh":                         {vip.Refresh},
 		"vips.announce_count":                  {vip.AnnounceCount},

@@ -166,8 +166,10 @@ func (v *validator) applyDefaults(c *Config) {
 	}
 	setDefault(v, "cluster.fitness_grace", &c.Cluster.FitnessGrace, DefaultFitnessGrace)
 	setDefault(v, "cluster.reconnect_timeout", &c.Cluster.ReconnectTimeout, DefaultReconnectTimeout)
+	setDefault(v, "cluster.rebalance", &c.Cluster.Rebalance, RebalanceManual)
 	for i := range c.VIPs {
 		vip, path := &c.VIPs[i], fmt.Sprintf("vips[%d].", i)
+		setDefault(v, path+"placement", &vip.Placement, PlacementLeader)
 		setDefault(v, path+"lifetime", &vip.Lifetime, DefaultVIPLifetime)
 		setDefault(v, path+"refresh", &vip.Refresh, DefaultVIPRefresh)
 		setDefault(v, path+"announce_count", &vip.AnnounceCount, DefaultAnnounceCount)
@@ -322,6 +324,7 @@ func (v *validator) validateCluster(c *Cluster) {
 	v.oneOf("cluster.role", c.Role, RoleVoter, RoleWitness)
 	v.validateTiming(c.Timing)
 	v.positive("cluster.reconnect_timeout", c.ReconnectTimeout)
+	v.oneOf("cluster.rebalance", c.Rebalance, RebalanceManual, RebalanceAuto)
 	v.validateClusterSecurity(c)
 }
 
@@ -393,6 +396,34 @@ func (v *validator) validateVIPs(vips []VIP) {
 		}
 		v.atLeast(path+".announce_count", vip.AnnounceCount, 1)
 		v.positive(path+".announce_interval", vip.AnnounceInterval)
+		v.validatePlacement(path, vip)
+	}
+}
+
+// validatePlacement checks a VIP's placement and preferences. Spread
+// placement is parsed and checked but refused until its wiring lands, so
+// that no one runs a config that only looks as if it spread the VIPs.
+func (v *validator) validatePlacement(path string, vip VIP) {
+	switch vip.Placement {
+	case PlacementLeader:
+		if len(vip.Prefer) > 0 {
+			v.bad(path+".prefer", strings.Join(vip.Prefer, ", "), "only used by placement: spread (a leader VIP is on the leader)")
+		}
+	case PlacementSpread:
+		v.bad(path+".placement", vip.Placement, "spread placement is not wired yet: this version holds every VIP on the leader; use placement: leader (the default)")
+	default:
+		v.oneOf(path+".placement", vip.Placement, PlacementLeader, PlacementSpread)
+	}
+	seen := map[string]bool{}
+	for j, name := range vip.Prefer {
+		p := fmt.Sprintf("%s.prefer[%d]", path, j)
+		switch {
+		case name == "":
+			v.bad(p, "", "empty node name")
+		case seen[name]:
+			v.bad(p, name, "node named twice")
+		}
+		seen[name] = true
 	}
 }
 

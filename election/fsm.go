@@ -16,19 +16,24 @@ type BackendRef struct {
 	Backend string `json:"backend"`
 }
 
-// Intent is the operator's replicated intent: drained backends and nodes in
-// maintenance. Slices are sorted.
+// Intent is the replicated intent: drained backends and nodes in
+// maintenance (the operator's), and the spread VIP assignment with the
+// leader record it is written under (the leader's, docs/architecture.md
+// "Spread VIPs: leases"). Slices are sorted.
 type Intent struct {
-	Drained     []BackendRef `json:"drained"`
-	Maintenance []string     `json:"maintenance"`
+	Drained     []BackendRef    `json:"drained"`
+	Maintenance []string        `json:"maintenance"`
+	VIPs        []VIPAssignment `json:"vips"`
+	Leader      LeaderRecord    `json:"leader"`
 }
 
 // command is one replicated change, JSON encoded in the Raft log.
 type command struct {
-	Op      string `json:"op"` // opDrain | opMaintenance
+	Op      string `json:"op"` // opDrain | opMaintenance | opLead | opAssign | opSettle | opForget
 	Pool    string `json:"pool,omitempty"`
 	Backend string `json:"backend,omitempty"`
 	Node    string `json:"node,omitempty"`
+	VIP     string `json:"vip,omitempty"`
 	On      bool   `json:"on"`
 }
 
@@ -46,6 +51,8 @@ type fsm struct {
 	mu          sync.Mutex
 	drained     map[BackendRef]struct{}
 	maintenance map[string]struct{}
+	assignment  map[string]holding // spread VIP -> its assignee
+	leader      LeaderRecord
 }
 
 var _ raft.FSM = (*fsm)(nil)
@@ -56,6 +63,7 @@ func newFSM(onChange func()) *fsm {
 		onChange:    onChange,
 		drained:     map[BackendRef]struct{}{},
 		maintenance: map[string]struct{}{},
+		assignment:  map[string]holding{},
 	}
 }
 
@@ -70,7 +78,14 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 		return fmt.Errorf("decode command at index %d: %w", l.Index, err)
 	}
 	f.mu.Lock()
+	var res interface{}
 	switch c.Op {
+	case opLead, opAssign, opSettle, opForget:
+		var err error
+		if res, err = f.applyAssignmentLocked(c, l.Term); err != nil {
+			f.mu.Unlock()
+			return fmt.Errorf("%s at index %d: %w", c.Op, l.Index, err)
+		}
 	case opDrain:
 		ref := BackendRef{Pool: c.Pool, Backend: c.Backend}
 		if c.On {
@@ -91,7 +106,7 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 	in := f.intentLocked()
 	f.mu.Unlock()
 	f.publish(in)
-	return nil
+	return res
 }
 
 // publish replaces any unread value in changes with in.
@@ -139,6 +154,8 @@ func (f *fsm) intentLocked() Intent {
 		return a.Backend < b.Backend
 	})
 	sort.Strings(in.Maintenance)
+	in.VIPs = f.assignmentLocked()
+	in.Leader = f.leader
 	return in
 }
 
@@ -154,9 +171,15 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err := json.NewDecoder(rc).Decode(&in); err != nil {
 		return fmt.Errorf("decode intent snapshot: %w", err)
 	}
+	assignment, err := restoreAssignment(in.VIPs)
+	if err != nil {
+		return fmt.Errorf("decode intent snapshot: %w", err)
+	}
 	f.mu.Lock()
 	f.drained = map[BackendRef]struct{}{}
 	f.maintenance = map[string]struct{}{}
+	f.assignment = assignment
+	f.leader = in.Leader
 	for _, r := range in.Drained {
 		f.drained[r] = struct{}{}
 	}

@@ -12,6 +12,10 @@ import (
 	"github.com/hashicorp/raft"
 )
 
+// fuzzTerm is the Raft term of every entry the fuzzers apply: the term of
+// the preloaded leader record, so assignment commands can be accepted.
+const fuzzTerm = 3
+
 // fuzzFSM is an fsm that already holds some intent, so that "unchanged"
 // means something, and counts what it publishes.
 func fuzzFSM(t *testing.T) (*fsm, *int) {
@@ -21,12 +25,16 @@ func fuzzFSM(t *testing.T) (*fsm, *int) {
 	for _, c := range []command{
 		{Op: opDrain, Pool: "web", Backend: "198.18.0.21:9000", On: true},
 		{Op: opMaintenance, Node: "lb-2", On: true},
+		{Op: opLead, Node: "lb-1"},
+		{Op: opAssign, VIP: "198.18.0.100", Node: "lb-2"},
+		{Op: opSettle, VIP: "198.18.0.100", Node: "lb-2"},
+		{Op: opAssign, VIP: "198.18.0.101", Node: "lb-3"},
 	} {
 		data, err := json.Marshal(c)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r := f.Apply(&raft.Log{Type: raft.LogCommand, Data: data, Index: 1}); r != nil {
+		if r := f.Apply(&raft.Log{Type: raft.LogCommand, Data: data, Index: 1, Term: fuzzTerm}); r != nil && c.Op != opLead {
 			t.Fatalf("preload %+v: %v", c, r)
 		}
 	}
@@ -44,6 +52,13 @@ func FuzzFSMApply(f *testing.F) {
 		{Op: opDrain, Pool: "web", Backend: "198.18.0.21:9000", On: false},
 		{Op: opMaintenance, Node: "lb-1", On: true},
 		{Op: opMaintenance, Node: "lb-2", On: false},
+		{Op: opLead, Node: "lb-2"},
+		{Op: opAssign, VIP: "198.18.0.101", Node: "lb-1"},
+		{Op: opAssign, VIP: "198.18.0.100", Node: ""},
+		{Op: opSettle, VIP: "198.18.0.101", Node: "lb-3"},
+		{Op: opSettle, VIP: "198.18.0.101", Node: "lb-1"},
+		{Op: opForget, VIP: "198.18.0.100"},
+		{Op: opForget, VIP: "198.18.0.102"},
 	} {
 		data, _ := json.Marshal(c)
 		f.Add(uint8(raft.LogCommand), data)
@@ -54,11 +69,12 @@ func FuzzFSMApply(f *testing.F) {
 	f.Fuzz(func(t *testing.T, typ uint8, data []byte) {
 		fsm, published := fuzzFSM(t)
 		before := fsm.intent()
-		res := fsm.Apply(&raft.Log{Type: raft.LogType(typ), Data: data, Index: 7})
+		res := fsm.Apply(&raft.Log{Type: raft.LogType(typ), Data: data, Index: 7, Term: fuzzTerm})
 		after := fsm.intent()
 		var want Intent
+		_, isRecord := res.(LeaderRecord)
 		switch err, isErr := res.(error); {
-		case res != nil && !isErr:
+		case res != nil && !isErr && !isRecord:
 			t.Fatalf("Apply returned %T %v: want nil or an error", res, res)
 		case raft.LogType(typ) != raft.LogCommand:
 			if res != nil {
@@ -89,8 +105,24 @@ func FuzzFSMApply(f *testing.F) {
 // applyToModel is what an accepted command must do to an Intent.
 func applyToModel(t *testing.T, in Intent, c command) Intent {
 	t.Helper()
-	out := Intent{Drained: slices.Clone(in.Drained), Maintenance: slices.Clone(in.Maintenance)}
+	out := Intent{Drained: slices.Clone(in.Drained), Maintenance: slices.Clone(in.Maintenance), VIPs: slices.Clone(in.VIPs), Leader: in.Leader}
+	at := slices.IndexFunc(out.VIPs, func(a VIPAssignment) bool { return a.VIP == c.VIP })
 	switch c.Op {
+	case opLead:
+		out.Leader = LeaderRecord{Node: c.Node, Term: fuzzTerm}
+	case opAssign:
+		out.VIPs = slices.DeleteFunc(out.VIPs, func(a VIPAssignment) bool { return a.VIP == c.VIP })
+		out.VIPs = append(out.VIPs, VIPAssignment{VIP: c.VIP, Node: c.Node})
+	case opSettle:
+		if at < 0 || out.VIPs[at].Node != c.Node || c.Node == "" {
+			t.Fatalf("Apply accepted %+v on %+v", c, in.VIPs)
+		}
+		out.VIPs[at].Settled = true
+	case opForget:
+		if at >= 0 && out.VIPs[at].Node != "" {
+			t.Fatalf("Apply forgot an assigned VIP: %+v on %+v", c, in.VIPs)
+		}
+		out.VIPs = slices.DeleteFunc(out.VIPs, func(a VIPAssignment) bool { return a.VIP == c.VIP })
 	case opDrain:
 		ref := BackendRef{Pool: c.Pool, Backend: c.Backend}
 		out.Drained = slices.DeleteFunc(out.Drained, func(r BackendRef) bool { return r == ref })
@@ -107,6 +139,10 @@ func applyToModel(t *testing.T, in Intent, c command) Intent {
 	}
 	slices.SortFunc(out.Drained, compareRefs)
 	slices.Sort(out.Maintenance)
+	slices.SortFunc(out.VIPs, func(a, b VIPAssignment) int { return cmp.Compare(a.VIP, b.VIP) })
+	if c.Op != opLead && c.Op != opDrain && c.Op != opMaintenance && (c.VIP == "" || in.Leader.Term != fuzzTerm) {
+		t.Fatalf("Apply accepted %+v outside the recorded term or without a VIP", c)
+	}
 	return out
 }
 
@@ -122,6 +158,8 @@ func FuzzFSMRestore(f *testing.F) {
 	snap := intentSnapshot(Intent{
 		Drained:     []BackendRef{{"web", "198.18.0.21:9000"}, {"web", "198.18.0.22:9000"}},
 		Maintenance: []string{"lb-1"},
+		VIPs:        []VIPAssignment{{VIP: "198.18.0.100", Node: "lb-2", Settled: true}, {VIP: "198.18.0.101"}},
+		Leader:      LeaderRecord{Node: "lb-1", Term: 4},
 	})
 	sink := &memSink{}
 	if err := snap.Persist(sink); err != nil {
@@ -131,6 +169,8 @@ func FuzzFSMRestore(f *testing.F) {
 	f.Add([]byte(`{"drained":[{"pool":"a","backend":"b"},{"pool":"a","backend":"b"}],"maintenance":["z","a","z"]}`))
 	f.Add([]byte(`{"drained":[{"pool":1}]}`))
 	f.Add([]byte(`null`))
+	f.Add([]byte(`{"vips":[{"vip":"a","node":"n"},{"vip":"a","node":"m"}]}`))
+	f.Add([]byte(`{"vips":[{"vip":"a","settled":true}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fsm, published := fuzzFSM(t)
 		before := fsm.intent()
@@ -151,7 +191,9 @@ func FuzzFSMRestore(f *testing.F) {
 		}
 		if !slices.IsSortedFunc(after.Drained, compareRefs) || !slices.IsSorted(after.Maintenance) ||
 			len(slices.Compact(slices.Clone(after.Drained))) != len(after.Drained) ||
-			len(slices.Compact(slices.Clone(after.Maintenance))) != len(after.Maintenance) {
+			len(slices.Compact(slices.Clone(after.Maintenance))) != len(after.Maintenance) ||
+			!slices.IsSortedFunc(after.VIPs, func(a, b VIPAssignment) int { return cmp.Compare(a.VIP, b.VIP) }) ||
+			len(slices.CompactFunc(slices.Clone(after.VIPs), func(a, b VIPAssignment) bool { return a.VIP == b.VIP })) != len(after.VIPs) {
 			t.Fatalf("restored state not sorted and unique: %+v", after)
 		}
 		again, _ := fsm.Snapshot()

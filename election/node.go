@@ -592,28 +592,35 @@ func (n *Node) SetMaintenance(node string, on bool) error {
 }
 
 func (n *Node) apply(c command) error {
+	_, err := n.applyResult(c)
+	return err
+}
+
+// applyResult commits c through this node, the leader, and returns the
+// fsm's answer when it is not an error.
+func (n *Node) applyResult(c command) (interface{}, error) {
 	rt, err := n.running()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if rt.raft.State() != raft.Leader {
-		return n.notLeader(rt)
+		return nil, n.notLeader(rt)
 	}
 	data, err := json.Marshal(c)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	f := rt.raft.Apply(data, n.opTimeout())
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
-			return n.notLeader(rt)
+			return nil, n.notLeader(rt)
 		}
-		return fmt.Errorf("raft apply: %w", err)
+		return nil, fmt.Errorf("raft apply: %w", err)
 	}
 	if err, ok := f.Response().(error); ok {
-		return err
+		return nil, err
 	}
-	return nil
+	return f.Response(), nil
 }
 
 // opTimeout bounds one Raft membership or log operation.

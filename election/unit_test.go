@@ -123,19 +123,8 @@ func TestFSMSnapshotRestoresIntent(t *testing.T) {
 	if r := f.Apply(&raft.Log{Type: raft.LogCommand, Data: []byte(`{"op":"launch"}`), Index: 9}); r == nil {
 		t.Fatal("unknown command accepted")
 	}
-	snap, err := f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
-	g := newFSM(func() {})
-	if err := g.Restore(sink.reader()); err != nil {
-		t.Fatal(err)
-	}
-	want := Intent{Drained: []BackendRef{{"web", "b1"}, {"web", "b2"}}, Maintenance: []string{"n1"}}
+	g := roundTrip(t, f)
+	want := Intent{Drained: []BackendRef{{"web", "b1"}, {"web", "b2"}}, Maintenance: []string{"n1"}, VIPs: []VIPAssignment{}}
 	if got := g.intent(); !sameIntent(got, want) {
 		t.Fatalf("restored %+v, want %+v", got, want)
 	}
