@@ -71,12 +71,12 @@ func diffVIPs(running, next []config.VIP) (vipChange, error) {
 	var ch vipChange
 	for _, r := range running {
 		i := slices.IndexFunc(next, func(n config.VIP) bool { return n.Address == r.Address })
-		if i < 0 || next[i] != r {
+		if i < 0 || !sameHold(next[i], r) {
 			ch.remove = append(ch.remove, r.Address)
 		}
 	}
 	for i, n := range next {
-		if slices.Contains(running, n) {
+		if slices.ContainsFunc(running, func(r config.VIP) bool { return sameHold(r, n) }) {
 			continue
 		}
 		if _, err := net.InterfaceByName(n.Interface); err != nil {
@@ -85,6 +85,13 @@ func diffVIPs(running, next []config.VIP) (vipChange, error) {
 		ch.add = append(ch.add, n)
 	}
 	return ch, nil
+}
+
+// sameHold reports whether a and b are held alike. A change of prefer alone
+// moves nothing (placement reads it); any other change is a release and a
+// claim.
+func sameHold(a, b config.VIP) bool {
+	return vipConfig(a) == vipConfig(b) && a.Placement == b.Placement
 }
 
 // apply releases what ch removes, then claims what it adds. Everything it
