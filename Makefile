@@ -14,7 +14,7 @@ build:
 # promtool and chromium are optional: without them one test each skips.
 TEST_NEEDS           := ip nft haproxy keepalived promtool chromium
 DEMO_NEEDS           := ip
-BENCH_NEEDS          := haproxy
+BENCH_NEEDS          := haproxy wrk nginx
 BENCH_FAILOVER_NEEDS := ip keepalived haproxy
 
 # Every package, one at a time (-p 1): the election and end-to-end tests time

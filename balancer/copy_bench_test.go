@@ -18,13 +18,26 @@ func bufferCopy(dst, src *net.TCPConn) (int64, error) {
 	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, buf)
 }
 
+// adaptiveCopy is the shipped copy path: direction.copy.
+func adaptiveCopy(dst, src *net.TCPConn) (int64, error) {
+	d, err := newDirection(dst, src)
+	if err != nil {
+		return 0, err
+	}
+	return d.copy()
+}
+
+// spliceCopy is io.Copy between two bare *net.TCPConn: splice(2) for
+// every byte, with a pipe held from the first byte to EOF.
+func spliceCopy(dst, src *net.TCPConn) (int64, error) { return io.Copy(dst, src) }
+
 // BenchmarkPipe relays b.N MiB per stream over loopback TCP: sender → copy →
 // sink, the copy being pipe (splice) or bufferCopy.
 func BenchmarkPipe(b *testing.B) {
 	for _, s := range []struct {
 		name string
 		copy func(dst, src *net.TCPConn) (int64, error)
-	}{{"splice", pipe}, {"buffer32k", bufferCopy}} {
+	}{{"adaptive", adaptiveCopy}, {"splice", spliceCopy}, {"buffer32k", bufferCopy}} {
 		for _, streams := range []int{1, 8} {
 			b.Run(s.name+"/streams="+strconv.Itoa(streams), func(b *testing.B) {
 				benchCopy(b, s.copy, streams)
