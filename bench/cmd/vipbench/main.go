@@ -83,12 +83,12 @@ func run() int {
 	}
 
 	// Each proxied connection costs this process two descriptors (client
-	// and backend side) and a proxy two, or six when it splices: Go's
-	// splice holds a pipe (two descriptors) per direction while it waits
-	// for data. The children inherit the limit; without CAP_SYS_RESOURCE
-	// it cannot pass the hard limit.
-	const fdsPerConn = 8 // six, and room for what else the proxy holds
-	limit, err := bench.RaiseNoFile(uint64(fdsPerConn**idle + 10000))
+	// and backend side) and a proxy two: vipd holds no splice pipe while a
+	// connection is idle. The children inherit the limit; without
+	// CAP_SYS_RESOURCE it cannot pass the hard limit (20,000 here), so the
+	// idle run opens as many connections as fit in it.
+	const fdsPerConn, fdsReserve = 2, 1000
+	limit, err := bench.RaiseNoFile(uint64(fdsPerConn**idle + fdsReserve))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vipbench:", err)
 		return 1
@@ -96,10 +96,14 @@ func run() int {
 	// HAProxy reserves descriptors for maxconn connections (two each) and,
 	// with splicing, maxconn/4 pipes (two each) on top, and refuses to start
 	// when the limit is lower.
-	maxConn := min(200000, int(limit)/3-500)
-	if fit := (int(limit) - 1000) / fdsPerConn; *idle > fit && slices.Contains(metrics, bench.MetricIdle) {
-		fmt.Fprintf(os.Stderr, "vipbench: open-file limit %d allows only %d idle connections; using that (the figure is scaled to 10k)\n", limit, fit)
-		*idle = fit
+	maxConn := (int(limit) - fdsReserve) / fdsPerConn
+	if *splice {
+		maxConn = (int(limit) - fdsReserve) * 2 / 5
+	}
+	maxConn = min(200000, maxConn)
+	if *idle > maxConn && slices.Contains(metrics, bench.MetricIdle) {
+		fmt.Fprintf(os.Stderr, "vipbench: open-file limit %d allows only %d idle connections; using that (the figure is scaled to 10k)\n", limit, maxConn)
+		*idle = maxConn
 	}
 
 	dir, err := os.MkdirTemp("", "vipbench-")
