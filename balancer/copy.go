@@ -14,7 +14,7 @@ import (
 
 // copyBufferSize is the pooled user-space buffer of one read. A read that
 // fills it says the direction is streaming, and splice takes over.
-const copyBufferSize = 32 << 10
+const copyBufferSize = 64 << 10
 
 // spliceChunk is the most one splice(2) call moves into a pipe.
 const spliceChunk = 1 << 20

@@ -138,3 +138,72 @@ func BenchmarkProxyConnections(b *testing.B) {
 		_ = c.Close()
 	}
 }
+
+// BenchmarkRelayMessage relays one request and its echo per op, of 64 B,
+// 4 KiB and 64 KiB, through both directions of a relay: client → copy →
+// echo server → copy → client, each copy being one of the strategies.
+func BenchmarkRelayMessage(b *testing.B) {
+	for _, s := range []struct {
+		name string
+		copy func(dst, src *net.TCPConn) (int64, error)
+	}{{"adaptive", adaptiveCopy}, {"splice", spliceCopy}, {"buffer32k", bufferCopy}} {
+		for _, size := range []int{64, 4 << 10, 64 << 10} {
+			b.Run(s.name+"/size="+strconv.Itoa(size), func(b *testing.B) {
+				benchMessages(b, s.copy, size)
+			})
+		}
+	}
+}
+
+func benchMessages(b *testing.B, copyFn func(dst, src *net.TCPConn) (int64, error), size int) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	client, front := tcpPair(b, ln)
+	back, server := tcpPair(b, ln)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { // the echo server, through a plain buffer
+		defer server.Close()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := server.Read(buf)
+			if n > 0 {
+				if _, err := server.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		defer back.Close()
+		_, _ = copyFn(back, front)
+		_ = back.CloseWrite()
+	})
+	wg.Go(func() {
+		defer front.Close()
+		_, _ = copyFn(front, back)
+	})
+	defer client.Close()
+	msg := make([]byte, size)
+	got := make([]byte, size)
+	b.SetBytes(int64(size))
+	cpu0 := cpuTime(b)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := client.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, got); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64((cpuTime(b)-cpu0).Nanoseconds())/float64(b.N)/1e3, "cpu-µs/op")
+	_ = client.CloseWrite()
+}

@@ -102,9 +102,9 @@ func soak(ctx context.Context, name, vipdBin, haproxyBin string, idle, rate int,
 	var t *bench.Target
 	switch name {
 	case "vipd":
-		t, err = bench.StartVipd(ctx, "vipd", vipdBin, dir, backendAddr, maxConn, nil)
+		t, err = bench.StartVipd(ctx, "vipd", vipdBin, dir, backendAddr, maxConn, nil, nil)
 	case "haproxy":
-		t, err = bench.StartHAProxy(ctx, haproxyBin, dir, backendAddr, false, maxConn)
+		t, err = bench.StartHAProxy(ctx, haproxyBin, dir, backendAddr, false, maxConn, nil)
 	default:
 		err = fmt.Errorf("target %q: want vipd or haproxy", name)
 	}
