@@ -167,18 +167,7 @@ func benchMessages(b *testing.B, copyFn func(dst, src *net.TCPConn) (int64, erro
 	defer wg.Wait()
 	wg.Go(func() { // the echo server, through a plain buffer
 		defer server.Close()
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := server.Read(buf)
-			if n > 0 {
-				if _, err := server.Write(buf[:n]); err != nil {
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
+		bufferEcho(server)
 	})
 	wg.Go(func() {
 		defer back.Close()
