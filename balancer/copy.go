@@ -44,7 +44,43 @@ func nextMechanism(lastRead int) mechanism {
 	return viaBuffer
 }
 
-var bufferPool = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+// keptBuffers bounds the buffers bufferPool keeps between uses.
+const keptBuffers = 32
+
+// bufferPool lends copy buffers. Unlike a sync.Pool it keeps them across
+// GCs: a sync.Pool emptied at every cycle made short connections allocate
+// and zero a fresh buffer each, which raised the GC rate that empties it.
+// A buffer is out only between a read and its write, so the pool holds
+// about as many as directions run at once, and never more than keptBuffers.
+var bufferPool freeList
+
+type freeList struct {
+	mu   sync.Mutex
+	free []*[]byte // guarded by mu
+}
+
+// Get takes a buffer from the list, or makes one.
+func (l *freeList) Get() *[]byte {
+	l.mu.Lock()
+	if n := len(l.free); n > 0 {
+		b := l.free[n-1]
+		l.free = l.free[:n-1]
+		l.mu.Unlock()
+		return b
+	}
+	l.mu.Unlock()
+	b := make([]byte, copyBufferSize)
+	return &b
+}
+
+// Put gives b back; past keptBuffers it is left to the GC.
+func (l *freeList) Put(b *[]byte) {
+	l.mu.Lock()
+	if len(l.free) < keptBuffers {
+		l.free = append(l.free, b)
+	}
+	l.mu.Unlock()
+}
 
 // splicePipe is a pipe taken from pipePool while a direction streams.
 type splicePipe struct {
@@ -135,7 +171,7 @@ func newDirection(dst, src *net.TCPConn) (*direction, error) {
 // read is called by the poller when src may be readable: it reads into a
 // pooled buffer, and on EAGAIN gives the buffer back and asks to wait.
 func (d *direction) read(fd uintptr) bool {
-	b := bufferPool.Get().(*[]byte)
+	b := bufferPool.Get()
 	for {
 		d.n, d.rerr = unix.Read(int(fd), *b)
 		if d.rerr != unix.EINTR {
