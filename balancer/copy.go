@@ -169,7 +169,10 @@ func newDirection(dst, src *net.TCPConn) (*direction, error) {
 }
 
 // read is called by the poller when src may be readable: it reads into a
-// pooled buffer, and on EAGAIN gives the buffer back and asks to wait.
+// pooled buffer and keeps it only when bytes arrived. The buffer goes back
+// on EAGAIN (wait), and on EOF or an error too: every connection ends with
+// an EOF read in each direction, and a buffer lost there is a 64 KiB
+// allocation per direction that the GC has to collect.
 func (d *direction) read(fd uintptr) bool {
 	b := bufferPool.Get()
 	for {
@@ -178,9 +181,9 @@ func (d *direction) read(fd uintptr) bool {
 			break
 		}
 	}
-	if d.rerr == unix.EAGAIN {
+	if d.n <= 0 || d.rerr != nil {
 		bufferPool.Put(b)
-		return false
+		return d.rerr != unix.EAGAIN
 	}
 	d.buf = b
 	return true

@@ -151,3 +151,52 @@ func TestBulkUploadThenHalfCloseGetsTheDigestBack(t *testing.T) {
 		t.Fatalf("backend saw %q, want the length and digest of what was sent", got)
 	}
 }
+
+func keptBufferCount() int {
+	bufferPool.mu.Lock()
+	defer bufferPool.mu.Unlock()
+	return len(bufferPool.free)
+}
+
+// Every connection ends with a read that sees EOF or an error in each
+// direction; a buffer kept by that read is a 64 KiB allocation per direction.
+func TestEndedDirectionGivesItsBufferBack(t *testing.T) {
+	for _, ending := range []string{"eof", "reset"} {
+		t.Run(ending, func(t *testing.T) {
+			ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			srcPeer, src := tcpPair(t, ln)
+			dst, dstPeer := tcpPair(t, ln)
+			for _, c := range []*net.TCPConn{src, srcPeer, dst, dstPeer} {
+				defer c.Close()
+			}
+			if _, err := srcPeer.Write([]byte("hi")); err != nil {
+				t.Fatal(err)
+			}
+			if ending == "reset" {
+				_ = srcPeer.SetLinger(0)
+			}
+			_ = srcPeer.Close()
+			bufferPool.Put(bufferPool.Get()) // at least one kept, so a lost one shows
+			before := keptBufferCount()
+			d, err := newDirection(dst, src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := d.copy()
+			t.Logf("copy after %s: %d bytes, %v", ending, n, err)
+			if ending == "eof" && (n != 2 || err != nil) {
+				t.Fatalf("copy moved %d bytes with error %v, want 2 and EOF", n, err)
+			}
+			if ending == "reset" && err == nil {
+				t.Fatal("copy from a reset socket ended without an error")
+			}
+			if got := keptBufferCount(); got != before {
+				t.Fatalf("free list keeps %d buffers after a direction ended by %s, want %d as before: the last read kept one", got, ending, before)
+			}
+		})
+	}
+}
