@@ -46,6 +46,16 @@ func BenchmarkPipe(b *testing.B) {
 	}
 }
 
+// loopbackListener listens on 127.0.0.1 until the test ends.
+func loopbackListener(tb testing.TB) *net.TCPListener {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = ln.Close() })
+	return ln
+}
+
 // tcpPair returns both ends of a loopback TCP connection.
 func tcpPair(b testing.TB, ln *net.TCPListener) (near, far *net.TCPConn) {
 	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
@@ -60,11 +70,7 @@ func tcpPair(b testing.TB, ln *net.TCPListener) (near, far *net.TCPConn) {
 }
 
 func benchCopy(b *testing.B, copyFn func(dst, src *net.TCPConn) (int64, error), streams int) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
+	ln := loopbackListener(b)
 	const chunk = 1 << 20
 	b.SetBytes(chunk * int64(streams))
 	type stream struct{ sender, src, dst, sink *net.TCPConn }
@@ -156,11 +162,7 @@ func BenchmarkRelayMessage(b *testing.B) {
 }
 
 func benchMessages(b *testing.B, copyFn func(dst, src *net.TCPConn) (int64, error), size int) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
+	ln := loopbackListener(b)
 	client, front := tcpPair(b, ln)
 	back, server := tcpPair(b, ln)
 	var wg sync.WaitGroup

@@ -163,11 +163,7 @@ func keptBufferCount() int {
 func TestEndedDirectionGivesItsBufferBack(t *testing.T) {
 	for _, ending := range []string{"eof", "reset"} {
 		t.Run(ending, func(t *testing.T) {
-			ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
+			ln := loopbackListener(t)
 			srcPeer, src := tcpPair(t, ln)
 			dst, dstPeer := tcpPair(t, ln)
 			for _, c := range []*net.TCPConn{src, srcPeer, dst, dstPeer} {
