@@ -33,10 +33,10 @@ const (
 )
 
 // nextMechanism is the one place the copy strategy is chosen, from how much
-// the last read returned: a read that fills the buffer says more is queued,
-// so splice, which moves it without copying it through user space; a short
-// read is a message, which one read and one write move with fewer system
-// calls than splice's three. docs/benchmarks.md measures both and this mix.
+// the last read returned or the first splice after a wait moved: filling
+// the buffer says more is queued, so splice, which moves it without copying
+// it through user space; less is a message, which one read and one write
+// move with fewer system calls than splice's three. docs/benchmarks.md measures both and this mix.
 func nextMechanism(lastRead int) mechanism {
 	if lastRead >= copyBufferSize {
 		return viaSplice
@@ -151,6 +151,8 @@ type direction struct {
 	pipe                      *splicePipe // while streaming
 	moved                     int         // the last splice's count
 	serr                      error       // the last splice's error
+	perr                      error       // no pipe could be had
+	waited                    bool        // the last splice-in waited in the poller first
 }
 
 func newDirection(dst, src *net.TCPConn) (*direction, error) {
@@ -189,16 +191,30 @@ func (d *direction) read(fd uintptr) bool {
 	return true
 }
 
-// spliceIn moves what src has queued into the pipe without waiting: EAGAIN
-// is the end of the stream's burst.
+// spliceIn moves what src has queued into the pipe, taking a pooled pipe
+// first if the direction holds none. On EAGAIN the pipe, empty because
+// every splice-in follows a full drain, goes back to the pool and the
+// direction waits in the poller holding nothing; the wake splices again
+// without a detour through the buffer.
 func (d *direction) spliceIn(fd uintptr) bool {
-	for {
-		var n int64
-		n, d.serr = unix.Splice(int(fd), nil, d.pipe.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		d.moved = int(n)
-		if d.serr != unix.EINTR {
+	if d.pipe == nil {
+		if d.pipe, d.perr = getPipe(); d.perr != nil {
 			return true
 		}
+	}
+	for {
+		n, err := unix.Splice(int(fd), nil, d.pipe.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch err {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			pipePool.Put(d.pipe)
+			d.pipe = nil
+			d.waited = true
+			return false
+		}
+		d.moved, d.serr = int(n), err
+		return true
 	}
 }
 
@@ -253,35 +269,26 @@ func (d *direction) copy() (int64, error) {
 	}
 }
 
-// stream splices src to dst through a pooled pipe until src has nothing
-// queued, then gives the pipe back. eof reports that src ended.
+// stream splices src to dst through pooled pipes while src streams: a
+// wait in between holds no pipe, and a wake that finds less queued than a
+// buffer holds (nextMechanism) hands the direction back to the buffer.
+// eof reports that src ended.
 func (d *direction) stream() (moved int64, eof bool, err error) {
-	if d.pipe, err = getPipe(); err != nil {
-		return 0, false, err
-	}
-	defer func() {
-		if d.pipe.buffered == 0 {
-			pipePool.Put(d.pipe)
-		} else {
-			d.pipe.discard()
-		}
-		d.pipe = nil
-	}()
+	defer d.dropPipe()
 	for {
-		d.serr = nil
+		d.serr, d.perr, d.waited = nil, nil, false
 		if err := d.srcRaw.Read(d.spliceFn); err != nil {
 			return moved, false, err
 		}
 		switch {
-		case d.serr == unix.EAGAIN:
-			return moved, false, nil // quiet: back to waiting with nothing held
+		case d.perr != nil:
+			return moved, false, d.perr
 		case d.serr != nil:
 			return moved, false, os.NewSyscallError("splice", d.serr)
 		case d.moved == 0:
 			return moved, true, nil
 		}
 		d.pipe.buffered = d.moved
-		d.serr = nil
 		err := d.dstRaw.Write(d.drainFn)
 		moved += int64(d.moved - d.pipe.buffered)
 		if err != nil {
@@ -290,5 +297,21 @@ func (d *direction) stream() (moved int64, eof bool, err error) {
 		if d.serr != nil {
 			return moved, false, os.NewSyscallError("splice", d.serr)
 		}
+		if d.waited && nextMechanism(d.moved) == viaBuffer {
+			return moved, false, nil
+		}
 	}
+}
+
+// dropPipe gives the direction's pipe back, or closes it if bytes of a
+// failed write are still in it.
+func (d *direction) dropPipe() {
+	switch {
+	case d.pipe == nil:
+	case d.pipe.buffered == 0:
+		pipePool.Put(d.pipe)
+	default:
+		d.pipe.discard()
+	}
+	d.pipe = nil
 }
