@@ -15,6 +15,7 @@ build:
 TEST_NEEDS           := ip nft haproxy keepalived promtool chromium
 DEMO_NEEDS           := ip
 BENCH_NEEDS          := haproxy wrk nginx
+SOAK_NEEDS           := haproxy
 BENCH_FAILOVER_NEEDS := ip keepalived haproxy
 
 # Every package, one at a time (-p 1): the election and end-to-end tests time
@@ -80,7 +81,7 @@ SOAK_IDLE    ?= 3000
 soak: soak-vipd
 	$(BIN)/vipsoak -target haproxy -haproxy "$$(command -v haproxy || echo /usr/sbin/haproxy)" -idle $(SOAK_IDLE) -duration $(SOAK_SECONDS)s
 soak-vipd: build
-	@scripts/deps.sh $(BENCH_NEEDS)
+	@scripts/deps.sh $(SOAK_NEEDS)
 	$(GO) build -o $(BIN)/vipsoak ./bench/cmd/vipsoak
 	$(BIN)/vipsoak -target vipd -vipd $(BIN)/vipd -idle $(SOAK_IDLE) -duration $(SOAK_SECONDS)s
 
