@@ -4,7 +4,7 @@ BIN     := bin
 GOFLAGS ?=
 PKGS    := ./...
 
-.PHONY: build test run demo bench bench-failover lint clean image
+.PHONY: build test run demo bench bench-failover soak-leader-load lint clean image
 
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend
@@ -87,6 +87,12 @@ soak-vipd: build
 bench-failover: build
 	@scripts/deps.sh $(BENCH_FAILOVER_NEEDS)
 	$(GO) run ./e2e/cmd/benchfailover
+
+# The flapping tests at full length (needs root): 5 runs of 60 s per timing
+# profile, with the leader's own proxy saturated and with outside CPU load.
+# make test runs them once for 15 s.
+soak-leader-load: build
+	E2E_LOAD_TRIALS=5 E2E_LOAD_SECONDS=60 $(GO) test -count=1 -v -timeout 60m -run 'TestNoFlapping' ./e2e/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -110,6 +110,13 @@ var timingProfiles = map[string]Timing{
 	TimingWAN: {Profile: TimingWAN, Heartbeat: time.Second, Election: time.Second, Lease: 500 * time.Millisecond},
 }
 
+// TimingProfile returns the durations of the named profile, false for a
+// name that is none.
+func TimingProfile(name string) (Timing, bool) {
+	t, ok := timingProfiles[name]
+	return t, ok
+}
+
 func (t *Timing) decodeNode(d *decoder, n *yaml.Node, path string) {
 	if n.Kind == yaml.ScalarNode {
 		t.Profile = n.Value

@@ -19,6 +19,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if child, code := bed.RunChild(); child {
+		os.Exit(code) // a load or spinner process of this bed, not a test run
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -54,6 +57,19 @@ type env struct {
 	meter   *bed.Meter
 	nodes   []string
 	start   time.Time
+	// vipdSched ranks the daemons, loadSched the backends and the load
+	// processes (nil: the test's own priority).
+	vipdSched, loadSched *bed.Sched
+}
+
+// repoRoot is the worktree the tests run in (e2e's parent).
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
 }
 
 // binaries returns bin/vipd and bin/demo-backend, skipping the test when
@@ -61,10 +77,7 @@ type env struct {
 func binaries(t *testing.T) (vipd, backend string) {
 	t.Helper()
 	testenv.NeedRoot(t, "e2e builds network namespaces")
-	root, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := repoRoot(t)
 	vipd, backend = filepath.Join(root, "bin", "vipd"), filepath.Join(root, "bin", "demo-backend")
 	for _, p := range []string{vipd, backend} {
 		testenv.NeedFile(t, p, "run make build first")
@@ -91,6 +104,24 @@ func strict() bool { return os.Getenv("E2E_STRICT") == "1" }
 // node holds the VIP and client traffic flows. witness names a node that
 // runs with role witness ("" for none).
 func setup(t *testing.T, witness string) *env {
+	t.Helper()
+	return setupWith(t, bedOptions{witness: witness})
+}
+
+// bedOptions vary the cluster of a scenario.
+type bedOptions struct {
+	witness string   // a node with role witness, or ""
+	timing  string   // cluster.timing; "": the bed's default (lan)
+	env     []string // added to every daemon's environment
+	// loadRanked runs the backends and the load processes at the daemons'
+	// rank, so a leader proxying for them has to fight them for the CPU.
+	loadRanked bool
+}
+
+// setupWith is setup with options. The daemons run at the priority the
+// systemd unit gives them (deploy/systemd/vipd.service), the client and
+// backends at the test's own.
+func setupWith(t *testing.T, o bedOptions) *env {
 	t.Helper()
 	vipdBin, backendBin := binaries(t)
 	if _, err := bed.SweepStale(); err != nil {
@@ -121,12 +152,26 @@ func setup(t *testing.T, witness string) *env {
 	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := bed.StartBackends(ctx, b, backendBin, backends, b.Host("c")); err != nil {
+	unit, err := bed.UnitSched(filepath.Join(repoRoot(t), "deploy", "systemd", "vipd.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var loadDef *bed.Sched
+	if o.loadRanked {
+		loadDef = &unit
+	}
+	e.vipdSched, e.loadSched = pickSched(t, "E2E_VIPD_SCHED", &unit), pickSched(t, "E2E_LOAD_SCHED", loadDef)
+	if err := bed.StartBackends(ctx, b, backendBin, backends, b.Host("c"), e.loadSched); err != nil {
 		t.Fatal(err)
 	}
 	dataDir := t.TempDir()
 	opts := bed.DefaultVipdOptions(vipdBin, nodes, backends, dataDir)
-	opts.Witness = witness
+	opts.Witness = o.witness
+	if o.timing != "" {
+		opts.Timing = o.timing
+	}
+	opts.Env = append(o.env, strings.Fields(os.Getenv("E2E_VIPD_ENV"))...)
+	opts.Sched = e.vipdSched
 	if e.sampler, err = bed.NewSampler(bed.VIP, 10*time.Millisecond, nodes...); err != nil {
 		t.Fatal(err)
 	}
@@ -157,6 +202,27 @@ func setup(t *testing.T, witness string) *env {
 
 // finish stops the client and the sampler and fails the test on any sample
 // with two live VIP holders.
+// pickSched reads a rank from the environment variable name: "unit" (the
+// systemd unit's), "none" (the test's own) or "" (def).
+func pickSched(t *testing.T, name string, def *bed.Sched) *bed.Sched {
+	t.Helper()
+	switch v := os.Getenv(name); v {
+	case "":
+		return def
+	case "unit":
+		unit, err := bed.UnitSched(filepath.Join(repoRoot(t), "deploy", "systemd", "vipd.service"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &unit
+	case "none":
+		return nil
+	default:
+		t.Fatalf("%s=%q: want unit or none", name, v)
+		return nil
+	}
+}
+
 func (e *env) finish() {
 	e.client.Stop()
 	e.sampler.Stop()

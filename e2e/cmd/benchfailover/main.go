@@ -159,7 +159,7 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
 	upCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if err := bed.StartBackends(upCtx, b, c.backend, backends, b.Host("c")); err != nil {
+	if err := bed.StartBackends(upCtx, b, c.backend, backends, b.Host("c"), nil); err != nil {
 		return r, err
 	}
 	sys, err := startSystem(upCtx, b, c, sysName, nodes, backends, dir)
