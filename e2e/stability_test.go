@@ -15,8 +15,8 @@ import (
 )
 
 // stabilityProfiles are the timing profiles the flapping tests hold to: no
-// leadership change under load. Every named profile belongs here.
-var stabilityProfiles = []string{"lan", "wan"}
+// leadership change under load. Every named profile.
+var stabilityProfiles = config.TimingProfiles()
 
 // loadTrials is E2E_LOAD_TRIALS (default 1), the runs of each flapping test.
 func loadTrials(t *testing.T) int { return envInt(t, "E2E_LOAD_TRIALS", 1) }

@@ -32,7 +32,7 @@ type VipdOptions struct {
 	Witness           string  // name of a node with role witness, or ""
 	Backends          []*Host // serve on BackendPort
 	DataDir           string  // each node gets DataDir/<name>
-	Timing            string  // lan | wan
+	Timing            string  // a profile: lan | fast | wan
 	Lifetime, Refresh time.Duration
 	ShutdownGrace     time.Duration
 	HealthInterval    time.Duration
