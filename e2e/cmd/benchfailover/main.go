@@ -58,13 +58,14 @@ type config struct {
 	vipdBin, backend string
 	systems, faults  []string
 	keepLogs         string
-	vipdEnv          []string // added to every vipd's environment
+	vipdEnv          []string   // added to every vipd's environment
+	vipdSched        *bed.Sched // vipd's rank (the systemd unit's), nil: this process's
 }
 
 func run() error {
 	var c config
 	var systems, faults string
-	var env string
+	var env, unit string
 	flag.IntVar(&c.trials, "trials", 10, "failovers per system and fault")
 	flag.StringVar(&c.vipdBin, "vipd", "bin/vipd", "vipd binary")
 	flag.StringVar(&c.backend, "backend", "bin/demo-backend", "demo backend binary")
@@ -73,10 +74,18 @@ func run() error {
 	flag.StringVar(&faults, "faults", "death,sigkill", "faults to inject on the holder")
 	flag.StringVar(&c.keepLogs, "logs", "", "keep process logs in this directory (default: removed)")
 	flag.StringVar(&env, "vipd-env", "", "comma-separated NAME=VALUE added to every vipd's environment (GOGC=400)")
+	flag.StringVar(&unit, "vipd-unit", "deploy/systemd/vipd.service", "run vipd at this systemd unit's Nice= and CPUWeight= (\"\": at this process's priority)")
 	flag.Parse()
 	c.systems, c.faults = strings.Split(systems, ","), strings.Split(faults, ",")
 	if env != "" {
 		c.vipdEnv = strings.Split(env, ",")
+	}
+	if unit != "" {
+		s, err := bed.UnitSched(unit)
+		if err != nil {
+			return err
+		}
+		c.vipdSched = &s
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it builds network namespaces (try sudo make bench-failover)")
@@ -104,6 +113,9 @@ func run() error {
 	fmt.Printf("machine: %s, %d CPUs; load average at start %s\n", cpuModel(), runtime.NumCPU(), loadAvg())
 	if len(c.vipdEnv) > 0 {
 		fmt.Printf("vipd environment: %s\n", strings.Join(c.vipdEnv, " "))
+	}
+	if c.vipdSched != nil {
+		fmt.Printf("vipd ranked as %s: nice %d, autogroup nice %d; keepalived and HAProxy at this process's\n", unit, c.vipdSched.Nice, c.vipdSched.GroupNice)
 	}
 	var rows []row
 	for _, s := range c.systems {
@@ -390,7 +402,7 @@ func startSystem(ctx context.Context, b *bed.Bed, c config, name string, nodes, 
 		if arg != "" {
 			o.Timing = arg // StartCluster's vipd --check refuses a profile that is none
 		}
-		o.Env = c.vipdEnv
+		o.Env, o.Sched = c.vipdEnv, c.vipdSched
 		cl, err := bed.StartCluster(b, o)
 		if err != nil {
 			return nil, err
