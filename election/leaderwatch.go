@@ -9,8 +9,8 @@ import (
 
 // A follower of hashicorp/raft checks for a silent leader on a timer that
 // re-arms at a random point in [heartbeat, 2×heartbeat), so it starts an
-// election between one and about two and a half heartbeat timeouts after
-// the leader's last contact. A voter that still knows a leader refuses
+// election between one and three heartbeat timeouts after the leader's last
+// contact. A voter that still knows a leader refuses
 // (pre-)votes, so a failover waits for the slower of two such timers. The
 // leader watch checks each follower exactly when its leader's last contact
 // becomes one heartbeat timeout old and makes raft look at once. raft still
@@ -26,9 +26,15 @@ type followerView interface {
 	LastContact() time.Time
 }
 
-// leaderSilence says whether the follower's leader has been silent for
-// timeout at now, and otherwise how long until it will have been.
-func leaderSilence(r followerView, timeout time.Duration, now time.Time) (silent bool, wait time.Duration) {
+// leaderSilence says, at now for a look that was due at due, whether the
+// follower's leader has been silent for timeout, and when to look next.
+//
+// A look more than a tenth of timeout late means this process did not run
+// for a while (CPU starvation, a stall of the host): heartbeats that came
+// meanwhile may still wait unread in its sockets, so it looks again a fifth
+// of timeout later, after at least one heartbeat interval (raft sends every
+// tenth to fifth of it), instead of calling the leader dead at once.
+func leaderSilence(r followerView, timeout time.Duration, now, due time.Time) (silent bool, wait time.Duration) {
 	if r.State() != raft.Follower {
 		return false, timeout
 	}
@@ -38,12 +44,16 @@ func leaderSilence(r followerView, timeout time.Duration, now time.Time) (silent
 	if age := now.Sub(r.LastContact()); age < timeout {
 		return false, timeout - age
 	}
+	if now.Sub(due) > timeout/10 {
+		return false, timeout / 5
+	}
 	return true, timeout
 }
 
 // watchLeader runs until stop: it wakes when the leader's last contact turns
 // timeout old and, if nothing arrived meanwhile, calls expire.
 func watchLeader(r followerView, timeout time.Duration, stop <-chan struct{}, expire func()) {
+	due := time.Now().Add(timeout)
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	for {
@@ -52,10 +62,12 @@ func watchLeader(r followerView, timeout time.Duration, stop <-chan struct{}, ex
 			return
 		case <-t.C:
 		}
-		silent, wait := leaderSilence(r, timeout, time.Now())
+		now := time.Now()
+		silent, wait := leaderSilence(r, timeout, now, due)
 		if silent {
 			expire()
 		}
+		due = now.Add(wait)
 		t.Reset(wait)
 	}
 }

@@ -47,18 +47,22 @@ func TestLeaderSilence(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		f          fakeFollower
+		late       time.Duration // how long after it was due the look came
 		wantSilent bool
 		wantWait   time.Duration
 	}{
-		{"fresh contact: wake when it turns timeout old", fakeFollower{state: raft.Follower, leader: "n1", contact: at(20 * time.Millisecond)}, false, 40 * time.Millisecond},
-		{"contact exactly timeout old", fakeFollower{state: raft.Follower, leader: "n1", contact: at(timeout)}, true, timeout},
-		{"contact older than timeout", fakeFollower{state: raft.Follower, leader: "n1", contact: at(time.Second)}, true, timeout},
-		{"no known leader (raft gave up on it)", fakeFollower{state: raft.Follower, contact: at(time.Second)}, false, timeout},
-		{"candidate", fakeFollower{state: raft.Candidate, leader: "n1", contact: at(time.Second)}, false, timeout},
-		{"leader", fakeFollower{state: raft.Leader, leader: "n0", contact: at(time.Second)}, false, timeout},
+		{"fresh contact: wake when it turns timeout old", fakeFollower{state: raft.Follower, leader: "n1", contact: at(20 * time.Millisecond)}, 0, false, 40 * time.Millisecond},
+		{"contact exactly timeout old", fakeFollower{state: raft.Follower, leader: "n1", contact: at(timeout)}, 0, true, timeout},
+		{"contact older than timeout", fakeFollower{state: raft.Follower, leader: "n1", contact: at(time.Second)}, 0, true, timeout},
+		{"silent, looked a little late", fakeFollower{state: raft.Follower, leader: "n1", contact: at(timeout + 5*time.Millisecond)}, timeout / 10, true, timeout},
+		{"silent, but this process did not run: look again after a heartbeat interval", fakeFollower{state: raft.Follower, leader: "n1", contact: at(time.Second)}, timeout/10 + time.Millisecond, false, timeout / 5},
+		{"fresh contact after a stall", fakeFollower{state: raft.Follower, leader: "n1", contact: at(time.Millisecond)}, time.Second, false, timeout - time.Millisecond},
+		{"no known leader (raft gave up on it)", fakeFollower{state: raft.Follower, contact: at(time.Second)}, 0, false, timeout},
+		{"candidate", fakeFollower{state: raft.Candidate, leader: "n1", contact: at(time.Second)}, 0, false, timeout},
+		{"leader", fakeFollower{state: raft.Leader, leader: "n0", contact: at(time.Second)}, 0, false, timeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			silent, wait := leaderSilence(&tc.f, timeout, now)
+			silent, wait := leaderSilence(&tc.f, timeout, now, now.Add(-tc.late))
 			if silent != tc.wantSilent || wait != tc.wantWait {
 				t.Fatalf("leaderSilence = %v, %v; want %v, %v", silent, wait, tc.wantSilent, tc.wantWait)
 			}
@@ -70,7 +74,7 @@ func TestLeaderSilence(t *testing.T) {
 // that keeps in touch, then one that went silent: raft is poked only for
 // the silent one, and the watch ends on stop.
 func TestWatchLeaderExpiresOnlyASilentLeader(t *testing.T) {
-	const timeout = 5 * time.Millisecond
+	const timeout = 50 * time.Millisecond // wakes within timeout/10 of due count as on time
 	f := &fakeFollower{state: raft.Follower, leader: "n1", contact: time.Now, looked: make(chan struct{})}
 	expired := make(chan struct{}, 16)
 	stop, done := make(chan struct{}), make(chan struct{})
