@@ -46,23 +46,23 @@ func TestLeaderSilence(t *testing.T) {
 	at := func(d time.Duration) func() time.Time { return func() time.Time { return now.Add(-d) } }
 	for _, tc := range []struct {
 		name       string
-		f          fakeFollower
+		f          *fakeFollower
 		late       time.Duration // how long after it was due the look came
 		wantSilent bool
 		wantWait   time.Duration
 	}{
-		{"fresh contact: wake when it turns timeout old", fakeFollower{state: raft.Follower, leader: "n1", contact: at(20 * time.Millisecond)}, 0, false, 40 * time.Millisecond},
-		{"contact exactly timeout old", fakeFollower{state: raft.Follower, leader: "n1", contact: at(timeout)}, 0, true, timeout},
-		{"contact older than timeout", fakeFollower{state: raft.Follower, leader: "n1", contact: at(time.Second)}, 0, true, timeout},
-		{"silent, looked a little late", fakeFollower{state: raft.Follower, leader: "n1", contact: at(timeout + 5*time.Millisecond)}, timeout / 10, true, timeout},
-		{"silent, but this process did not run: look again after a heartbeat interval", fakeFollower{state: raft.Follower, leader: "n1", contact: at(time.Second)}, timeout/10 + time.Millisecond, false, timeout / 5},
-		{"fresh contact after a stall", fakeFollower{state: raft.Follower, leader: "n1", contact: at(time.Millisecond)}, time.Second, false, timeout - time.Millisecond},
-		{"no known leader (raft gave up on it)", fakeFollower{state: raft.Follower, contact: at(time.Second)}, 0, false, timeout},
-		{"candidate", fakeFollower{state: raft.Candidate, leader: "n1", contact: at(time.Second)}, 0, false, timeout},
-		{"leader", fakeFollower{state: raft.Leader, leader: "n0", contact: at(time.Second)}, 0, false, timeout},
+		{"fresh contact: wake when it turns timeout old", &fakeFollower{state: raft.Follower, leader: "n1", contact: at(20 * time.Millisecond)}, 0, false, 40 * time.Millisecond},
+		{"contact exactly timeout old", &fakeFollower{state: raft.Follower, leader: "n1", contact: at(timeout)}, 0, true, timeout},
+		{"contact older than timeout", &fakeFollower{state: raft.Follower, leader: "n1", contact: at(time.Second)}, 0, true, timeout},
+		{"silent, looked a little late", &fakeFollower{state: raft.Follower, leader: "n1", contact: at(timeout + 5*time.Millisecond)}, timeout / 10, true, timeout},
+		{"silent, but this process did not run: look again after a heartbeat interval", &fakeFollower{state: raft.Follower, leader: "n1", contact: at(time.Second)}, timeout/10 + time.Millisecond, false, timeout / 5},
+		{"fresh contact after a stall", &fakeFollower{state: raft.Follower, leader: "n1", contact: at(time.Millisecond)}, time.Second, false, timeout - time.Millisecond},
+		{"no known leader (raft gave up on it)", &fakeFollower{state: raft.Follower, contact: at(time.Second)}, 0, false, timeout},
+		{"candidate", &fakeFollower{state: raft.Candidate, leader: "n1", contact: at(time.Second)}, 0, false, timeout},
+		{"leader", &fakeFollower{state: raft.Leader, leader: "n0", contact: at(time.Second)}, 0, false, timeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			silent, wait := leaderSilence(&tc.f, timeout, now, now.Add(-tc.late))
+			silent, wait := leaderSilence(tc.f, timeout, now, now.Add(-tc.late))
 			if silent != tc.wantSilent || wait != tc.wantWait {
 				t.Fatalf("leaderSilence = %v, %v; want %v, %v", silent, wait, tc.wantSilent, tc.wantWait)
 			}
