@@ -90,6 +90,11 @@ type Timing struct {
 	Heartbeat time.Duration `yaml:"heartbeat"`
 	Election  time.Duration `yaml:"election"`
 	Lease     time.Duration `yaml:"lease"`
+	// WatchLeader makes a follower check for a silent leader the moment its
+	// last contact turns one heartbeat timeout old, rather than at raft's
+	// random later tick: the fast profile's (docs/failover.md says what it
+	// costs under load).
+	WatchLeader bool `yaml:"-"`
 }
 
 // Timing profiles.
@@ -100,7 +105,7 @@ const (
 )
 
 // timingProfiles are the values of the named timings. "lan" replaces a dead
-// leader in about 120-200 ms; "fast" in under 100 ms, for hosts where vipd
+// leader in about 200-300 ms; "fast" in under 100 ms, for hosts where vipd
 // gets the CPU when it wakes (docs/failover.md says under which load it
 // holds); "wan" tolerates slow links and long pauses.
 //
@@ -116,7 +121,7 @@ const (
 // its last contact with the quorum, before a follower may campaign.
 var timingProfiles = map[string]Timing{
 	TimingLAN:  {Profile: TimingLAN, Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond},
-	TimingFast: {Profile: TimingFast, Heartbeat: 60 * time.Millisecond, Election: 60 * time.Millisecond, Lease: 45 * time.Millisecond},
+	TimingFast: {Profile: TimingFast, Heartbeat: 60 * time.Millisecond, Election: 60 * time.Millisecond, Lease: 45 * time.Millisecond, WatchLeader: true},
 	TimingWAN:  {Profile: TimingWAN, Heartbeat: time.Second, Election: time.Second, Lease: 500 * time.Millisecond},
 }
 

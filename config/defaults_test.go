@@ -192,7 +192,7 @@ func sameValue(got any, doc string) bool {
 func TestTimingProfilesResolveToTheDocumentedDurations(t *testing.T) {
 	var profiles *docTable
 	for _, tb := range readDocTables(t) {
-		if len(tb.header) == 4 && tb.header[0] == "profile" {
+		if len(tb.header) == 5 && tb.header[0] == "profile" {
 			profiles = &tb
 		}
 	}
@@ -209,6 +209,13 @@ func TestTimingProfilesResolveToTheDocumentedDurations(t *testing.T) {
 			}
 		}
 		want.Profile = name
+		switch row[4] {
+		case "yes":
+			want.WatchLeader = true
+		case "no":
+		default:
+			t.Fatalf("profile %s: leader watch %q, want yes or no", name, row[4])
+		}
 		cfg, err := Parse([]byte("cluster: {timing: " + name + "}\n"))
 		if err != nil {
 			t.Fatalf("profile %s: %v", name, err)

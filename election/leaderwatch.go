@@ -17,7 +17,9 @@ import (
 // decides with its own rule (no contact for a heartbeat timeout), so the
 // earliest moment a follower may campaign, and therefore the lease rule
 // (docs/architecture.md rule 6), is unchanged: only the random wait after
-// it goes.
+// it goes. That wait also let a follower ride out a stall a little longer
+// than the timeout, which the watch does not; so it runs only where
+// Timing.WatchLeader asks for it (the fast profile, docs/failover.md).
 
 // followerView is what the leader watch reads of raft.
 type followerView interface {

@@ -350,12 +350,15 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.log.Info("election started", zap.String("raft", n.opts.RaftBind), zap.String("gossip", n.opts.GossipBind),
 		zap.String("role", string(n.opts.Role)), zap.Bool("existing_state", hasState), zap.Int("bootstrap_expect", n.opts.BootstrapExpect))
 
-	n.wg.Add(5)
+	n.wg.Add(4)
 	go n.monitor(rt)
 	go n.metaLoop(rt)
 	go n.joinLoop(ctx, rt)
 	go n.reconnectLoop(rt)
-	go n.leaderWatch(rt)
+	if n.opts.Timing.WatchLeader {
+		n.wg.Add(1)
+		go n.leaderWatch(rt)
+	}
 	n.down.add(func() error {
 		rt.stopRaft() // fails pending futures, so loops blocked in raft return
 		n.wg.Wait()
