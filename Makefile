@@ -86,7 +86,7 @@ soak-vipd: build
 # Needs root: the beds are network namespaces. 10 failovers per system
 # (vipd lan and fast, keepalived at advert 1 s, 100 ms, 50 ms, 20 ms) and
 # fault, every outage, vipd's phases, the CPU and the load averages; about
-# 15 minutes. BENCH_FAILOVER_FLAGS="-trials 3 -systems vipd-fast" narrows it.
+# 11 minutes. BENCH_FAILOVER_FLAGS="-trials 3 -systems vipd-fast" narrows it.
 bench-failover: build
 	@scripts/deps.sh $(BENCH_FAILOVER_NEEDS)
 	$(GO) run ./e2e/cmd/benchfailover $(BENCH_FAILOVER_FLAGS)
