@@ -4,7 +4,7 @@ BIN     := bin
 GOFLAGS ?=
 PKGS    := ./...
 
-.PHONY: build test run demo bench bench-failover lint clean image
+.PHONY: build test run demo bench bench-failover soak-leader-load lint clean image
 
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend
@@ -85,10 +85,20 @@ soak-vipd: build
 	$(GO) build -o $(BIN)/vipsoak ./bench/cmd/vipsoak
 	$(BIN)/vipsoak -target vipd -vipd $(BIN)/vipd -idle $(SOAK_IDLE) -duration $(SOAK_SECONDS)s
 
-# Needs root: the beds are network namespaces.
+# Needs root: the beds are network namespaces. 10 failovers per system
+# (vipd lan and fast, keepalived at advert 1 s, 100 ms, 50 ms, 20 ms) and
+# fault, every outage, vipd's phases, the CPU and the load averages; about
+# 11 minutes. BENCH_FAILOVER_FLAGS="-trials 3 -systems vipd-fast" narrows it.
 bench-failover: build
 	@scripts/deps.sh $(BENCH_FAILOVER_NEEDS)
-	$(GO) run ./e2e/cmd/benchfailover
+	$(GO) run ./e2e/cmd/benchfailover $(BENCH_FAILOVER_FLAGS)
+
+# The flapping tests at full length (needs root): 5 runs of 60 s each, with
+# the leader's own proxy saturated (lan, wan; E2E_PROXY_LOAD_PROFILES=fast
+# measures fast there) and with outside CPU load (every profile). make test
+# runs them once for 15 s.
+soak-leader-load: build
+	E2E_LOAD_TRIALS=5 E2E_LOAD_SECONDS=60 $(GO) test -count=1 -v -timeout 60m -run 'TestNoFlapping' ./e2e/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
