@@ -20,6 +20,7 @@ known wrk        wrk        ""         no  "make bench's real-peer case (wrk →
 known nginx      nginx      nginx      no  "make bench's real-peer case (wrk → proxy → nginx)"
 known promtool   prometheus prometheus yes "deploy's TestAlertRulesPassPromtool"
 known chromium   chromium   ""         yes "the browser test of the status page"
+known buildah    buildah    ""         yes "deploy's TestMakeImageBuildsAStaticNonRootImage (make image without a docker daemon)"
 
 ci=false
 if [[ ${CI:-} =~ ^(1|t|T|TRUE|true|True)$ ]]; then ci=true; fi
