@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vipd/vipd/internal/testenv"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -53,40 +53,8 @@ func verifyNoLeaks() int {
 	}
 }
 
-// freePort returns a loopback port free for both TCP and UDP (gossip uses
-// both), never the same one twice in this process. It draws from below
-// Linux's default ephemeral range (32768-60999): a ":0" port is an ephemeral
-// one, and the cluster's own outgoing connections (Raft, gossip retries)
-// could take it before the node meant to bind it starts.
-func freePort(t *testing.T) int {
-	t.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for range 200 {
-		port := 20000 + rand.IntN(12000)
-		if portsGiven[port] {
-			continue
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		_ = l.Close()
-		if err == nil {
-			_ = u.Close()
-			portsGiven[port] = true
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
-var (
-	portsMu    sync.Mutex
-	portsGiven = map[int]bool{}
-)
+// freePort is a loopback port for a node to bind (testenv.FreePort).
+func freePort(t *testing.T) int { return testenv.FreePort(t) }
 
 // cutLayer is a Raft StreamLayer a test can cut: while cut, dials fail,
 // accepted connections are closed at once and live ones are closed.

@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/vipd/vipd/config"
+	"github.com/vipd/vipd/internal/testenv"
 )
 
 // TestMain fails on leaked goroutines, except memberlist's probe of a peer:
@@ -39,15 +40,11 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).sendPingAndWaitForAck"))
 }
 
-// freePort returns a loopback address that was free a moment ago.
+// freePort returns a loopback address for the daemon to bind
+// (testenv.FreePort: below the ephemeral range, free for TCP and UDP).
 func freePort(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 }
 
 // namedBackend answers every connection with its name and closes. Closing
