@@ -29,8 +29,10 @@ const (
 	// once a round committed after it arrived; Gone lists those it asked
 	// for that are now assigned to another node.
 	KindAnswer Kind = "answer"
-	// KindRelease (holder → leader): Node deleted VIPs and no longer asks
-	// for them; with Leaving it stops, so its VIPs go elsewhere at once.
+	// KindRelease (holder → leader): Node deleted VIPs; ID is the last
+	// request it sent before (0: none), so that a release overtaken by a
+	// later grant frees nothing. With Leaving it stops asking, so its VIPs
+	// go elsewhere at once.
 	KindRelease Kind = "release"
 	// KindNotLeader (leader → holder): this node grants nothing now.
 	KindNotLeader Kind = "not_leader"
@@ -120,14 +122,14 @@ func DecodeMessage(body []byte) (Message, error) {
 // check refuses what no node sends: unknown kinds, fields a kind does not
 // carry, missing senders and ids, VIPs that are not addresses.
 func (m Message) check() error {
-	var needNode, needID, vips, gone, healthy, leaving bool
+	var needNode, needID, anyID, vips, gone, healthy, leaving bool
 	switch m.Kind {
 	case KindRequest:
 		needNode, needID, vips, healthy = true, true, true, true
 	case KindAnswer:
 		needID, vips, gone = true, true, true
 	case KindRelease:
-		needNode, vips, leaving = true, true, true
+		needNode, anyID, vips, leaving = true, true, true, true
 	case KindNotLeader:
 	default:
 		return fmt.Errorf("unknown kind %q", m.Kind)
@@ -141,7 +143,7 @@ func (m Message) check() error {
 		return fmt.Errorf("node name of %d bytes", len(m.Node))
 	case needID && m.ID == 0:
 		return errors.New("no request id")
-	case !needID && m.ID != 0:
+	case !needID && !anyID && m.ID != 0:
 		return errors.New("request id not expected")
 	case !vips && len(m.VIPs) > 0, !gone && len(m.Gone) > 0, !healthy && len(m.Healthy) > 0:
 		return errors.New("a list this kind does not carry")

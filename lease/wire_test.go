@@ -22,7 +22,7 @@ func TestMessagesRoundTrip(t *testing.T) {
 		{Kind: KindRequest, ID: 7, Node: "lb-1", VIPs: []string{"198.18.0.100", "2001:2::100"}, Healthy: []string{"web"}},
 		{Kind: KindRequest, ID: 1, Node: "lb-2"},
 		{Kind: KindAnswer, ID: 7, VIPs: []string{"198.18.0.100"}, Gone: []string{"198.18.0.101"}},
-		{Kind: KindRelease, Node: "lb-3", VIPs: []string{"198.18.0.102"}, Leaving: true},
+		{Kind: KindRelease, ID: 4, Node: "lb-3", VIPs: []string{"198.18.0.102"}, Leaving: true},
 		{Kind: KindNotLeader},
 	} {
 		var buf bytes.Buffer
@@ -49,7 +49,7 @@ func TestGarbageIsMalformed(t *testing.T) {
 		"request without id":   frame(`{"k":"request","n":"lb-1"}`),
 		"request without node": frame(`{"k":"request","i":3}`),
 		"answer with node":     frame(`{"k":"answer","i":3,"n":"lb-1"}`),
-		"release with id":      frame(`{"k":"release","i":3,"n":"lb-1"}`),
+		"not leader with id":   frame(`{"k":"not_leader","i":3}`),
 		"VIP not an address":   frame(`{"k":"request","i":3,"n":"lb-1","v":["web"]}`),
 		"VIP not canonical":    frame(`{"k":"request","i":3,"n":"lb-1","v":["2001:2:0::100"]}`),
 		"gone on a request":    frame(`{"k":"request","i":3,"n":"lb-1","g":["198.18.0.1"]}`),
