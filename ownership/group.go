@@ -85,6 +85,8 @@ func (g *Group) Send(name string, hold bool) (<-chan struct{}, error) {
 	defer g.mu.Unlock()
 	m := g.members[name]
 	switch {
+	case g.stopped:
+		return nil, fmt.Errorf("send to %s: the owners have stopped", name)
 	case m == nil:
 		return nil, fmt.Errorf("send to %s: not owned", name)
 	case !m.own:
