@@ -48,7 +48,7 @@ type daemon struct {
 	// spread holds the spread VIPs under leases and, while this node leads,
 	// grants them.
 	spread *spread.Runner
-	auth *adminAuth
+	auth   *adminAuth
 
 	linkUp      atomic.Bool   // the VIP interface's link, from vip's watcher
 	fitnessKick chan struct{} // wakes the fitness loop; never blocks the sender
