@@ -96,32 +96,33 @@ func (r *Runner) Held(vip string) bool {
 // tells the leader and stops asking. It returns once that is done or ctx
 // ends; this node holds no spread VIP afterwards either way.
 func (r *Runner) HandOver(ctx context.Context) error {
-	if in := r.inbox.Load(); in != nil {
-		done := make(chan error, 1)
+	done := make(chan error, 1)
+	ask := func() bool {
 		select {
-		case in.ch <- inbound{handing: done}:
-			select {
-			case err := <-done:
-				return err
-			case <-ctx.Done():
-				return fmt.Errorf("hand spread VIPs over: %w", ctx.Err())
-			}
+		case r.handing <- done:
+			return true
 		case <-ctx.Done():
-			return fmt.Errorf("hand spread VIPs over: %w", ctx.Err())
+			return false
 		}
 	}
-	done := make(chan error, 1)
-	select {
-	case r.handing <- done:
-	case <-ctx.Done():
-		return fmt.Errorf("hand spread VIPs over: %w", ctx.Err())
+	if in := r.inbox.Load(); in != nil {
+		ask = func() bool {
+			select {
+			case in.ch <- inbound{handing: done}:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
 	}
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return fmt.Errorf("hand spread VIPs over: %w", ctx.Err())
+	if ask() {
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+		}
 	}
+	return fmt.Errorf("hand spread VIPs over: %w", ctx.Err())
 }
 
 // holder is the state of the holder loop; only Run touches it.
