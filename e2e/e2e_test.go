@@ -74,7 +74,10 @@ func binaries(t *testing.T) (vipd, backend string) {
 
 // trials is E2E_TRIALS (default 3 to keep CI short; the full
 // measurement is E2E_TRIALS=10).
-func trials(t *testing.T) int {
+func trials(t *testing.T) int { return trialsOr(t, 3) }
+
+// trialsOr is E2E_TRIALS, or def when it is not set.
+func trialsOr(t *testing.T, def int) int {
 	if v := os.Getenv("E2E_TRIALS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
@@ -82,7 +85,7 @@ func trials(t *testing.T) int {
 		}
 		return n
 	}
-	return 3
+	return def
 }
 
 func strict() bool { return os.Getenv("E2E_STRICT") == "1" }
@@ -91,6 +94,45 @@ func strict() bool { return os.Getenv("E2E_STRICT") == "1" }
 // node holds the VIP and client traffic flows. witness names a node that
 // runs with role witness ("" for none).
 func setup(t *testing.T, witness string) *env {
+	t.Helper()
+	e, opts := newEnv(t)
+	b, nodes := e.bed, opts.Nodes
+	opts.Witness = witness
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var err error
+	if e.sampler, err = bed.NewSampler(bed.VIP, 10*time.Millisecond, nodes...); err != nil {
+		t.Fatal(err)
+	}
+	e.sampler.Start()
+	e.client = bed.NewClient(b.Host("c"), netip.AddrPortFrom(bed.VIP, bed.FrontendPort).String())
+	e.meter = &bed.Meter{Sampler: e.sampler, Client: e.client, Settle: settle}
+	// Registered after the bed's cleanup, so it runs first: stop measuring,
+	// then check the whole timeline for two live holders.
+	t.Cleanup(e.finish)
+	if e.cluster, err = bed.StartCluster(b, opts); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := e.cluster.WaitFormed(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder, err := e.sampler.WaitSingle(ctx, settle, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.client.Start()
+	if err := e.client.WaitFlowing(ctx, time.Now(), 20); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cluster formed in %s: raft leader %s, VIP on %s", time.Since(e.start).Round(time.Millisecond), leader, holder)
+	return e
+}
+
+// newEnv builds the bed (torn down by the test's cleanup) and starts the
+// backends; it returns the env without a cluster and the options to start
+// one with.
+func newEnv(t *testing.T) (*env, bed.VipdOptions) {
 	t.Helper()
 	vipdBin, backendBin := binaries(t)
 	if _, err := bed.SweepStale(); err != nil {
@@ -124,35 +166,7 @@ func setup(t *testing.T, witness string) *env {
 	if err := bed.StartBackends(ctx, b, backendBin, backends, b.Host("c")); err != nil {
 		t.Fatal(err)
 	}
-	dataDir := t.TempDir()
-	opts := bed.DefaultVipdOptions(vipdBin, nodes, backends, dataDir)
-	opts.Witness = witness
-	if e.sampler, err = bed.NewSampler(bed.VIP, 10*time.Millisecond, nodes...); err != nil {
-		t.Fatal(err)
-	}
-	e.sampler.Start()
-	e.client = bed.NewClient(b.Host("c"), netip.AddrPortFrom(bed.VIP, bed.FrontendPort).String())
-	e.meter = &bed.Meter{Sampler: e.sampler, Client: e.client, Settle: settle}
-	// Registered after the bed's cleanup, so it runs first: stop measuring,
-	// then check the whole timeline for two live holders.
-	t.Cleanup(e.finish)
-	if e.cluster, err = bed.StartCluster(b, opts); err != nil {
-		t.Fatal(err)
-	}
-	leader, err := e.cluster.WaitFormed(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	holder, err := e.sampler.WaitSingle(ctx, settle, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.client.Start()
-	if err := e.client.WaitFlowing(ctx, time.Now(), 20); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("cluster formed in %s: raft leader %s, VIP on %s", time.Since(e.start).Round(time.Millisecond), leader, holder)
-	return e
+	return e, bed.DefaultVipdOptions(vipdBin, nodes, backends, t.TempDir())
 }
 
 // finish stops the client and the sampler and fails the test on any sample
