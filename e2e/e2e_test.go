@@ -244,6 +244,13 @@ func (e *env) checkNeighbour(holder string) {
 // whole cluster has formed again with one holder and traffic flowing.
 func (e *env) restart(node string) {
 	e.t.Helper()
+	e.startAgain(node)
+	e.rejoined()
+}
+
+// startAgain starts node's daemon again, killing it first if it still runs.
+func (e *env) startAgain(node string) {
+	e.t.Helper()
 	if p := e.cluster.Proc(node); !p.Exited() {
 		p.Kill()
 		<-p.Done()
@@ -251,7 +258,6 @@ func (e *env) restart(node string) {
 	if err := e.cluster.Start(node); err != nil {
 		e.t.Fatal(err)
 	}
-	e.rejoined()
 }
 
 // rejoined waits for the cluster to be whole and serving, with the VIP on

@@ -266,13 +266,7 @@ func (e *spreadEnv) balance() {
 // (vipd removes them at start, rule 4).
 func (e *spreadEnv) restartSpread(node string) {
 	e.t.Helper()
-	if p := e.cluster.Proc(node); !p.Exited() {
-		p.Kill()
-		<-p.Done()
-	}
-	if err := e.cluster.Start(node); err != nil {
-		e.t.Fatal(err)
-	}
+	e.startAgain(node)
 	ctx := e.ctx(30 * time.Second)
 	if _, err := e.cluster.WaitFormed(ctx); err != nil {
 		e.t.Fatal(err)
