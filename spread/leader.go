@@ -391,8 +391,8 @@ func (l *granter) sendOwn(ctx context.Context, want map[string]bool, drop []stri
 }
 
 // members is placement's view of the cluster: the Raft voters, fit when
-// gossip says alive with the VIP link up and no failed hold, and, but for
-// this node, renewing: a request arrived within one lease, or the term is
+// gossip says alive (or its renewals say so) with the VIP link up and no
+// failed hold, and, but for this node, renewing: a request arrived within one lease, or the term is
 // younger than a lease (a node it has not heard yet is taken as fit with
 // every frontend healthy, so that a new leader moves nothing it need not).
 // The node of the previous leader record gets no such grace: it held its
@@ -413,18 +413,25 @@ func (l *granter) members() []placement.Member {
 		pm := placement.Member{
 			Name: m.Name, Witness: m.Role == string(election.RoleWitness),
 			Maintenance: slices.Contains(in.Maintenance, m.Name),
-			Fit:         m.Alive && m.LinkUp && !m.VIPHoldFailed && !l.leaving[m.Name],
+			Fit:         m.LinkUp && !m.VIPHoldFailed && !l.leaving[m.Name],
 		}
+		alive := m.Alive
 		switch seen, heard := l.seen[m.Name]; {
 		case m.Name == l.r.o.Node:
 			pm.Healthy = l.r.o.Healthy()
 		case heard && now-seen <= l.r.o.Timing.Duration:
 			pm.Healthy = l.healthy[m.Name]
+			// Its renewal reached this leader within a lease: newer
+			// evidence than gossip calling it dead (a healed node's stale
+			// rumour, until the node refutes it). A dead node stops
+			// renewing, and is unfit a lease later.
+			alive = true
 		case !heard && now-l.start <= l.r.o.Timing.Duration && m.Name != l.prev:
 			pm.Healthy = all
 		default:
 			pm.Fit = false
 		}
+		pm.Fit = pm.Fit && alive
 		out = append(out, pm)
 	}
 	return out

@@ -45,6 +45,8 @@ type world struct {
 	assignment map[string]election.VIPAssignment
 	runners    map[string]*Runner
 	cut        map[string]bool
+	dead       map[string]bool            // gossip's word, whatever the lease connections say
+	rounds     int                        // rounds committed
 	frozen     map[string]election.Intent // what a cut node last saw of the log
 	conns      map[string][]net.Conn
 	holders    map[string]map[string]bool // VIP -> nodes holding it
@@ -53,7 +55,7 @@ type world struct {
 
 func newWorld(t *testing.T, timing lease.Timing) *world {
 	return &world{t: t, timing: timing, assignment: map[string]election.VIPAssignment{}, runners: map[string]*Runner{},
-		cut: map[string]bool{}, frozen: map[string]election.Intent{}, conns: map[string][]net.Conn{}, holders: map[string]map[string]bool{}}
+		cut: map[string]bool{}, dead: map[string]bool{}, frozen: map[string]election.Intent{}, conns: map[string][]net.Conn{}, holders: map[string]map[string]bool{}}
 }
 
 type fakeCluster struct {
@@ -118,6 +120,7 @@ func (c fakeCluster) Round(term uint64) error {
 	if err := c.lead(); err != nil || c.w.term != term {
 		return fmt.Errorf("round in term %d: %v", term, err)
 	}
+	c.w.rounds++
 	return nil
 }
 
@@ -144,7 +147,7 @@ func (c fakeCluster) Status() election.Status {
 	defer c.w.mu.Unlock()
 	st := election.Status{Node: c.node, Leader: c.w.leader, Term: c.w.term}
 	for name := range c.w.runners {
-		st.Members = append(st.Members, election.Member{Name: name, RaftAddr: name, Voter: true, Alive: true, LinkUp: true, Role: "voter", Fit: true})
+		st.Members = append(st.Members, election.Member{Name: name, RaftAddr: name, Voter: true, Alive: !c.w.dead[name], LinkUp: true, Role: "voter", Fit: true})
 	}
 	return st
 }
@@ -437,4 +440,25 @@ func TestMoveAwayFromACutFollowerWaitsForItsLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the VIP on the leader", func() bool { return slices.Equal(w.holderOf(vip), []string{"a"}) })
+}
+
+// Gossip that says a follower is dead while its renewals keep reaching
+// the leader (a healed node's stale rumour, before the follower refutes
+// it) moves nothing: the renewal is newer evidence than the rumour.
+func TestRenewingFollowerKeepsItsVIPWhenGossipSaysItIsDead(t *testing.T) {
+	w, _, b := startTwo(t, longTiming)
+	got := w.spreadOver(t, 2)
+	vip := other(got, "b")
+	w.mu.Lock()
+	w.dead["b"] = true
+	from := w.rounds
+	w.mu.Unlock()
+	eventually(t, "ten rounds answered after gossip called the follower dead", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.rounds >= from+10
+	})
+	if h := w.holderOf(vip); !slices.Equal(h, []string{"b"}) || !b.r.Held(vip) {
+		t.Errorf("%s on %v after gossip called its renewing holder b dead, want it left on b", vip, h)
+	}
 }
