@@ -4,7 +4,7 @@ BIN     := bin
 GOFLAGS ?=
 PKGS    := ./...
 
-.PHONY: build test run demo bench bench-failover lint clean image
+.PHONY: build test run demo demo-spread bench bench-failover bench-spread lint clean image
 
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend
@@ -16,6 +16,7 @@ TEST_NEEDS           := ip nft haproxy keepalived promtool chromium
 DEMO_NEEDS           := ip
 BENCH_NEEDS          := haproxy
 BENCH_FAILOVER_NEEDS := ip keepalived haproxy
+BENCH_SPREAD_NEEDS   := ip nft
 
 # Every package, one at a time (-p 1): the election and end-to-end tests time
 # failovers and must not share the two cores with another test binary.
@@ -87,6 +88,16 @@ soak-vipd: build
 bench-failover: build
 	@scripts/deps.sh $(BENCH_FAILOVER_NEEDS)
 	$(GO) run ./e2e/cmd/benchfailover
+
+# The spread VIP scenarios (e2e/spread_test.go: three nodes, three spread
+# VIPs) SPREAD_TRIALS times each, every outage listed; needs root. The
+# whole log is kept in $(BIN)/bench-spread.log; the RESULT lines are
+# printed. docs/benchmarks.md.
+SPREAD_TRIALS ?= 10
+bench-spread: build
+	@scripts/deps.sh $(BENCH_SPREAD_NEEDS)
+	@E2E_TRIALS=$(SPREAD_TRIALS) $(GO) test -count=1 -v -timeout 60m -run '^TestSpread' ./e2e/ > $(BIN)/bench-spread.log 2>&1; rc=$$?; \
+		grep -E 'RESULT|^(--- |    --- |ok|FAIL)' $(BIN)/bench-spread.log; exit $$rc
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
