@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -16,71 +17,164 @@ import (
 // errIdle ends a relay whose connection saw no data for idle_timeout.
 var errIdle = errors.New("idle timeout")
 
+// session is one client connection from accept to its end: what it holds
+// (a frontend slot, a per-source count, a backend, a live pair) and what its
+// relay counted. The relay's two directions run on goroutines of their own
+// and the second to finish ends the session, so the goroutine that accepted
+// and connected goes back to the frontend at once, and an idle connection
+// keeps only two small goroutine stacks.
+type session struct {
+	fe     *frontend
+	route  *route
+	client *net.TCPConn
+	server *net.TCPConn
+	src    net.Addr // the client as the frontend sees it (PROXY header's source)
+
+	sourceIP   netip.Addr
+	holdSource bool     // counted in fe.perSource under sourceIP
+	be         *backend // counted in be.active; nil before connect
+	lp         *livePair
+	start      time.Time // set when debug logs are on
+
+	up, down     int64 // bytes client→server, server→client
+	upErr, dnErr error
+	eofs         atomic.Int32 // directions that reached EOF
+	finished     atomic.Int32 // directions that returned
+	abortOnce    sync.Once
+}
+
 // handle serves one accepted client: admit it (PROXY header, per-source
-// limit), connect to a backend, send the PROXY header if asked, relay until
-// both directions end.
+// limit), connect to a backend, send the PROXY header if asked, and start
+// the relay, which ends the session when both directions are done.
 func (f *frontend) handle(client *net.TCPConn) {
-	defer f.active.Add(-1)
-	r := f.route.Load()
-	pr, ok := f.admit(client, r)
+	s := &session{fe: f, route: f.route.Load(), client: client}
+	if !s.open() {
+		s.end()
+		return
+	}
+	up, err := newDirection(s.server, client)
+	var down *direction
+	if err == nil {
+		down, err = newDirection(client, s.server)
+	}
+	if err != nil {
+		f.log.Warn("relay setup failed", zap.String("backend", s.be.addr), zap.Error(err))
+		s.abort()
+		s.end()
+		return
+	}
+	f.b.connWG.Go(func() { s.run(up, &s.up, &s.upErr) })
+	f.b.connWG.Go(func() { s.run(down, &s.down, &s.dnErr) })
+}
+
+// open takes the session up to the relay. On false the client has been
+// refused or reset, and end releases what open acquired.
+func (s *session) open() bool {
+	f, r := s.fe, s.route
+	pr, ok := f.admit(s.client, r)
 	if !ok {
-		return
+		return false
 	}
+	s.src = pr.src
 	if r.perSource > 0 {
-		ip, _ := addrIP(pr.src)
-		if !f.perSource.acquire(ip, r.perSource) {
-			f.refuse(client, refusedPerSource)
-			return
+		s.sourceIP, _ = addrIP(pr.src)
+		if !f.perSource.acquire(s.sourceIP, r.perSource) {
+			f.refuse(s.client, refusedPerSource)
+			return false
 		}
-		defer f.perSource.release(ip)
+		s.holdSource = true
 	}
-	be, server := f.connect(pr.src, r.pool)
-	if server == nil {
-		f.refuse(client, refusedNoBackend)
-		return
+	s.be, s.server = f.connect(pr.src, r.pool)
+	if s.server == nil {
+		f.refuse(s.client, refusedNoBackend)
+		return false
 	}
-	defer be.active.Add(-1)
 	var header []byte
 	if r.pool.proxyVersion != 0 {
 		h := proxyproto.HeaderProxyFromAddrs(r.pool.proxyVersion, pr.src, pr.dst)
 		var err error
 		if header, err = h.Format(); err != nil {
-			f.log.Warn("build PROXY header failed", zap.String("backend", be.addr), zap.Error(err))
-			_ = server.Close()
-			reset(client)
-			return
+			f.log.Warn("build PROXY header failed", zap.String("backend", s.be.addr), zap.Error(err))
+			_ = s.server.Close()
+			reset(s.client)
+			return false
 		}
 	}
 	// Past the grace period, Shutdown cuts every live pair; finish waits for
-	// a cut in progress, so no close outlives handle.
-	lp := &livePair{client: client, server: server, be: be, fe: f, header: uint64(len(header))}
-	f.b.live.add(lp)
-	up, down := int64(len(pr.early)), int64(0)
-	defer func() { f.b.live.finish(lp, up, down) }()
-
+	// a cut in progress, so no close outlives the session.
+	s.lp = &livePair{client: s.client, server: s.server, be: s.be, fe: f, header: uint64(len(header))}
+	f.b.live.add(s.lp)
+	s.up = int64(len(pr.early))
 	if first := append(header, pr.early...); len(first) > 0 {
-		if _, err := server.Write(first); err != nil {
-			f.log.Warn("write PROXY header or early data failed", zap.String("backend", be.addr), zap.Error(err))
-			_ = server.Close()
-			reset(client)
-			return
+		if _, err := s.server.Write(first); err != nil {
+			f.log.Warn("write PROXY header or early data failed", zap.String("backend", s.be.addr), zap.Error(err))
+			_ = s.server.Close()
+			reset(s.client)
+			return false
 		}
 	}
-	debug := f.log.Core().Enabled(zap.DebugLevel)
-	var start time.Time
-	if debug {
-		start = time.Now()
+	if f.log.Core().Enabled(zap.DebugLevel) {
+		s.start = time.Now()
 	}
-	relayedUp, down, err := relay(client, server, r.idleTimeout)
-	up += relayedUp
-	if errors.Is(err, errIdle) {
-		f.idleClosed.Add(1)
+	return true
+}
+
+// run copies one direction until it ends. The first direction to reach EOF
+// half-closes its destination (CloseWrite) so the peer sees the end while
+// the other direction goes on. The second leaves its FIN to the final
+// Close: the first direction has read that socket to EOF, so its receive
+// queue is empty and close(2) sends the same FIN as shutdown(2) would, one
+// syscall fewer per connection. A direction that fails closes both sockets,
+// which ends the other one too. The second direction to return ends the
+// session.
+func (s *session) run(d *direction, count *int64, errp *error) {
+	n, err := copyIdle(d, s.client, s.route.idleTimeout)
+	if err == nil && s.eofs.Add(1) == 1 {
+		err = d.dst.CloseWrite()
 	}
-	if debug {
-		f.log.Debug("connection closed", zap.Stringer("client", pr.src), zap.String("backend", be.addr),
-			zap.Int64("bytes_up", up), zap.Int64("bytes_down", down),
-			zap.Duration("duration", time.Since(start)), zap.Error(err))
+	if err != nil {
+		s.abort()
 	}
+	*count += n
+	*errp = err
+	if s.finished.Add(1) == 2 {
+		s.abort()
+		s.end()
+	}
+}
+
+// abort closes both sockets once.
+func (s *session) abort() {
+	s.abortOnce.Do(func() {
+		_ = s.client.Close()
+		if s.server != nil {
+			_ = s.server.Close()
+		}
+	})
+}
+
+// end releases what the session holds, counts and logs how it ended.
+func (s *session) end() {
+	f := s.fe
+	if s.lp != nil {
+		f.b.live.finish(s.lp, s.up, s.down)
+		err := errors.Join(s.upErr, s.dnErr)
+		if errors.Is(err, errIdle) {
+			f.idleClosed.Add(1)
+		}
+		if !s.start.IsZero() {
+			f.log.Debug("connection closed", zap.Stringer("client", s.src), zap.String("backend", s.be.addr),
+				zap.Int64("bytes_up", s.up), zap.Int64("bytes_down", s.down),
+				zap.Duration("duration", time.Since(s.start)), zap.Error(err))
+		}
+	}
+	if s.be != nil {
+		s.be.active.Add(-1)
+	}
+	if s.holdSource {
+		f.perSource.release(s.sourceIP)
+	}
+	f.active.Add(-1)
 }
 
 // admit returns the client as the frontend sees it: the socket's peer, or
@@ -148,61 +242,24 @@ func (f *frontend) connect(client net.Addr, p *pool) (*backend, *net.TCPConn) {
 	}
 }
 
-// relay copies both ways between client and server until both directions
-// end. The first direction to reach EOF half-closes its destination
-// (CloseWrite) so the peer sees the end while the other direction goes on.
-// The second leaves its FIN to the final Close: the first direction has read
-// that socket to EOF, so its receive queue is empty and close(2) sends the
-// same FIN as shutdown(2) would, one syscall fewer per connection. A
-// direction that fails closes both sockets, which ends the other one too.
-// up counts client→server bytes, down server→client.
-func relay(client, server *net.TCPConn, idle time.Duration) (up, down int64, err error) {
-	var abortOnce sync.Once
-	abort := func() {
-		abortOnce.Do(func() {
-			_ = client.Close()
-			_ = server.Close()
-		})
-	}
-	var ended atomic.Int32 // directions that reached EOF
-	half := func(dst, src *net.TCPConn) (int64, error) {
-		n, err := copyIdle(dst, src, client, idle)
-		if err == nil && ended.Add(1) == 1 {
-			err = dst.CloseWrite()
-		}
-		if err != nil {
-			abort()
-		}
-		return n, err
-	}
-	var upErr error
-	var wg sync.WaitGroup
-	wg.Go(func() { up, upErr = half(server, client) })
-	down, err = half(client, server)
-	wg.Wait()
-	abort()
-	return up, down, errors.Join(upErr, err)
-}
-
-// copyIdle copies src to dst with pipe. With an idle timeout it arms a read
-// deadline on src: io.Copy over splice has no per-read hook, so instead, when
-// the deadline fires, the kernel's TCP_INFO of the client socket says how
-// long ago data last moved either way. If that is idle or more the
-// connection is idle; otherwise the deadline is re-armed for the rest of the
-// idle time and the copy goes on. An active connection costs one deadline
-// and one getsockopt per idle period; an idle one is closed within a few
-// milliseconds of idle.
-func copyIdle(dst, src, client *net.TCPConn, idle time.Duration) (int64, error) {
+// copyIdle copies one direction with d.copy. With an idle timeout it arms
+// a read deadline on d's source: when it fires, the kernel's TCP_INFO of
+// the client socket says how long ago data last moved either way. If that
+// is idle or more the connection is idle; otherwise the deadline is
+// re-armed for the rest of the idle time and the copy goes on. An active
+// connection costs one deadline and one getsockopt per idle period; an idle
+// one is closed within a few milliseconds of idle.
+func copyIdle(d *direction, client *net.TCPConn, idle time.Duration) (int64, error) {
 	if idle <= 0 {
-		return pipe(dst, src)
+		return d.copy()
 	}
 	var total int64
 	wait := idle
 	for {
-		if err := src.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		if err := d.src.SetReadDeadline(time.Now().Add(wait)); err != nil {
 			return total, fmt.Errorf("arm idle deadline: %w", err)
 		}
-		n, err := pipe(dst, src)
+		n, err := d.copy()
 		total += n
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			return total, err

@@ -18,19 +18,42 @@ func bufferCopy(dst, src *net.TCPConn) (int64, error) {
 	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, buf)
 }
 
+// adaptiveCopy is the shipped copy path: direction.copy.
+func adaptiveCopy(dst, src *net.TCPConn) (int64, error) {
+	d, err := newDirection(dst, src)
+	if err != nil {
+		return 0, err
+	}
+	return d.copy()
+}
+
+// spliceCopy is io.Copy between two bare *net.TCPConn: splice(2) for
+// every byte, with a pipe held from the first byte to EOF.
+func spliceCopy(dst, src *net.TCPConn) (int64, error) { return io.Copy(dst, src) }
+
 // BenchmarkPipe relays b.N MiB per stream over loopback TCP: sender → copy →
 // sink, the copy being pipe (splice) or bufferCopy.
 func BenchmarkPipe(b *testing.B) {
 	for _, s := range []struct {
 		name string
 		copy func(dst, src *net.TCPConn) (int64, error)
-	}{{"splice", pipe}, {"buffer32k", bufferCopy}} {
+	}{{"adaptive", adaptiveCopy}, {"splice", spliceCopy}, {"buffer32k", bufferCopy}} {
 		for _, streams := range []int{1, 8} {
 			b.Run(s.name+"/streams="+strconv.Itoa(streams), func(b *testing.B) {
 				benchCopy(b, s.copy, streams)
 			})
 		}
 	}
+}
+
+// loopbackListener listens on 127.0.0.1 until the test ends.
+func loopbackListener(tb testing.TB) *net.TCPListener {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = ln.Close() })
+	return ln
 }
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -47,11 +70,7 @@ func tcpPair(b testing.TB, ln *net.TCPListener) (near, far *net.TCPConn) {
 }
 
 func benchCopy(b *testing.B, copyFn func(dst, src *net.TCPConn) (int64, error), streams int) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
+	ln := loopbackListener(b)
 	const chunk = 1 << 20
 	b.SetBytes(chunk * int64(streams))
 	type stream struct{ sender, src, dst, sink *net.TCPConn }
@@ -124,4 +143,58 @@ func BenchmarkProxyConnections(b *testing.B) {
 		}
 		_ = c.Close()
 	}
+}
+
+// BenchmarkRelayMessage relays one request and its echo per op, of 64 B,
+// 4 KiB and 64 KiB, through both directions of a relay: client → copy →
+// echo server → copy → client, each copy being one of the strategies.
+func BenchmarkRelayMessage(b *testing.B) {
+	for _, s := range []struct {
+		name string
+		copy func(dst, src *net.TCPConn) (int64, error)
+	}{{"adaptive", adaptiveCopy}, {"splice", spliceCopy}, {"buffer32k", bufferCopy}} {
+		for _, size := range []int{64, 4 << 10, 64 << 10} {
+			b.Run(s.name+"/size="+strconv.Itoa(size), func(b *testing.B) {
+				benchMessages(b, s.copy, size)
+			})
+		}
+	}
+}
+
+func benchMessages(b *testing.B, copyFn func(dst, src *net.TCPConn) (int64, error), size int) {
+	ln := loopbackListener(b)
+	client, front := tcpPair(b, ln)
+	back, server := tcpPair(b, ln)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { // the echo server, through a plain buffer
+		defer server.Close()
+		bufferEcho(server)
+	})
+	wg.Go(func() {
+		defer back.Close()
+		_, _ = copyFn(back, front)
+		_ = back.CloseWrite()
+	})
+	wg.Go(func() {
+		defer front.Close()
+		_, _ = copyFn(front, back)
+	})
+	defer client.Close()
+	msg := make([]byte, size)
+	got := make([]byte, size)
+	b.SetBytes(int64(size))
+	cpu0 := cpuTime(b)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := client.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, got); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64((cpuTime(b)-cpu0).Nanoseconds())/float64(b.N)/1e3, "cpu-µs/op")
+	_ = client.CloseWrite()
 }

@@ -20,10 +20,18 @@ const (
 	MetricConns = "conns"
 	MetricPairs = "pairs"
 	MetricIdle  = "idle"
+	// The real-peer case, wrk → proxy → nginx: keep-alive, and a new
+	// connection per request.
+	MetricPeerKeepAlive = "peer"
+	MetricPeerClose     = "peerclose"
 )
 
 // AllMetrics lists every metric in run order.
-var AllMetrics = []string{MetricBulk1, MetricBulk8, MetricConns, MetricPairs, MetricIdle}
+var AllMetrics = []string{MetricBulk1, MetricBulk8, MetricConns, MetricPairs, MetricPeerKeepAlive, MetricPeerClose, MetricIdle}
+
+// LocalMetrics are the metrics that need no program but the proxies: the
+// client and backend are this package's.
+var LocalMetrics = []string{MetricBulk1, MetricBulk8, MetricConns, MetricPairs, MetricIdle}
 
 // AllTargets lists every target in the order of the first round.
 var AllTargets = []string{"direct", "haproxy", "vipd"}
@@ -42,6 +50,8 @@ type Options struct {
 	IdleConns   int      // connections of the idle-memory run
 	HAProxyBin  string
 	VipdBin     string
+	NginxBin    string   // the real-peer backend; needed by the peer metrics
+	WrkBin      string   // the real-peer client; needed by the peer metrics
 	VipdEnv     []string // added to vipd's environment, "KEY=value"
 	// Builds are more vipd binaries measured as targets of their own, to
 	// compare variants (a copy strategy, say) in the same interleaved run.
@@ -72,19 +82,22 @@ type metric struct {
 	// run measures target t once and returns one value per row (but for
 	// the cost rows, which measure adds).
 	run func(ctx context.Context, t *Target) ([]float64, []string, error)
+	// peer: the metric runs through the target's twin in front of nginx.
+	peer bool
 }
 
 // cost says how to turn the proxy's CPU time and context switches during a
 // run into figures per unit of the run's rate (the metric's first value).
 type cost struct {
-	cpuScale float64 // CPU seconds per unit × cpuScale is the CPU row's value
-	switches bool    // add a row with context switches per unit
+	cpuScale  float64 // CPU seconds per unit × cpuScale is the CPU row's value
+	switches  bool    // add a row with context switches per unit
+	cpuTarget float64 // the CPU row's vipd/haproxy goal (at most); 0 means none
 }
 
 // rows returns the rows cost adds: the CPU row labelled cpuUnit ("s per
 // GB", "µs per conn") and, if asked, context switches per unit ("conn").
 func (c *cost) rows(cpuUnit, unit string) []Row {
-	rows := []Row{{Name: "  proxy CPU " + cpuUnit}}
+	rows := []Row{{Name: "  proxy CPU " + cpuUnit, Target: c.cpuTarget}}
 	if c.switches {
 		rows = append(rows, Row{Name: "  proxy context switches per " + unit})
 	}
@@ -101,7 +114,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	defer backend.Close()
 
-	targets, err := startTargets(ctx, o, backend.Addr())
+	targets, err := startTargets(ctx, o, backend.Addr(), nil)
 	defer func() {
 		for _, t := range targets {
 			t.Stop()
@@ -112,6 +125,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 
 	metrics := buildMetrics(o, backend)
+	peers, stopPeers, err := startPeers(ctx, o)
+	defer stopPeers()
+	if err != nil {
+		return nil, err
+	}
 	rep := &Report{Targets: make([]string, len(targets))}
 	for i, t := range targets {
 		rep.Targets[i] = t.Name
@@ -137,10 +155,14 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				if err := ctx.Err(); err != nil {
 					return rep, fmt.Errorf("interrupted: %w", err)
 				}
-				if err := alive(t); err != nil {
+				mt := t
+				if m.peer {
+					mt = peers[t.Name]
+				}
+				if err := alive(mt); err != nil {
 					return rep, err
 				}
-				vals, busy, warns, err := measure(ctx, m, t)
+				vals, busy, warns, err := measure(ctx, m, mt)
 				other.Add(t.Name, busy)
 				for _, w := range warns {
 					rep.Warnings = append(rep.Warnings, fmt.Sprintf("round %d %s %s: %s", round+1, m.name, t.Name, w))
@@ -165,15 +187,50 @@ func (o Options) progress(format string, args ...any) {
 	}
 }
 
+// startPeers starts nginx and, in front of it, a twin of every target when
+// a peer metric is selected; stop stops what it started, also on error.
+func startPeers(ctx context.Context, o Options) (map[string]*Target, func(), error) {
+	var nginx *Nginx
+	var twins []*Target
+	stop := func() {
+		for _, t := range twins {
+			t.Stop()
+		}
+		if nginx != nil {
+			nginx.Proc.Stop()
+		}
+	}
+	if !slices.Contains(o.Metrics, MetricPeerKeepAlive) && !slices.Contains(o.Metrics, MetricPeerClose) {
+		return nil, stop, nil
+	}
+	if o.NginxBin == "" || o.WrkBin == "" {
+		return nil, stop, errors.New("the peer metrics need nginx and wrk (apt-get install nginx wrk), or leave them out with -only")
+	}
+	dir, err := os.MkdirTemp(o.Dir, "nginx-")
+	if err != nil {
+		return nil, stop, fmt.Errorf("scratch dir for nginx: %w", err)
+	}
+	if nginx, err = StartNginx(ctx, o.NginxBin, dir); err != nil {
+		return nil, stop, err
+	}
+	o.progress("started nginx on %s (the real peer)", nginx.Addr)
+	twins, err = startTargets(ctx, o, nginx.Addr, HTTPOnce)
+	peers := make(map[string]*Target, len(twins))
+	for _, t := range twins {
+		peers[t.Name] = t
+	}
+	return peers, stop, err
+}
+
 // startTargets starts the selected targets in AllTargets order. On error it
 // returns those already started, for the caller to stop.
-func startTargets(ctx context.Context, o Options, backend string) ([]*Target, error) {
+func startTargets(ctx context.Context, o Options, backend string, probe Probe) ([]*Target, error) {
 	var targets []*Target
 	for _, name := range AllTargets {
 		if !slices.Contains(o.Targets, name) {
 			continue
 		}
-		t, err := startTarget(ctx, o, name, backend)
+		t, err := startTarget(ctx, o, name, backend, probe)
 		if err != nil {
 			return targets, err
 		}
@@ -181,7 +238,7 @@ func startTargets(ctx context.Context, o Options, backend string) ([]*Target, er
 		targets = append(targets, t)
 	}
 	for _, b := range o.Builds {
-		t, err := startTarget(ctx, o, b.Name, backend)
+		t, err := startTarget(ctx, o, b.Name, backend, probe)
 		if err != nil {
 			return targets, err
 		}
@@ -193,7 +250,7 @@ func startTargets(ctx context.Context, o Options, backend string) ([]*Target, er
 
 // startTarget starts one target by name, a proxy in a scratch directory of
 // its own under o.Dir.
-func startTarget(ctx context.Context, o Options, name, backend string) (*Target, error) {
+func startTarget(ctx context.Context, o Options, name, backend string, probe Probe) (*Target, error) {
 	if name == "direct" {
 		return &Target{Name: "direct", Addr: backend}, nil
 	}
@@ -202,7 +259,7 @@ func startTarget(ctx context.Context, o Options, name, backend string) (*Target,
 		return nil, fmt.Errorf("scratch dir for %s: %w", name, err)
 	}
 	if name == "haproxy" {
-		return StartHAProxy(ctx, o.HAProxyBin, dir, backend, o.HAProxySplice, o.MaxConn)
+		return StartHAProxy(ctx, o.HAProxyBin, dir, backend, o.HAProxySplice, o.MaxConn, probe)
 	}
 	bin := o.VipdBin
 	for _, b := range o.Builds {
@@ -210,7 +267,7 @@ func startTarget(ctx context.Context, o Options, name, backend string) (*Target,
 			bin = b.Bin
 		}
 	}
-	return StartVipd(ctx, name, bin, dir, backend, o.MaxConn, o.VipdEnv)
+	return StartVipd(ctx, name, bin, dir, backend, o.MaxConn, o.VipdEnv, probe)
 }
 
 // rotate returns targets shifted left by round, so that no target always
@@ -357,8 +414,21 @@ func describe(rows []Row, vals []float64) string {
 }
 
 func buildMetrics(o Options, backend *Backend) []metric {
-	bulkCost := &cost{cpuScale: 1000}              // MB/s → CPU seconds per GB
-	opCost := &cost{cpuScale: 1e6, switches: true} // ops/s → CPU µs per op
+	bulkCost := &cost{cpuScale: 1000}                            // MB/s → CPU seconds per GB
+	opCost := &cost{cpuScale: 1e6, switches: true, cpuTarget: 1} // ops/s → CPU µs per op
+	peer := func(conns int, close bool) func(context.Context, *Target) ([]float64, []string, error) {
+		return func(ctx context.Context, t *Target) ([]float64, []string, error) {
+			r, err := RunWrk(ctx, o.WrkBin, t.Addr, conns, o.Duration, close)
+			if err != nil {
+				return nil, nil, err
+			}
+			var warns []string
+			if r.Errors > 0 {
+				warns = append(warns, fmt.Sprintf("wrk counted %d errors in %.0f requests", r.Errors, r.Requests))
+			}
+			return []float64{r.PerSec}, warns, nil
+		}
+	}
 	bulk := func(streams int) func(context.Context, *Target) ([]float64, []string, error) {
 		return func(ctx context.Context, t *Target) ([]float64, []string, error) {
 			r, err := Bulk(ctx, t.Addr, streams, o.Duration)
@@ -378,19 +448,19 @@ func buildMetrics(o Options, backend *Backend) []metric {
 	all := map[string]metric{
 		MetricBulk1: {
 			name: MetricBulk1, cost: bulkCost,
-			rows: append([]Row{{Name: "bulk 1 stream (MB/s)", Higher: true, Target: 1.1}}, bulkCost.rows("s per GB", "")...),
+			rows: append([]Row{{Name: "bulk 1 stream (MB/s)", Higher: true, Target: 1.2}}, bulkCost.rows("s per GB", "")...),
 			run:  bulk(1),
 		},
 		MetricBulk8: {
 			name: MetricBulk8, cost: bulkCost,
-			rows: append([]Row{{Name: "bulk 8 streams (MB/s)", Higher: true, Target: 1.1}}, bulkCost.rows("s per GB", "")...),
+			rows: append([]Row{{Name: "bulk 8 streams (MB/s)", Higher: true, Target: 1.2}}, bulkCost.rows("s per GB", "")...),
 			run:  bulk(8),
 		},
 		MetricConns: {
 			name: MetricConns, cost: opCost,
 			rows: append([]Row{
-				{Name: "new connections/s", Higher: true, Target: 1.0},
-				{Name: "  connection p50 (µs)"},
+				{Name: "new connections/s", Higher: true, Target: 1.1},
+				{Name: "  connection p50 (µs)", Target: 1.0},
 				{Name: "  connection p99 (µs)"},
 			}, opCost.rows("µs per conn", "conn")...),
 			run: func(ctx context.Context, t *Target) ([]float64, []string, error) {
@@ -400,8 +470,8 @@ func buildMetrics(o Options, backend *Backend) []metric {
 		MetricPairs: {
 			name: MetricPairs, cost: opCost,
 			rows: append([]Row{
-				{Name: "request/response pairs/s", Higher: true, Target: 1.0},
-				{Name: "  pair p50 (µs)"},
+				{Name: "request/response pairs/s", Higher: true, Target: 1.1},
+				{Name: "  pair p50 (µs)", Target: 1.0},
 				{Name: "  pair p99 (µs)", Target: 1.0},
 			}, opCost.rows("µs per pair", "pair")...),
 			run: func(ctx context.Context, t *Target) ([]float64, []string, error) {
@@ -412,13 +482,25 @@ func buildMetrics(o Options, backend *Backend) []metric {
 				return latency(r)
 			},
 		},
+		MetricPeerKeepAlive: {
+			name: MetricPeerKeepAlive, cost: opCost, peer: true,
+			rows: append([]Row{{Name: fmt.Sprintf("wrk→nginx keep-alive, %d conns (req/s)", PeerKeepAliveConns), Higher: true, Target: 1.1}},
+				opCost.rows("µs per request", "request")...),
+			run: peer(PeerKeepAliveConns, false),
+		},
+		MetricPeerClose: {
+			name: MetricPeerClose, cost: opCost, peer: true,
+			rows: append([]Row{{Name: fmt.Sprintf("wrk→nginx new conn per request, %d conns (req/s)", PeerCloseConns), Higher: true, Target: 1.1}},
+				opCost.rows("µs per request", "request")...),
+			run: peer(PeerCloseConns, true),
+		},
 		MetricIdle: {
 			name: MetricIdle,
 			rows: []Row{
-				{Name: "RSS growth per 10k idle conns (MiB)"},
+				{Name: fmt.Sprintf("RSS growth per 10k idle conns (MiB, from %d)", o.IdleConns), Target: 1.5},
 				{Name: fmt.Sprintf("RSS with %d idle conns (MiB)", o.IdleConns)},
-				{Name: "  proxy fds per idle conn"},
-				{Name: "  kernel slab growth per 10k (MiB, machine)"},
+				{Name: "  proxy fds per idle conn", Target: 1.0},
+				{Name: "  kernel slab growth per 10k (MiB, machine)", Target: 1.2},
 			},
 			// A fresh instance of the proxy: one that has served the other
 			// workloads keeps their memory in its pools, and its RSS would
@@ -427,7 +509,7 @@ func buildMetrics(o Options, backend *Backend) []metric {
 				if t.Proc == nil {
 					return []float64{math.NaN(), math.NaN(), math.NaN(), math.NaN()}, nil, nil
 				}
-				fresh, err := startTarget(ctx, o, t.Name, backend.Addr())
+				fresh, err := startTarget(ctx, o, t.Name, backend.Addr(), nil)
 				if err != nil {
 					return nil, nil, err
 				}

@@ -13,7 +13,7 @@ func TestRunDirectFillsEveryRowForEveryRound(t *testing.T) {
 	var progress strings.Builder
 	rep, err := Run(context.Background(), Options{
 		Duration: 100 * time.Millisecond, Rounds: 2,
-		Metrics: AllMetrics, Targets: []string{"direct"},
+		Metrics: LocalMetrics, Targets: []string{"direct"},
 		Concurrency: 2, IdleConns: 10, Dir: t.TempDir(), Progress: &progress,
 	})
 	if err != nil {
@@ -27,7 +27,7 @@ func TestRunDirectFillsEveryRowForEveryRound(t *testing.T) {
 	}
 	// Measured for the timed runs; NaN for the idle run.
 	other := rep.Rows[18].Values["direct"]
-	if n := len(valid(other)); len(other) != 2*len(AllMetrics) || n != 2*(len(AllMetrics)-1) {
+	if n := len(valid(other)); len(other) != 2*len(LocalMetrics) || n != 2*(len(LocalMetrics)-1) {
 		t.Errorf("other processes' CPU: %v, want one per run, valid but for the idle runs", other)
 	}
 	for _, r := range rep.Rows[:18] {
@@ -44,8 +44,8 @@ func TestRunDirectFillsEveryRowForEveryRound(t *testing.T) {
 			}
 		}
 	}
-	if n := strings.Count(progress.String(), "round "); n != 2*len(AllMetrics) {
-		t.Errorf("%d progress lines, want %d:\n%s", n, 2*len(AllMetrics), progress.String())
+	if n := strings.Count(progress.String(), "round "); n != 2*len(LocalMetrics) {
+		t.Errorf("%d progress lines, want %d:\n%s", n, 2*len(LocalMetrics), progress.String())
 	}
 	t.Logf("warnings: %v", rep.Warnings)
 }
@@ -92,5 +92,29 @@ func TestParseListValidatesAndDeduplicates(t *testing.T) {
 	}
 	if _, err := ParseList("only", "bulk2", AllMetrics); err == nil || !strings.Contains(err.Error(), `"bulk2"`) {
 		t.Errorf("unknown item: err = %v, want it named", err)
+	}
+}
+
+func TestParseWrkReadsRateAndErrors(t *testing.T) {
+	out := []byte(`Running 3s test @ http://127.0.0.1:8080/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.23ms  402.11us  12.00ms   80.00%
+    Req/Sec    51.2k     2.1k    55.0k    70.00%
+  152934 requests in 3.00s, 24.36MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  50978.12
+Transfer/sec:      8.12MB
+`)
+	r, err := ParseWrk(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Requests != 152934 || r.PerSec != 50978.12 || r.Errors != 7 {
+		t.Fatalf("parsed %+v, want 152934 requests, 50978.12/s, 7 errors", r)
+	}
+	if _, err := ParseWrk([]byte("unable to connect to 127.0.0.1:1 Connection refused\n")); err == nil {
+		t.Fatal("output without a summary parsed without error")
 	}
 }

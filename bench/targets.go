@@ -86,7 +86,9 @@ func HAProxyConfig(p HAProxyParams) string {
 // StartHAProxy writes the configuration into dir, checks it with
 // "haproxy -c", runs haproxy in the foreground (-db) and waits until a
 // connection through it reaches the backend.
-func StartHAProxy(ctx context.Context, bin, dir, backend string, splice bool, maxConn int) (*Target, error) {
+// probe checks a path through t end to end (nil: ConnOnce, bench's own
+// backend protocol).
+func StartHAProxy(ctx context.Context, bin, dir, backend string, splice bool, maxConn int, probe Probe) (*Target, error) {
 	port, err := FreePort()
 	if err != nil {
 		return nil, fmt.Errorf("haproxy: %w", err)
@@ -104,7 +106,7 @@ func StartHAProxy(ctx context.Context, bin, dir, backend string, splice bool, ma
 		return nil, err
 	}
 	t := &Target{Name: "haproxy", Addr: listen, Proc: proc}
-	if err := waitPath(ctx, t, nil); err != nil {
+	if err := waitPath(ctx, t, nil, probe); err != nil {
 		t.Stop()
 		return nil, err
 	}
@@ -161,8 +163,9 @@ func VipdConfig(p VipdParams) string {
 // StartVipd writes the configuration into dir, runs "bin --config F" with
 // env added to its environment (GOMAXPROCS, GODEBUG, GOGC experiments),
 // waits for /readyz on its admin port and for a connection through it to
-// reach the backend. name names the target ("vipd", or another build).
-func StartVipd(ctx context.Context, name, bin, dir, backend string, maxConn int, env []string) (*Target, error) {
+// reach the backend (probe, as StartHAProxy's). name names the target
+// ("vipd", or another build).
+func StartVipd(ctx context.Context, name, bin, dir, backend string, maxConn int, env []string, probe Probe) (*Target, error) {
 	var ports [4]string
 	for i := range ports {
 		port, err := FreePort()
@@ -196,20 +199,24 @@ func StartVipd(ctx context.Context, name, bin, dir, backend string, maxConn int,
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	}
-	if err := waitPath(ctx, t, ready); err != nil {
+	if err := waitPath(ctx, t, ready, probe); err != nil {
 		t.Stop()
 		return nil, err
 	}
 	return t, nil
 }
 
-// waitPath waits until ready (if given) reports true and one connection-rate
-// exchange through t succeeds, or the process exits, or startTimeout passes.
-func waitPath(ctx context.Context, t *Target, ready func(context.Context) bool) error {
+// Probe makes one exchange through a proxy to its backend.
+type Probe func(ctx context.Context, addr string) error
+
+// waitPath waits until ready (if given) reports true and one probe through
+// t succeeds, or the process exits, or startTimeout passes.
+func waitPath(ctx context.Context, t *Target, ready func(context.Context) bool, probe Probe) error {
+	if probe == nil {
+		probe = ConnOnce
+	}
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	req := make([]byte, connRequestSize)
-	req[0] = modeConn
 	var last error
 	for {
 		select {
@@ -226,7 +233,7 @@ func waitPath(ctx context.Context, t *Target, ready func(context.Context) bool) 
 			last = errors.New("admin /readyz is not 200")
 			continue
 		}
-		if last = connOnce(ctx, t.Addr, req); last == nil {
+		if last = probe(ctx, t.Addr); last == nil {
 			return nil
 		}
 	}

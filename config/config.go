@@ -5,8 +5,10 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -83,7 +85,7 @@ type ClusterTLS struct {
 // Set reports whether cluster.tls is configured.
 func (t ClusterTLS) Set() bool { return t.CertFile != "" || t.KeyFile != "" || t.CAFile != "" }
 
-// Timing is the Raft timing: in the file a named profile ("lan", "wan") or
+// Timing is the Raft timing: in the file a named profile ("lan", "fast", "wan") or
 // the three durations. After Load the durations are always set (a profile
 // resolved to its values) and valid; Profile names the profile they came
 // from, empty when the file gave them.
@@ -92,16 +94,24 @@ type Timing struct {
 	Heartbeat time.Duration `yaml:"heartbeat"`
 	Election  time.Duration `yaml:"election"`
 	Lease     time.Duration `yaml:"lease"`
+	// WatchLeader makes a follower check for a silent leader the moment its
+	// last contact turns one heartbeat timeout old, rather than at raft's
+	// random later tick: the fast profile's (docs/failover.md says what it
+	// costs under load).
+	WatchLeader bool `yaml:"-"`
 }
 
 // Timing profiles.
 const (
-	TimingLAN = "lan"
-	TimingWAN = "wan"
+	TimingLAN  = "lan"
+	TimingFast = "fast"
+	TimingWAN  = "wan"
 )
 
 // timingProfiles are the values of the named timings. "lan" replaces a dead
-// leader in about 200-300 ms; "wan" tolerates slow links and long pauses.
+// leader in about 200-300 ms; "fast" in under 100 ms, for hosts where vipd
+// gets the CPU when it wakes (docs/failover.md says under which load it
+// holds); "wan" tolerates slow links and long pauses.
 //
 // The lan lease is 70 ms, not half the heartbeat: the lease is what makes a
 // leader step down when its process is briefly starved of CPU, and 50 ms
@@ -109,10 +119,25 @@ const (
 // below the followers' earliest timeout, plus the vote round trips and the
 // new leader's Barrier, keeps a cut-off leader withdrawn before a successor
 // announces (docs/architecture.md rule 6).
+//
+// The fast lease leaves 15 ms below its 60 ms heartbeat: raft checks the
+// lease at least 10 ms apart, so a cut-off leader steps down within 55 ms of
+// its last contact with the quorum, before a follower may campaign.
 var timingProfiles = map[string]Timing{
-	TimingLAN: {Profile: TimingLAN, Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond},
-	TimingWAN: {Profile: TimingWAN, Heartbeat: time.Second, Election: time.Second, Lease: 500 * time.Millisecond},
+	TimingLAN:  {Profile: TimingLAN, Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond},
+	TimingFast: {Profile: TimingFast, Heartbeat: 60 * time.Millisecond, Election: 60 * time.Millisecond, Lease: 45 * time.Millisecond, WatchLeader: true},
+	TimingWAN:  {Profile: TimingWAN, Heartbeat: time.Second, Election: time.Second, Lease: 500 * time.Millisecond},
 }
+
+// TimingProfile returns the durations of the named profile, false for a
+// name that is none.
+func TimingProfile(name string) (Timing, bool) {
+	t, ok := timingProfiles[name]
+	return t, ok
+}
+
+// TimingProfiles are the profiles' names, sorted.
+func TimingProfiles() []string { return slices.Sorted(maps.Keys(timingProfiles)) }
 
 func (t *Timing) decodeNode(d *decoder, n *yaml.Node, path string) {
 	if n.Kind == yaml.ScalarNode {

@@ -180,7 +180,7 @@ func TestConfigErrors(t *testing.T) {
 		{"lease not shorter than heartbeat", "cluster:\n  timing: {heartbeat: 100ms, election: 100ms, lease: 100ms}\n",
 			[]string{"cluster.timing.lease", "shorter than heartbeat"}},
 		{"unknown timing profile", "cluster:\n  timing: moon\n",
-			[]string{"line 2", "cluster.timing", `"moon"`, "lan, wan"}},
+			[]string{"line 2", "cluster.timing", `"moon"`, "fast, lan, wan"}},
 		{"join without bootstrap_expect", "cluster:\n  join: [198.18.0.12:7001]\n",
 			[]string{"cluster.bootstrap_expect", "required when cluster.join is set"}},
 		{"wildcard raft bind", "cluster:\n  raft_bind: 0.0.0.0:7000\n",

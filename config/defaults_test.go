@@ -194,7 +194,7 @@ func sameValue(got any, doc string) bool {
 func TestTimingProfilesResolveToTheDocumentedDurations(t *testing.T) {
 	var profiles *docTable
 	for _, tb := range readDocTables(t) {
-		if len(tb.header) == 4 && tb.header[0] == "profile" {
+		if len(tb.header) == 5 && tb.header[0] == "profile" {
 			profiles = &tb
 		}
 	}
@@ -211,6 +211,13 @@ func TestTimingProfilesResolveToTheDocumentedDurations(t *testing.T) {
 			}
 		}
 		want.Profile = name
+		switch row[4] {
+		case "yes":
+			want.WatchLeader = true
+		case "no":
+		default:
+			t.Fatalf("profile %s: leader watch %q, want yes or no", name, row[4])
+		}
 		cfg, err := Parse([]byte("cluster: {timing: " + name + "}\n"))
 		if err != nil {
 			t.Fatalf("profile %s: %v", name, err)
@@ -221,5 +228,26 @@ func TestTimingProfilesResolveToTheDocumentedDurations(t *testing.T) {
 	}
 	if cfg, err := Parse(nil); err != nil || cfg.Cluster.Timing != timingProfiles[TimingLAN] {
 		t.Errorf("default timing %+v (%v), want the lan profile", cfg.Cluster.Timing, err)
+	}
+}
+
+// TestTimingProfilesKeepLeaseBelowHeartbeat holds every profile to
+// docs/architecture.md rule 6 with raft's slack: raft checks the leader
+// lease at least 10 ms apart, so a cut-off leader may step down up to lease
+// + 10 ms after its last contact, which must come before the earliest
+// moment a follower may campaign (one heartbeat timeout).
+func TestTimingProfilesKeepLeaseBelowHeartbeat(t *testing.T) {
+	const raftLeaseCheckInterval = 10 * time.Millisecond
+	for _, name := range TimingProfiles() {
+		p, _ := TimingProfile(name)
+		if p.Lease+raftLeaseCheckInterval >= p.Heartbeat {
+			t.Errorf("profile %s: lease %s + %s is not below heartbeat %s", name, p.Lease, raftLeaseCheckInterval, p.Heartbeat)
+		}
+		if p.Heartbeat > p.Election {
+			t.Errorf("profile %s: heartbeat %s above election %s", name, p.Heartbeat, p.Election)
+		}
+	}
+	if len(TimingProfiles()) != len(timingProfiles) {
+		t.Fatalf("TimingProfiles() = %v, want every profile of the table", TimingProfiles())
 	}
 }

@@ -333,7 +333,7 @@ func (v *validator) validateCluster(c *Cluster) {
 // go through the same rules as the file's.
 func (v *validator) validateTiming(t Timing) {
 	if _, ok := timingProfiles[t.Profile]; t.Profile != "" && !ok {
-		v.oneOf("cluster.timing", t.Profile, TimingLAN, TimingWAN)
+		v.oneOf("cluster.timing", t.Profile, TimingProfiles()...)
 		return
 	}
 	short := false

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"debug/elf"
 	"encoding/json"
-	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -14,20 +13,21 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vipd/vipd/internal/testenv"
 )
 
-// imageBuilder says how `make image` will build here, or why it cannot.
-func imageBuilder() (string, error) {
+// imageBuilder says how `make image` will build here: a docker daemon if
+// one answers, else buildah as root (make test installs it); without
+// either the test stops, and under CI fails.
+func imageBuilder(t *testing.T) string {
+	t.Helper()
 	if exec.Command("docker", "info").Run() == nil {
-		return "docker", nil
+		return "docker"
 	}
-	if _, err := exec.LookPath("buildah"); err != nil {
-		return "", errors.New("neither a docker daemon nor buildah (apt-get install buildah)")
-	}
-	if os.Geteuid() != 0 {
-		return "", errors.New("buildah with vfs storage needs root here")
-	}
-	return "buildah", nil
+	testenv.NeedProgram(t, "buildah", "builds the image without a docker daemon (sudo make test installs Debian's buildah)")
+	testenv.NeedRoot(t, "buildah with vfs storage")
+	return "buildah"
 }
 
 // makefileImage is the IMAGE that `make image` tags by default.
@@ -74,10 +74,7 @@ func TestMakeImageBuildsAStaticNonRootImage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the image build compiles vipd once more")
 	}
-	builder, err := imageBuilder()
-	if err != nil {
-		t.Skipf("cannot build the image here: %v", err)
-	}
+	builder := imageBuilder(t)
 	dir := t.TempDir()
 	const tag = "localhost/vipd-image-test:latest"
 	args := []string{"-C", "..", "image", "BIN=" + filepath.Join(dir, "bin"), "IMAGE=" + tag,

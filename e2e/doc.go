@@ -7,9 +7,18 @@
 //
 // Scenarios: leader node death, leader SIGKILL (the kernel lifetime must
 // remove the dead daemon's VIP), a 5 s partition of the leader (nftables drop
-// with the link up, and link down) then heal, SIGTERM handover, the leader
+// with the link up, and link down) then heal (these three with timing lan and
+// fast, each failover's phases read from the new holder's log), SIGTERM handover, the leader
 // losing its backends, a rolling restart, two nodes plus a witness, and the
 // client's neighbour entry following every move.
+//
+// Flapping (stability_test.go): no term change, no leadership change and no
+// VIP move while the leader proxies as hard as a client can push (64 workers
+// opening connections plus 4 bulk downloads, client and backends ranked like
+// vipd; lan and wan), and while another process keeps every core busy at the
+// default priority (every profile). The daemons run at the priority
+// deploy/systemd/vipd.service gives them (Nice=, CPUWeight=), each in a
+// session of its own. Each run reports where the time went (RESULT lines).
 //
 // The tests need root and bin/vipd + bin/demo-backend (`make build`); they
 // skip with a message otherwise. Safety properties always fail the test;
@@ -21,6 +30,14 @@
 //	E2E_TRIALS=N     failovers per repeated scenario (default 3; the issue's measurement is 10)
 //	E2E_STRICT=1     missed timing targets fail the test
 //	E2E_LOG_DIR=DIR  keep every process log under DIR/<test> (default: a temp dir, printed on failure)
+//	E2E_LOAD_TRIALS=N, E2E_LOAD_SECONDS=S  runs and length of each flapping test (default 1 × 15 s;
+//	                 make soak-leader-load runs 5 × 60 s)
+//	E2E_VIPD_SCHED=unit|none  run the daemons at the systemd unit's priority (default) or the test's own
+//	E2E_LOAD_SCHED=none|unit  run the backends and the load processes at the test's priority or the unit's
+//	                 (default: the unit's in the proxy-load flapping test, the test's elsewhere)
+//	E2E_VIPD_ENV="K=V ..."    extra environment of every daemon (GOGC, GOMAXPROCS, ...), for comparisons
+//	E2E_PROXY_LOAD_PROFILES="fast ..."  the profiles of the proxy-load flapping test (default: lan wan,
+//	                 the ones that hold there; docs/failover.md)
 //
 // The nftables fault needs the nft command (Debian package nftables).
 package e2e

@@ -13,12 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vipd/vipd/config"
 	"github.com/vipd/vipd/e2e/bed"
 	"github.com/vipd/vipd/internal/testenv"
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
+	if child, code := bed.RunChild(); child {
+		os.Exit(code) // a load or spinner process of this bed, not a test run
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -26,11 +30,19 @@ func TestMain(m *testing.M) {
 // only with E2E_STRICT=1: timings on a shared 2-core CI machine are evidence,
 // not a pass/fail signal. Safety properties are always enforced.
 const (
-	targetFailoverP50 = 250 * time.Millisecond // node death, SIGKILL
-	targetFailoverMax = 400 * time.Millisecond
-	targetHandover    = 100 * time.Millisecond // SIGTERM
-	targetRolling     = 3 * targetHandover     // sum over a rolling restart
+	targetHandover = 100 * time.Millisecond // SIGTERM
+	targetRolling  = 3 * targetHandover     // sum over a rolling restart
 )
+
+// failoverTargets are the outage targets of a node death or SIGKILL, by
+// timing profile.
+var failoverTargets = map[string]struct{ p50, max time.Duration }{
+	config.TimingLAN:  {250 * time.Millisecond, 400 * time.Millisecond},
+	config.TimingFast: {100 * time.Millisecond, 150 * time.Millisecond},
+}
+
+// failoverProfiles are the profiles the failover scenarios run with.
+var failoverProfiles = []string{config.TimingLAN, config.TimingFast}
 
 // kernelLifetimeSlack is how late the kernel may remove an address whose
 // lifetime ran out, counted from the daemon's death: its last renewal came
@@ -54,6 +66,19 @@ type env struct {
 	meter   *bed.Meter
 	nodes   []string
 	start   time.Time
+	// vipdSched ranks the daemons, loadSched the backends and the load
+	// processes (nil: the test's own priority).
+	vipdSched, loadSched *bed.Sched
+}
+
+// repoRoot is the worktree the tests run in (e2e's parent).
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
 }
 
 // binaries returns bin/vipd and bin/demo-backend, skipping the test when
@@ -61,10 +86,7 @@ type env struct {
 func binaries(t *testing.T) (vipd, backend string) {
 	t.Helper()
 	testenv.NeedRoot(t, "e2e builds network namespaces")
-	root, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := repoRoot(t)
 	vipd, backend = filepath.Join(root, "bin", "vipd"), filepath.Join(root, "bin", "demo-backend")
 	for _, p := range []string{vipd, backend} {
 		testenv.NeedFile(t, p, "run make build first")
@@ -95,9 +117,26 @@ func strict() bool { return os.Getenv("E2E_STRICT") == "1" }
 // runs with role witness ("" for none).
 func setup(t *testing.T, witness string) *env {
 	t.Helper()
-	e, opts := newEnv(t)
+	return setupWith(t, bedOptions{witness: witness})
+}
+
+// bedOptions vary the cluster of a scenario.
+type bedOptions struct {
+	witness string   // a node with role witness, or ""
+	timing  string   // cluster.timing; "": the bed's default (lan)
+	env     []string // added to every daemon's environment
+	// loadRanked runs the backends and the load processes at the daemons'
+	// rank, so a leader proxying for them has to fight them for the CPU.
+	loadRanked bool
+}
+
+// setupWith is setup with options. The daemons run at the priority the
+// systemd unit gives them (deploy/systemd/vipd.service), the client and
+// backends at the test's own.
+func setupWith(t *testing.T, o bedOptions) *env {
+	t.Helper()
+	e, opts := newEnv(t, o)
 	b, nodes := e.bed, opts.Nodes
-	opts.Witness = witness
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var err error
@@ -130,9 +169,9 @@ func setup(t *testing.T, witness string) *env {
 }
 
 // newEnv builds the bed (torn down by the test's cleanup) and starts the
-// backends; it returns the env without a cluster and the options to start
-// one with.
-func newEnv(t *testing.T) (*env, bed.VipdOptions) {
+// backends; it returns the env without a cluster and the options, with o
+// applied, to start one with.
+func newEnv(t *testing.T, o bedOptions) (*env, bed.VipdOptions) {
 	t.Helper()
 	vipdBin, backendBin := binaries(t)
 	if _, err := bed.SweepStale(); err != nil {
@@ -163,14 +202,51 @@ func newEnv(t *testing.T) (*env, bed.VipdOptions) {
 	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := bed.StartBackends(ctx, b, backendBin, backends, b.Host("c")); err != nil {
+	unit, err := bed.UnitSched(filepath.Join(repoRoot(t), "deploy", "systemd", "vipd.service"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	return e, bed.DefaultVipdOptions(vipdBin, nodes, backends, t.TempDir())
+	var loadDef *bed.Sched
+	if o.loadRanked {
+		loadDef = &unit
+	}
+	e.vipdSched, e.loadSched = pickSched(t, "E2E_VIPD_SCHED", &unit), pickSched(t, "E2E_LOAD_SCHED", loadDef)
+	if err := bed.StartBackends(ctx, b, backendBin, backends, b.Host("c"), e.loadSched); err != nil {
+		t.Fatal(err)
+	}
+	opts := bed.DefaultVipdOptions(vipdBin, nodes, backends, t.TempDir())
+	opts.Witness = o.witness
+	if o.timing != "" {
+		opts.Timing = o.timing
+	}
+	opts.Env = append(o.env, strings.Fields(os.Getenv("E2E_VIPD_ENV"))...)
+	opts.Sched = e.vipdSched
+	return e, opts
 }
 
 // finish stops the client and the sampler and fails the test on any sample
 // with two live VIP holders.
+// pickSched reads a rank from the environment variable name: "unit" (the
+// systemd unit's), "none" (the test's own) or "" (def).
+func pickSched(t *testing.T, name string, def *bed.Sched) *bed.Sched {
+	t.Helper()
+	switch v := os.Getenv(name); v {
+	case "":
+		return def
+	case "unit":
+		unit, err := bed.UnitSched(filepath.Join(repoRoot(t), "deploy", "systemd", "vipd.service"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &unit
+	case "none":
+		return nil
+	default:
+		t.Fatalf("%s=%q: want unit or none", name, v)
+		return nil
+	}
+}
+
 func (e *env) finish() {
 	e.client.Stop()
 	e.sampler.Stop()
@@ -338,6 +414,7 @@ func (e *env) target(what string, got, want time.Duration) {
 func (e *env) failover(name string, fault func(leader string), exempt bool, restore func(leader string)) stats {
 	var out stats
 	var leftovers stats
+	phases := phaseStats{}
 	for i := range trials(e.t) {
 		old := e.holder()
 		at := time.Now()
@@ -347,7 +424,7 @@ func (e *env) failover(name string, fault func(leader string), exempt bool, rest
 		fault(old)
 		h, o := e.recovered(at, old)
 		out.add(o.Gap)
-		line := fmt.Sprintf("%s trial %d: VIP %s -> %s, outage %s", name, i+1, old, h, o)
+		line := fmt.Sprintf("%s trial %d: VIP %s -> %s, outage %s; %s", name, i+1, old, h, o, phases.add(e.phases(h, at, o)))
 		if exempt {
 			d, gone := e.waitGone(old, at, e.cluster.Opts.Lifetime+5*time.Second)
 			if !gone {
@@ -360,13 +437,78 @@ func (e *env) failover(name string, fault func(leader string), exempt bool, rest
 		e.t.Log(line)
 		restore(old)
 	}
-	e.t.Logf("RESULT %s outages %s p50 %s max %s", name, out, out.p50().Round(time.Millisecond), out.max().Round(time.Millisecond))
+	profile := e.cluster.Opts.Timing
+	e.t.Logf("RESULT %s (%s) outages %s p50 %s max %s", name, profile, out, out.p50().Round(time.Millisecond), out.max().Round(time.Millisecond))
+	e.t.Logf("RESULT %s (%s) phases after the fault, p50 (max): %s", name, profile, phases)
 	if exempt {
 		e.t.Logf("RESULT %s dead node's VIP leftover %s max %s (lifetime %s)", name, leftovers, leftovers.max().Round(time.Millisecond), e.cluster.Opts.Lifetime)
 	}
-	e.target(name+" outage p50", out.p50(), targetFailoverP50)
-	e.target(name+" outage max", out.max(), targetFailoverMax)
+	want, ok := failoverTargets[profile]
+	if !ok {
+		e.t.Fatalf("no failover target for timing %q", profile)
+	}
+	e.target(name+" ("+profile+") outage p50", out.p50(), want.p50)
+	e.target(name+" ("+profile+") outage max", out.max(), want.max)
 	return leftovers
+}
+
+// phases reads from the new holder's log when each step of the failover at
+// fault happened, plus the client's last success before it and first after.
+func (e *env) phases(holder string, fault time.Time, o bed.Outage) map[string]time.Duration {
+	e.t.Helper()
+	at, err := bed.Phases(e.cluster.Proc(holder).LogPath, fault)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ph := map[string]time.Duration{phaseLastOK: o.From.Sub(fault), phaseClientOK: o.To.Sub(fault)}
+	for name, t := range at {
+		ph[name] = t.Sub(fault)
+	}
+	return ph
+}
+
+// The client's phases of a failover, beside bed.FailoverPhases.
+const (
+	phaseLastOK   = "last ok"
+	phaseClientOK = "client ok"
+)
+
+// phaseStats collects each phase's time after the fault over trials.
+type phaseStats map[string]*stats
+
+// add keeps one trial's phases and describes them in order.
+func (p phaseStats) add(ph map[string]time.Duration) string {
+	var parts []string
+	for _, name := range phaseOrder() {
+		d, ok := ph[name]
+		if !ok {
+			continue
+		}
+		if p[name] == nil {
+			p[name] = &stats{}
+		}
+		p[name].add(d)
+		parts = append(parts, fmt.Sprintf("%s %s", name, d.Round(time.Millisecond)))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (p phaseStats) String() string {
+	var parts []string
+	for _, name := range phaseOrder() {
+		if s := p[name]; s != nil {
+			parts = append(parts, fmt.Sprintf("%s %s (%s)", name, s.p50().Round(time.Millisecond), s.max().Round(time.Millisecond)))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func phaseOrder() []string {
+	names := []string{phaseLastOK}
+	for _, p := range bed.FailoverPhases {
+		names = append(names, p.Name)
+	}
+	return append(names, phaseClientOK)
 }
 
 // killNode is a node's death: its processes are killed, then its link goes
@@ -382,25 +524,33 @@ func (e *env) killNode(node string) {
 // Scenario 1: the leader node dies: its link goes down and its processes are
 // killed. Another node takes the VIP; the dead node is not a live holder.
 func TestLeaderNodeDeathMovesTheVIP(t *testing.T) {
-	e := setup(t, "")
-	e.failover("node death", e.killNode, true, func(leader string) {
-		if err := e.bed.Host(leader).SetLink(true); err != nil {
-			t.Fatal(err)
-		}
-		e.restart(leader)
-	})
+	for _, profile := range failoverProfiles {
+		t.Run(profile, func(t *testing.T) {
+			e := setupWith(t, bedOptions{timing: profile})
+			e.failover("node death", e.killNode, true, func(leader string) {
+				if err := e.bed.Host(leader).SetLink(true); err != nil {
+					t.Fatal(err)
+				}
+				e.restart(leader)
+			})
+		})
+	}
 }
 
 // Scenario 2: the leader's daemon is killed with SIGKILL while the node stays
 // on the network. Nothing can delete its address: the kernel lifetime must.
 func TestLeaderSIGKILLMovesTheVIPAndTheKernelExpiresTheOldOne(t *testing.T) {
-	e := setup(t, "")
-	left := e.failover("SIGKILL", func(leader string) {
-		e.cluster.Proc(leader).Kill()
-	}, true, e.restart)
-	bound := e.cluster.Opts.Lifetime + kernelLifetimeSlack
-	if left.max() > bound {
-		t.Errorf("the SIGKILLed daemon's VIP stayed %s, more than its lifetime %s (+%s kernel timer slack)", left.max(), e.cluster.Opts.Lifetime, kernelLifetimeSlack)
+	for _, profile := range failoverProfiles {
+		t.Run(profile, func(t *testing.T) {
+			e := setupWith(t, bedOptions{timing: profile})
+			left := e.failover("SIGKILL", func(leader string) {
+				e.cluster.Proc(leader).Kill()
+			}, true, e.restart)
+			bound := e.cluster.Opts.Lifetime + kernelLifetimeSlack
+			if left.max() > bound {
+				t.Errorf("the SIGKILLed daemon's VIP stayed %s, more than its lifetime %s (+%s kernel timer slack)", left.max(), e.cluster.Opts.Lifetime, kernelLifetimeSlack)
+			}
+		})
 	}
 }
 
@@ -416,49 +566,51 @@ func TestPartitionedLeaderDropsTheVIPBeforeTheMajorityClaimsIt(t *testing.T) {
 		{"nftables drop, link up", (*bed.Host).Isolate, (*bed.Host).Unisolate},
 		{"link down", func(h *bed.Host) error { return h.SetLink(false) }, func(h *bed.Host) error { return h.SetLink(true) }},
 	} {
-		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			e := setup(t, "")
-			old := e.holder()
-			h := e.bed.Host(old)
-			at := time.Now()
-			if err := tc.cut(h); err != nil {
-				t.Fatal(err)
-			}
-			healed := false
-			defer func() {
-				if !healed {
-					_ = tc.heal(h)
+		for _, profile := range failoverProfiles {
+			t.Run(profile+"/"+strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+				e := setupWith(t, bedOptions{timing: profile})
+				old := e.holder()
+				h := e.bed.Host(old)
+				at := time.Now()
+				if err := tc.cut(h); err != nil {
+					t.Fatal(err)
 				}
-			}()
-			nw, o := e.recovered(at, old)
-			dropped, _ := e.sampler.LastHeld(old, at)
-			claimed, _ := e.sampler.FirstHeld(nw, at)
-			t.Logf("RESULT partition (%s): old leader %s dropped the VIP at +%s, %s claimed it at +%s, outage %s",
-				tc.name, old, dropped.Sub(at).Round(time.Millisecond), nw, claimed.Sub(at).Round(time.Millisecond), o)
-			if !dropped.Before(claimed) {
-				t.Errorf("old leader %s still held the VIP at +%s, new leader %s claimed it at +%s",
-					old, dropped.Sub(at), nw, claimed.Sub(at))
-			}
-			e.target("partition ("+tc.name+") outage", o.Gap, targetFailoverMax)
-			time.Sleep(time.Until(at.Add(5 * time.Second)))
-			healAt := time.Now()
-			if err := tc.heal(h); err != nil {
-				t.Fatal(err)
-			}
-			healed = true
-			e.rejoined()
-			ho, err := e.client.Outage(healAt, time.Now())
-			if err != nil {
-				t.Fatal(err)
-			}
-			final := e.holder()
-			e.checkNeighbour(final)
-			t.Logf("RESULT heal (%s): holder %s, longest gap %s, %d failed requests (target: none)\n%s",
-				tc.name, final, ho.Gap.Round(time.Millisecond), ho.Failed, e.meter.Timeline(at))
-			if ho.Failed > 0 && strict() {
-				t.Errorf("healing the partition cost %d failed requests", ho.Failed)
-			}
-		})
+				healed := false
+				defer func() {
+					if !healed {
+						_ = tc.heal(h)
+					}
+				}()
+				nw, o := e.recovered(at, old)
+				dropped, _ := e.sampler.LastHeld(old, at)
+				claimed, _ := e.sampler.FirstHeld(nw, at)
+				t.Logf("RESULT partition (%s, %s): old leader %s dropped the VIP at +%s, %s claimed it at +%s, outage %s",
+					tc.name, profile, old, dropped.Sub(at).Round(time.Millisecond), nw, claimed.Sub(at).Round(time.Millisecond), o)
+				if !dropped.Before(claimed) {
+					t.Errorf("old leader %s still held the VIP at +%s, new leader %s claimed it at +%s",
+						old, dropped.Sub(at), nw, claimed.Sub(at))
+				}
+				e.target("partition ("+tc.name+", "+profile+") outage", o.Gap, failoverTargets[profile].max)
+				time.Sleep(time.Until(at.Add(5 * time.Second)))
+				healAt := time.Now()
+				if err := tc.heal(h); err != nil {
+					t.Fatal(err)
+				}
+				healed = true
+				e.rejoined()
+				ho, err := e.client.Outage(healAt, time.Now())
+				if err != nil {
+					t.Fatal(err)
+				}
+				final := e.holder()
+				e.checkNeighbour(final)
+				t.Logf("RESULT heal (%s): holder %s, longest gap %s, %d failed requests (target: none)\n%s",
+					tc.name, final, ho.Gap.Round(time.Millisecond), ho.Failed, e.meter.Timeline(at))
+				if ho.Failed > 0 && strict() {
+					t.Errorf("healing the partition cost %d failed requests", ho.Failed)
+				}
+			})
+		}
 	}
 }
 
@@ -575,7 +727,7 @@ func TestWitnessLetsTwoNodesFailOver(t *testing.T) {
 		t.Errorf("the witness held the VIP at %s", when.Format("15:04:05.000"))
 	}
 	t.Logf("RESULT witness pair: leader %s died, VIP -> %s, outage %s", old, nw, o)
-	e.target("witness pair outage", o.Gap, targetFailoverMax)
+	e.target("witness pair outage", o.Gap, failoverTargets[config.TimingLAN].max)
 }
 
 // Scenario 8: after every leadership move the client's neighbour table

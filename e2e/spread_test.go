@@ -46,7 +46,7 @@ type spreadEnv struct {
 // every VIP.
 func setupSpread(t *testing.T) *spreadEnv {
 	t.Helper()
-	base, opts := newEnv(t)
+	base, opts := newEnv(t, bedOptions{})
 	opts.Render = bed.SpreadConfig
 	e := &spreadEnv{env: base}
 	for _, a := range bed.SpreadVIPs {

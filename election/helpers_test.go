@@ -364,11 +364,12 @@ func (s *testSink) close() {
 // this shared 2-core VM stalls whole processes for 100-200 ms when other
 // jobs run, which moves lan leadership now and then (see the report), and
 // those tests are about logic, not timing. Tests that measure or prove the
-// lan profile use lanTiming. lanTiming and wanTiming are config's lan and
-// wan profiles (docs/failover.md), which config resolves before New.
+// lan profile use lanTiming. lanTiming, fastTiming and wanTiming are
+// config's profiles (docs/failover.md), which config resolves before New.
 var (
 	relaxedTiming = Timing{Heartbeat: 300 * time.Millisecond, Election: 300 * time.Millisecond, Lease: 200 * time.Millisecond}
 	lanTiming     = Timing{Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond}
+	fastTiming    = Timing{Heartbeat: 60 * time.Millisecond, Election: 60 * time.Millisecond, Lease: 45 * time.Millisecond, WatchLeader: true}
 	wanTiming     = Timing{Heartbeat: time.Second, Election: time.Second, Lease: 500 * time.Millisecond}
 )
 

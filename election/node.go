@@ -357,6 +357,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	go n.metaLoop(rt)
 	go n.joinLoop(ctx, rt)
 	go n.reconnectLoop(rt)
+	if n.opts.Timing.WatchLeader {
+		n.wg.Add(1)
+		go n.leaderWatch(rt)
+	}
 	n.down.add(func() error {
 		rt.stopRaft() // fails pending futures, so loops blocked in raft return
 		n.wg.Wait()

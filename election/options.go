@@ -28,6 +28,9 @@ const (
 // zero durations and what hashicorp/raft itself rejects.
 type Timing struct {
 	Heartbeat, Election, Lease time.Duration
+	// WatchLeader runs the leader watch (leaderwatch.go): a follower checks
+	// for a silent leader the moment the heartbeat timeout runs out.
+	WatchLeader bool
 }
 
 // Fitness is this node's ability to serve, gossiped in memberlist metadata.

@@ -16,8 +16,11 @@ known ip         iproute2   ""         no  "make demo, make bench-failover and t
 known nft        nftables   ""         no  "the e2e tests TestPartitionedLeaderDropsTheVIPBeforeTheMajorityClaimsIt and TestLeaderWithoutHealthyBackendsHandsOver"
 known haproxy    haproxy    haproxy    no  "make bench, make bench-failover and e2e/bed's TestKeepalivedAndHAProxyConfigsPassTheirChecks"
 known keepalived keepalived keepalived no  "make bench-failover and e2e/bed's TestKeepalivedAndHAProxyConfigsPassTheirChecks"
+known wrk        wrk        ""         no  "make bench's real-peer case (wrk → proxy → nginx)"
+known nginx      nginx      nginx      no  "make bench's real-peer case (wrk → proxy → nginx)"
 known promtool   prometheus prometheus yes "deploy's TestAlertRulesPassPromtool"
 known chromium   chromium   ""         yes "the browser test of the status page"
+known buildah    buildah    ""         yes "deploy's TestMakeImageBuildsAStaticNonRootImage (make image without a docker daemon)"
 
 ci=false
 if [[ ${CI:-} =~ ^(1|t|T|TRUE|true|True)$ ]]; then ci=true; fi

@@ -1,6 +1,8 @@
 // Command demo-backend is a tiny HTTP backend for the quick start, the demo
 // and the end-to-end tests: GET / answers with its name, so a client can see
-// which backend the VIP led it to; GET /readyz answers 200 for health checks.
+// which backend the VIP led it to; GET /readyz answers 200 for health checks;
+// GET /bulk streams bytes until the client goes away (the end-to-end tests'
+// bulk load through the VIP).
 package main
 
 import (
@@ -50,6 +52,10 @@ func serve(listen, name string) error {
 	return nil
 }
 
+// bulkChunk is the size of each write of GET /bulk: large enough that the
+// response writer hands it to the socket unbuffered.
+const bulkChunk = 64 << 10
+
 func handler(name string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -57,6 +63,14 @@ func handler(name string) http.Handler {
 	})
 	mux.HandleFunc("GET /", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "%s\n", name)
+	})
+	mux.HandleFunc("GET /bulk", func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, bulkChunk)
+		for r.Context().Err() == nil {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
 	})
 	return mux
 }

@@ -78,7 +78,12 @@ func newDaemon(cfg *config.Config, configPath string, log *zap.Logger, level *za
 		}
 	}()
 	d.linkUp.Store(true)
-	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newRuntimeCollector())
+	// raft reports through a process-wide global: the last daemon built in
+	// a process receives it (one in production).
+	if err := installRaftMetrics(d.reg); err != nil {
+		return nil, err
+	}
 	notify, err := newNotifier(log)
 	if err != nil {
 		return nil, err

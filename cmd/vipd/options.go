@@ -82,15 +82,18 @@ func healthOptions(cfg *config.Config) health.Options {
 	return opts
 }
 
-// electionOptions passes config's resolved timing: config owns the lan and
-// wan profiles and the rules between the three durations.
+// electionOptions passes config's resolved timing: config owns the
+// profiles and the rules between the three durations.
 func electionOptions(cfg *config.Config) election.Options {
 	c := cfg.Cluster
 	return election.Options{
 		NodeName: cfg.Node.Name, RaftBind: c.RaftBind, GossipBind: c.GossipBind,
 		Join: c.Join, BootstrapExpect: c.BootstrapExpect, DataDir: c.DataDir,
 		SecretKeys: c.SecretKeys, TLS: raftTLS(c.TLS), Role: election.Role(c.Role),
-		Timing:       election.Timing{Heartbeat: c.Timing.Heartbeat, Election: c.Timing.Election, Lease: c.Timing.Lease},
+		Timing: election.Timing{
+			Heartbeat: c.Timing.Heartbeat, Election: c.Timing.Election, Lease: c.Timing.Lease,
+			WatchLeader: c.Timing.WatchLeader,
+		},
 		FitnessGrace: c.FitnessGrace, ReconnectTimeout: c.ReconnectTimeout, AdminAddr: cfg.Admin.Listen,
 	}
 }

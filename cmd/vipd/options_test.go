@@ -10,6 +10,7 @@ import (
 
 	"github.com/vipd/vipd/balancer"
 	"github.com/vipd/vipd/config"
+	"github.com/vipd/vipd/election"
 	"github.com/vipd/vipd/health"
 )
 
@@ -108,5 +109,26 @@ frontends:
 	}
 	if b.AcceptProxy != nil || b.MaxConnectionsPerSource != 0 {
 		t.Fatalf("frontend b: per source %d, accept_proxy %+v, want neither", b.MaxConnectionsPerSource, b.AcceptProxy)
+	}
+}
+
+// TestElectionOptionsCarryTheTimingProfile: election runs each profile's
+// durations and its leader watch as config resolved them.
+func TestElectionOptionsCarryTheTimingProfile(t *testing.T) {
+	for _, tc := range []struct {
+		profile string
+		want    election.Timing
+	}{
+		{"lan", election.Timing{Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond}},
+		{"fast", election.Timing{Heartbeat: 60 * time.Millisecond, Election: 60 * time.Millisecond, Lease: 45 * time.Millisecond, WatchLeader: true}},
+		{"{heartbeat: 200ms, election: 300ms, lease: 150ms}", election.Timing{Heartbeat: 200 * time.Millisecond, Election: 300 * time.Millisecond, Lease: 150 * time.Millisecond}},
+	} {
+		cfg, err := config.Parse([]byte("cluster: {timing: " + tc.profile + "}\n"))
+		if err != nil {
+			t.Fatalf("timing %s: %v", tc.profile, err)
+		}
+		if got := electionOptions(cfg).Timing; got != tc.want {
+			t.Errorf("timing %s: election gets %+v, want %+v", tc.profile, got, tc.want)
+		}
 	}
 }

@@ -23,6 +23,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if child, code := RunChild(); child {
+		os.Exit(code) // a load process started by a test here
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -29,6 +30,18 @@ type Proc struct {
 // SIGKILL if the test binary dies (Pdeathsig), so a crashed run leaves no
 // daemons behind.
 func (b *Bed) Start(host *Host, name string, argv ...string) (*Proc, error) {
+	return b.StartWith(host, name, ProcOptions{}, argv...)
+}
+
+// ProcOptions adjust how StartWith runs a process.
+type ProcOptions struct {
+	Env   []string // added to the test's environment
+	Sched *Sched   // nil: the test's own session and priority
+}
+
+// StartWith is Start with options: extra environment, and a scheduling rank
+// (its own session, so its own autogroup, with the given nice values).
+func (b *Bed) StartWith(host *Host, name string, o ProcOptions, argv ...string) (*Proc, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -39,11 +52,22 @@ func (b *Bed) Start(host *Host, name string, argv ...string) (*Proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("log for %s: %w", name, err)
 	}
-	fmt.Fprintf(f, "=== %s start in %s: %q\n", time.Now().Format("15:04:05.000"), host.NS, argv)
-	cmd := exec.Command("ip", append([]string{"netns", "exec", host.NS}, argv...)...)
+	fmt.Fprintf(f, "=== %s start in %s: %q env %q sched %+v\n", time.Now().Format("15:04:05.000"), host.NS, argv, o.Env, o.Sched)
+	args := []string{"netns", "exec", host.NS}
+	attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if o.Sched != nil {
+		// nice execs the command, so the pid stays the command's and every
+		// thread it makes inherits the nice value, as systemd's Nice= does.
+		args = append(args, "nice", "-n", strconv.Itoa(o.Sched.Nice))
+		attr.Setpgid, attr.Setsid = false, true // a session leader leads its own process group
+	}
+	cmd := exec.Command("ip", append(args, argv...)...)
 	cmd.Stdout = f
 	cmd.Stderr = f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.SysProcAttr = attr
+	if len(o.Env) > 0 {
+		cmd.Env = append(os.Environ(), o.Env...)
+	}
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("start %s in %s: %w", name, host.NS, err)
@@ -55,6 +79,12 @@ func (b *Bed) Start(host *Host, name string, argv ...string) (*Proc, error) {
 		close(p.done)
 	}()
 	b.procs = append(b.procs, p)
+	if o.Sched != nil {
+		if err := o.Sched.applyGroup(cmd.Process.Pid); err != nil {
+			p.Kill()
+			return nil, fmt.Errorf("start %s in %s: %w", name, host.NS, err)
+		}
+	}
 	return p, nil
 }
 
@@ -99,6 +129,15 @@ func (p *Proc) Wait(timeout time.Duration) error {
 	case <-time.After(timeout):
 		return fmt.Errorf("%s still running after %s", p.Name, timeout)
 	}
+}
+
+// CPUTime is the user and system CPU time the process used, known once it
+// has ended (false before).
+func (p *Proc) CPUTime() (time.Duration, bool) {
+	if !p.Exited() {
+		return 0, false
+	}
+	return p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime(), true
 }
 
 // Done is closed when the process has ended.

@@ -32,13 +32,17 @@ type VipdOptions struct {
 	Witness           string  // name of a node with role witness, or ""
 	Backends          []*Host // serve on BackendPort
 	DataDir           string  // each node gets DataDir/<name>
-	Timing            string  // lan | wan
+	Timing            string  // a profile: lan | fast | wan
 	Lifetime, Refresh time.Duration
 	ShutdownGrace     time.Duration
 	HealthInterval    time.Duration
 	LogLevel          string
 	// Render writes a node's config file; nil: VipdConfig (one leader VIP).
 	Render func(VipdOptions, *Host) ([]byte, error)
+	// Sched ranks the daemons as the systemd unit does (UnitSched of
+	// deploy/systemd/vipd.service); nil: at the test's own priority.
+	Sched *Sched
+	Env   []string // added to every daemon's environment (GOGC=..., GOMAXPROCS=...)
 }
 
 // DefaultVipdOptions are the settings: timing lan, VIP lifetime 2 s
@@ -159,7 +163,8 @@ func (c *Cluster) Start(node string) error {
 	if p := c.procs[node]; p != nil && !p.Exited() {
 		return fmt.Errorf("vipd on %s still running (pid %d)", node, p.Pid())
 	}
-	p, err := c.Bed.Start(c.Bed.Host(node), "vipd-"+node, c.Opts.Bin, "--config", c.configs[node])
+	po := ProcOptions{Env: c.Opts.Env, Sched: c.Opts.Sched}
+	p, err := c.Bed.StartWith(c.Bed.Host(node), "vipd-"+node, po, c.Opts.Bin, "--config", c.configs[node])
 	if err != nil {
 		return err
 	}
@@ -266,12 +271,12 @@ func (c *Cluster) WaitFormed(ctx context.Context, nodes ...string) (leader strin
 }
 
 // StartBackends starts bin/demo-backend on every backend host (BackendPort,
-// named after the host) and waits until each answers GET /readyz from the
-// host from.
-func StartBackends(ctx context.Context, b *Bed, bin string, backends []*Host, from *Host) error {
+// named after the host), ranked by sched (nil: the test's own priority), and
+// waits until each answers GET /readyz from the host from.
+func StartBackends(ctx context.Context, b *Bed, bin string, backends []*Host, from *Host, sched *Sched) error {
 	for _, h := range backends {
 		addr := netip.AddrPortFrom(h.Addr, BackendPort).String()
-		if _, err := b.Start(h, "backend-"+h.Name, bin, "-listen", addr, "-name", h.Name); err != nil {
+		if _, err := b.StartWith(h, "backend-"+h.Name, ProcOptions{Sched: sched}, bin, "-listen", addr, "-name", h.Name); err != nil {
 			return err
 		}
 		if err := WaitServing(ctx, from, addr, "/readyz"); err != nil {

@@ -33,6 +33,8 @@ func run() int {
 		concurrency = flag.Int("concurrency", 16, "workers of the connection-rate run and connections of the pairs run")
 		idle        = flag.Int("idle", 10000, "idle connections held open for the memory figure")
 		haproxyBin  = flag.String("haproxy", "haproxy", "haproxy binary")
+		nginxBin    = flag.String("nginx", "nginx", "nginx binary: the real peer's server (peer, peerclose)")
+		wrkBin      = flag.String("wrk", "wrk", "wrk binary: the real peer's client (peer, peerclose)")
 		vipdBin     = flag.String("vipd", "bin/vipd", "vipd binary")
 		splice      = flag.Bool("haproxy-splice", false, "add 'option splice-auto' to HAProxy (Debian's default config has no splicing)")
 		keep        = flag.Bool("keep", false, "keep the scratch directory (configs, logs) and print its path")
@@ -64,7 +66,7 @@ func run() int {
 	defer stop()
 
 	if slices.Contains(targetList, "haproxy") {
-		p, err := exec.LookPath(*haproxyBin)
+		p, err := lookPath(*haproxyBin)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "vipbench: haproxy not found (%v): install it with `apt-get install haproxy`, or leave it out with -targets direct,vipd\n", err)
 			return 1
@@ -72,6 +74,16 @@ func run() int {
 		*haproxyBin = p
 	} else {
 		*haproxyBin = ""
+	}
+	if slices.Contains(metrics, bench.MetricPeerKeepAlive) || slices.Contains(metrics, bench.MetricPeerClose) {
+		for _, bin := range []*string{nginxBin, wrkBin} {
+			p, err := lookPath(*bin)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "vipbench: %s not found (%v): the real-peer metrics need it; install with `apt-get install nginx wrk` (sudo make bench does), or leave them out with -only\n", *bin, err)
+				return 1
+			}
+			*bin = p
+		}
 	}
 	if slices.Contains(targetList, "vipd") {
 		if st, err := os.Stat(*vipdBin); err != nil || st.IsDir() {
@@ -83,12 +95,12 @@ func run() int {
 	}
 
 	// Each proxied connection costs this process two descriptors (client
-	// and backend side) and a proxy two, or six when it splices: Go's
-	// splice holds a pipe (two descriptors) per direction while it waits
-	// for data. The children inherit the limit; without CAP_SYS_RESOURCE
-	// it cannot pass the hard limit.
-	const fdsPerConn = 8 // six, and room for what else the proxy holds
-	limit, err := bench.RaiseNoFile(uint64(fdsPerConn**idle + 10000))
+	// and backend side) and a proxy two: vipd holds no splice pipe while a
+	// connection is idle. The children inherit the limit; without
+	// CAP_SYS_RESOURCE it cannot pass the hard limit (20,000 here), so the
+	// idle run opens as many connections as fit in it.
+	const fdsPerConn, fdsReserve = 2, 1000
+	limit, err := bench.RaiseNoFile(uint64(fdsPerConn**idle + fdsReserve))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vipbench:", err)
 		return 1
@@ -96,10 +108,14 @@ func run() int {
 	// HAProxy reserves descriptors for maxconn connections (two each) and,
 	// with splicing, maxconn/4 pipes (two each) on top, and refuses to start
 	// when the limit is lower.
-	maxConn := min(200000, int(limit)/3-500)
-	if fit := (int(limit) - 1000) / fdsPerConn; *idle > fit && slices.Contains(metrics, bench.MetricIdle) {
-		fmt.Fprintf(os.Stderr, "vipbench: open-file limit %d allows only %d idle connections; using that (the figure is scaled to 10k)\n", limit, fit)
-		*idle = fit
+	maxConn := (int(limit) - fdsReserve) / fdsPerConn
+	if *splice {
+		maxConn = (int(limit) - fdsReserve) * 2 / 5
+	}
+	maxConn = min(200000, maxConn)
+	if *idle > maxConn && slices.Contains(metrics, bench.MetricIdle) {
+		fmt.Fprintf(os.Stderr, "vipbench: open-file limit %d allows only %d idle connections; using that (the figure is scaled to 10k)\n", limit, maxConn)
+		*idle = maxConn
 	}
 
 	dir, err := os.MkdirTemp("", "vipbench-")
@@ -119,7 +135,7 @@ func run() int {
 	rep, runErr := bench.Run(ctx, bench.Options{
 		Duration: *duration, Rounds: *rounds, Metrics: metrics, Targets: targetList,
 		Concurrency: *concurrency, IdleConns: *idle,
-		HAProxyBin: *haproxyBin, VipdBin: *vipdBin, VipdEnv: vipdEnv, Builds: builds, HAProxySplice: *splice, MaxConn: maxConn,
+		HAProxyBin: *haproxyBin, VipdBin: *vipdBin, NginxBin: *nginxBin, WrkBin: *wrkBin, VipdEnv: vipdEnv, Builds: builds, HAProxySplice: *splice, MaxConn: maxConn,
 		Dir: dir, Progress: os.Stderr,
 	})
 	if rep != nil {
@@ -154,6 +170,19 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// lookPath finds bin on PATH or, for a bare name, in /usr/sbin, where
+// Debian installs haproxy and nginx and which a user's PATH often lacks.
+func lookPath(bin string) (string, error) {
+	p, err := exec.LookPath(bin)
+	if err == nil || strings.Contains(bin, "/") {
+		return p, err
+	}
+	if p, serr := exec.LookPath("/usr/sbin/" + bin); serr == nil {
+		return p, nil
+	}
+	return "", err
 }
 
 // buildList collects repeated -compare NAME=PATH flags.

@@ -1,6 +1,8 @@
 // Command benchfailover measures the client-seen outage when the VIP holder
-// fails, for vipd and for keepalived (VRRPv3, advert_int 1 s and 0.1 s) with
-// HAProxy, on the same namespace bed, and prints them side by side.
+// fails, for vipd (a timing profile each) and for keepalived (VRRPv3 at a
+// given advert_int) with HAProxy, on the same namespace bed, and prints every
+// outage side by side, with where vipd's failovers spent their time (from
+// the new holder's log) and the machine's CPU and load.
 //
 // It uses the built bin/vipd and bin/demo-backend (run `make build` first; `make
 // bench-failover` does both) and the Debian keepalived and haproxy packages.
@@ -18,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -44,6 +47,10 @@ type system interface {
 	restart(ctx context.Context, node string) error
 	// lifetime is how long a dead daemon's VIP may stay (0: forever).
 	lifetime() time.Duration
+	// phases reads, for the failover at fault, when each of
+	// bed.FailoverPhases happened on node, after the fault; false for a
+	// system without them.
+	phases(node string, fault time.Time) (map[string]time.Duration, bool, error)
 }
 
 type config struct {
@@ -51,19 +58,35 @@ type config struct {
 	vipdBin, backend string
 	systems, faults  []string
 	keepLogs         string
+	vipdEnv          []string   // added to every vipd's environment
+	vipdSched        *bed.Sched // vipd's rank (the systemd unit's), nil: this process's
 }
 
 func run() error {
 	var c config
 	var systems, faults string
-	flag.IntVar(&c.trials, "trials", 3, "failovers per system and fault")
+	var env, unit string
+	flag.IntVar(&c.trials, "trials", 10, "failovers per system and fault")
 	flag.StringVar(&c.vipdBin, "vipd", "bin/vipd", "vipd binary")
 	flag.StringVar(&c.backend, "backend", "bin/demo-backend", "demo backend binary")
-	flag.StringVar(&systems, "systems", "vipd,keepalived-1s,keepalived-100ms", "systems to compare")
+	flag.StringVar(&systems, "systems", "vipd-lan,vipd-fast,keepalived-1s,keepalived-100ms,keepalived-50ms,keepalived-20ms",
+		"systems to compare: vipd-PROFILE (a timing profile), keepalived-ADVERT (advert_int as a Go duration)")
 	flag.StringVar(&faults, "faults", "death,sigkill", "faults to inject on the holder")
 	flag.StringVar(&c.keepLogs, "logs", "", "keep process logs in this directory (default: removed)")
+	flag.StringVar(&env, "vipd-env", "", "comma-separated NAME=VALUE added to every vipd's environment (GOGC=400)")
+	flag.StringVar(&unit, "vipd-unit", "deploy/systemd/vipd.service", "run vipd at this systemd unit's Nice= and CPUWeight= (\"\": at this process's priority)")
 	flag.Parse()
 	c.systems, c.faults = strings.Split(systems, ","), strings.Split(faults, ",")
+	if env != "" {
+		c.vipdEnv = strings.Split(env, ",")
+	}
+	if unit != "" {
+		s, err := bed.UnitSched(unit)
+		if err != nil {
+			return err
+		}
+		c.vipdSched = &s
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it builds network namespaces (try sudo make bench-failover)")
 	}
@@ -87,6 +110,13 @@ func run() error {
 		fmt.Fprintln(os.Stderr, "sweep stale namespaces:", err)
 	}
 
+	fmt.Printf("machine: %s, %d CPUs; load average at start %s\n", cpuModel(), runtime.NumCPU(), loadAvg())
+	if len(c.vipdEnv) > 0 {
+		fmt.Printf("vipd environment: %s\n", strings.Join(c.vipdEnv, " "))
+	}
+	if c.vipdSched != nil {
+		fmt.Printf("vipd ranked as %s: nice %d, autogroup nice %d; keepalived and HAProxy at this process's\n", unit, c.vipdSched.Nice, c.vipdSched.GroupNice)
+	}
 	var rows []row
 	for _, s := range c.systems {
 		for _, f := range c.faults {
@@ -97,13 +127,75 @@ func run() error {
 			rows = append(rows, r)
 		}
 	}
-	fmt.Printf("\nclient-seen outage (GET every 10 ms, 50 ms timeout), %d trials each:\n\n", c.trials)
+	fmt.Printf("\nclient-seen outage (GET every 10 ms, 50 ms timeout), %d trials each; %s, %d CPUs:\n\n", c.trials, cpuModel(), runtime.NumCPU())
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "system\tfault\tp50\tmax\toutages\tfailed requests\tVIP valid_lft\tdead holder kept the VIP")
+	fmt.Fprintln(w, "system\tfault\tp50\tmax\toutages\tfailed requests\tVIP valid_lft\tdead holder kept the VIP\tload average")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.system, r.fault, ms(r.p50()), ms(slices.Max(r.outages)), list(r.outages), r.failed, r.lifetime, r.leftover)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.system, r.fault, ms(r.p50()), ms(slices.Max(r.outages)), list(r.outages), r.failed, r.lifetime, r.leftover, r.load)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	fmt.Printf("\nvipd's failovers by phase, p50 (max) after the fault, from the new holder's log (ms resolution):\n\n")
+	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprint(w, "system\tfault\tlast ok before")
+	for _, p := range bed.FailoverPhases {
+		fmt.Fprintf(w, "\t%s", p.Name)
+	}
+	fmt.Fprintln(w, "\tclient ok again")
+	for _, r := range rows {
+		if len(r.phases) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s", r.system, r.fault, spread(r.phases, "last ok before"))
+		for _, p := range bed.FailoverPhases {
+			fmt.Fprintf(w, "\t%s", spread(r.phases, p.Name))
+		}
+		fmt.Fprintf(w, "\t%s\n", spread(r.phases, "client ok again"))
 	}
 	return w.Flush()
+}
+
+// spread is the p50 and max of one phase over a row's trials.
+func spread(trials []map[string]time.Duration, phase string) string {
+	var ds []time.Duration
+	for _, t := range trials {
+		if d, ok := t[phase]; ok {
+			ds = append(ds, d)
+		}
+	}
+	if len(ds) == 0 {
+		return "-"
+	}
+	slices.Sort(ds)
+	return fmt.Sprintf("%s (%s)", ms(ds[(len(ds)-1)/2]), ms(ds[len(ds)-1]))
+}
+
+// cpuModel is /proc/cpuinfo's first model name.
+func cpuModel() string {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+// loadAvg is /proc/loadavg's 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 type row struct {
@@ -112,6 +204,8 @@ type row struct {
 	failed        int
 	lifetime      string // the VIP's kernel valid_lft, the largest seen
 	leftover      string
+	load          string                     // load averages when the row's trials ended
+	phases        []map[string]time.Duration // vipd: per trial, each phase's time after the fault
 }
 
 func (r row) p50() time.Duration {
@@ -159,7 +253,7 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
 	upCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if err := bed.StartBackends(upCtx, b, c.backend, backends, b.Host("c")); err != nil {
+	if err := bed.StartBackends(upCtx, b, c.backend, backends, b.Host("c"), nil); err != nil {
 		return r, err
 	}
 	sys, err := startSystem(upCtx, b, c, sysName, nodes, backends, dir)
@@ -221,6 +315,15 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 		leftovers = append(leftovers, left)
 		fmt.Printf("%s %s trial %d: VIP %s -> %s, outage %s, moves %d, dead holder kept the VIP %s\n",
 			sysName, fault, i+1, old, rec.Holder, rec.Outage, rec.Moves, left)
+		if ph, ok, err := sys.phases(rec.Holder, at); err != nil {
+			cancel()
+			return r, err
+		} else if ok {
+			ph["last ok before"] = rec.Outage.From.Sub(at)
+			ph["client ok again"] = rec.Outage.To.Sub(at)
+			r.phases = append(r.phases, ph)
+			fmt.Printf("  phases after the fault: %s\n", phaseLine(ph))
+		}
 		s.Unexempt(old, time.Now())
 		if err := b.Host(old).SetLink(true); err != nil {
 			cancel()
@@ -236,6 +339,7 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 		}
 	}
 	r.leftover = strings.Join(leftovers, " ")
+	r.load = loadAvg()
 	if len(leftovers) > 1 && strings.HasPrefix(leftovers[0], "≥") && slices.Equal(leftovers, slices.Repeat(leftovers[:1], len(leftovers))) {
 		r.leftover = fmt.Sprintf("%s, every trial", leftovers[0])
 	}
@@ -279,10 +383,27 @@ func leftover(s *bed.Sampler, h *bed.Host, since time.Time, lifetime time.Durati
 	return fmt.Sprintf("≥%s (removed by hand)", ms(wait))
 }
 
+// phaseLine is one trial's phases in FailoverPhases order.
+func phaseLine(ph map[string]time.Duration) string {
+	parts := []string{"last ok " + ms(ph["last ok before"])}
+	for _, p := range bed.FailoverPhases {
+		if d, ok := ph[p.Name]; ok {
+			parts = append(parts, p.Name+" "+ms(d))
+		}
+	}
+	return strings.Join(append(parts, "client ok "+ms(ph["client ok again"])), ", ")
+}
+
 func startSystem(ctx context.Context, b *bed.Bed, c config, name string, nodes, backends []*bed.Host, dir string) (system, error) {
-	switch name {
+	kind, arg, _ := strings.Cut(name, "-")
+	switch kind {
 	case "vipd":
-		cl, err := bed.StartCluster(b, bed.DefaultVipdOptions(c.vipdBin, nodes, backends, dir))
+		o := bed.DefaultVipdOptions(c.vipdBin, nodes, backends, dir)
+		if arg != "" {
+			o.Timing = arg // StartCluster's vipd --check refuses a profile that is none
+		}
+		o.Env, o.Sched = c.vipdEnv, c.vipdSched
+		cl, err := bed.StartCluster(b, o)
 		if err != nil {
 			return nil, err
 		}
@@ -290,10 +411,10 @@ func startSystem(ctx context.Context, b *bed.Bed, c config, name string, nodes, 
 			return nil, err
 		}
 		return vipdSystem{cl}, nil
-	case "keepalived-1s", "keepalived-100ms":
-		advert := time.Second
-		if name == "keepalived-100ms" {
-			advert = 100 * time.Millisecond
+	case "keepalived":
+		advert, err := time.ParseDuration(arg)
+		if err != nil {
+			return nil, fmt.Errorf("system %q: advert_int %q: %w", name, arg, err)
 		}
 		k, err := bed.StartKeepalived(b, bed.KeepalivedOptions{Nodes: nodes, Backends: backends, Dir: dir, Advert: advert})
 		if err != nil {
@@ -301,7 +422,7 @@ func startSystem(ctx context.Context, b *bed.Bed, c config, name string, nodes, 
 		}
 		return keepalivedSystem{k}, nil
 	}
-	return nil, fmt.Errorf("unknown system %q (vipd, keepalived-1s, keepalived-100ms)", name)
+	return nil, fmt.Errorf("unknown system %q (vipd-PROFILE, keepalived-ADVERT)", name)
 }
 
 type vipdSystem struct{ c *bed.Cluster }
@@ -310,6 +431,18 @@ func (v vipdSystem) killDaemon(node string) { v.c.Proc(node).Kill() }
 func (v vipdSystem) killNode(node string)   { v.c.Proc(node).Kill() }
 func (v vipdSystem) lifetime() time.Duration {
 	return v.c.Opts.Lifetime
+}
+
+func (v vipdSystem) phases(node string, fault time.Time) (map[string]time.Duration, bool, error) {
+	at, err := bed.Phases(v.c.Proc(node).LogPath, fault)
+	if err != nil {
+		return nil, false, err
+	}
+	ph := map[string]time.Duration{}
+	for name, t := range at {
+		ph[name] = t.Sub(fault)
+	}
+	return ph, true, nil
 }
 
 func (v vipdSystem) restart(ctx context.Context, node string) error {
@@ -330,6 +463,10 @@ func (k keepalivedSystem) killNode(node string) {
 	<-k.k.HAProxy(node).Done() // reaped, so restart starts a new one
 }
 func (k keepalivedSystem) lifetime() time.Duration { return 0 }
+
+func (k keepalivedSystem) phases(string, time.Time) (map[string]time.Duration, bool, error) {
+	return nil, false, nil
+}
 
 func (k keepalivedSystem) restart(ctx context.Context, node string) error {
 	<-k.k.Proc(node).Done()

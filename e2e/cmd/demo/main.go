@@ -76,7 +76,7 @@ func demo(ctx context.Context, dir, vipdBin, backendBin string, before, after ti
 	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
 	upCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if err := bed.StartBackends(upCtx, b, backendBin, backends, b.Host("c")); err != nil {
+	if err := bed.StartBackends(upCtx, b, backendBin, backends, b.Host("c"), nil); err != nil {
 		return err
 	}
 	opts := bed.DefaultVipdOptions(vipdBin, nodes, backends, dir)
