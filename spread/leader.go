@@ -213,7 +213,7 @@ func (l *granter) step(ctx context.Context) time.Duration {
 			l.assign(ctx, placement.Move{VIP: v, From: h.Node, To: "", Reason: reasonRemoved})
 			continue
 		}
-		l.commit(ctx, "forget "+v, func() error { return l.r.o.Cluster.ForgetVIP(v) })
+		l.commit(ctx, entryForget, v, func() error { return l.r.o.Cluster.ForgetVIP(v) })
 	}
 	members := l.members()
 	res := placement.Place(placement.Input{
@@ -235,10 +235,10 @@ func (l *granter) step(ctx context.Context) time.Duration {
 			wait = min(wait, w)
 			continue
 		}
-		l.commit(ctx, "settle "+v, func() error { return l.r.o.Cluster.SettleVIP(v, h.Node) })
+		l.commit(ctx, entrySettle, v, func() error { return l.r.o.Cluster.SettleVIP(v, h.Node) })
 	}
 	if len(l.pending) > 0 {
-		l.commit(ctx, "round", func() error { return l.r.o.Cluster.Round(l.term) })
+		l.commit(ctx, entryRound, "", func() error { return l.r.o.Cluster.Round(l.term) })
 	}
 	if len(l.handing) > 0 && !l.holdsAny() {
 		l.fail(nil)
@@ -262,7 +262,7 @@ func (l *granter) assign(ctx context.Context, mv placement.Move) {
 	if l.own[mv.VIP] && !l.releaseOwn(ctx, mv.VIP) {
 		return
 	}
-	if l.commit(ctx, "assign "+mv.VIP, func() error { return l.r.o.Cluster.AssignVIP(mv.VIP, mv.To) }) {
+	if l.commit(ctx, entryAssign, mv.VIP, func() error { return l.r.o.Cluster.AssignVIP(mv.VIP, mv.To) }) {
 		l.r.o.Metrics.moved(mv.VIP, mv.Reason)
 		l.r.log.Info("spread VIP assigned", zap.String("vip", mv.VIP), zap.String("from", mv.From), zap.String("to", mv.To),
 			zap.String("reason", mv.Reason))
@@ -306,20 +306,29 @@ var (
 	ErrIneligible = fmt.Errorf("the node may not hold the VIP (not a fit voter, in maintenance, without a healthy backend for its frontends, or not renewing)")
 )
 
-// commit runs one Raft entry as a round: the requests pending before it
-// are answered once it commits, with the assignment as it leaves it. A
-// failed entry leaves them pending for the next round.
-func (l *granter) commit(ctx context.Context, what string, entry func() error) bool {
+// Kinds of the Raft entries the granter loop commits (vipd_spread_raft_entries_total).
+const (
+	entryAssign = "assign"
+	entrySettle = "settle"
+	entryForget = "forget"
+	entryRound  = "round" // a barrier for waiting requests alone
+)
+
+// commit runs one Raft entry (kind, of vip) as a round: the requests
+// pending before it are answered once it commits, with the assignment as
+// it leaves it. A failed entry leaves them pending for the next round.
+func (l *granter) commit(ctx context.Context, kind, vip string, entry func() error) bool {
 	batch := l.pending
 	l.pending = nil
 	err := entry()
 	if err != nil {
 		l.pending = append(batch, l.pending...)
 		if ctx.Err() == nil {
-			l.r.log.Warn("spread VIP entry failed", zap.String("entry", what), zap.Uint64("term", l.term), zap.Error(err))
+			l.r.log.Warn("spread VIP entry failed", zap.String("entry", kind), zap.String("vip", vip), zap.Uint64("term", l.term), zap.Error(err))
 		}
 		return false
 	}
+	l.r.o.Metrics.committed(kind)
 	l.view = viewOf(l.r.o.Cluster.Intent())
 	l.noteSettled()
 	reqs := make([]lease.Request, len(batch))
@@ -392,11 +401,10 @@ func (l *granter) sendOwn(ctx context.Context, want map[string]bool, drop []stri
 
 // members is placement's view of the cluster: the Raft voters, fit when
 // gossip says alive (or its renewals say so) with the VIP link up and no
-// failed hold, and, but for this node, renewing: a request arrived within one lease, or the term is
-// younger than a lease (a node it has not heard yet is taken as fit with
-// every frontend healthy, so that a new leader moves nothing it need not).
-// The node of the previous leader record gets no such grace: it held its
-// VIPs as leader and asks only if it is alive.
+// failed hold, and, but for this node, renewing: a request arrived within
+// one lease, or the term is younger than its grace (a node it has not
+// heard yet is taken as fit with every frontend healthy, so that a new
+// leader moves nothing it need not).
 func (l *granter) members() []placement.Member {
 	st := l.r.o.Cluster.Status()
 	in := l.r.o.Cluster.Intent()
@@ -426,7 +434,7 @@ func (l *granter) members() []placement.Member {
 			// rumour, until the node refutes it). A dead node stops
 			// renewing, and is unfit a lease later.
 			alive = true
-		case !heard && now-l.start <= l.r.o.Timing.Duration && m.Name != l.prev:
+		case !heard && now-l.start <= l.grace(m.Name):
 			pm.Healthy = all
 		default:
 			pm.Fit = false
@@ -435,6 +443,21 @@ func (l *granter) members() []placement.Member {
 		out = append(out, pm)
 	}
 	return out
+}
+
+// grace is how long into the term a node not heard yet is taken as
+// renewing. A follower holds its VIPs under a lease and is renewed when it
+// asks, so it has a lease. The node of the previous leader record dropped
+// its VIPs when it lost leadership and asks as soon as the record reaches
+// it (the new assignment pokes its holder loop), if it is alive: it gets
+// one renewal period, so that a leader that merely stepped down keeps its
+// VIPs and a dead one's move after that period (gossip calling it dead
+// moves them at once).
+func (l *granter) grace(node string) time.Duration {
+	if node == l.prev {
+		return l.r.o.Timing.Renew
+	}
+	return l.r.o.Timing.Duration
 }
 
 func (l *granter) current() map[string]string {

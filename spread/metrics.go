@@ -12,6 +12,7 @@ type Metrics struct {
 	held         *prometheus.GaugeVec   // by vip: 1 while this node holds it
 	heldSince    *prometheus.GaugeVec   // by vip: unix seconds this node started holding it
 	moves        *prometheus.CounterVec // by vip, reason: assignments this node made as leader
+	entries      *prometheus.CounterVec // by kind: Raft entries the granter loop committed
 }
 
 // Reasons a lease message is refused.
@@ -40,11 +41,18 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "vipd_spread_vip_moves_total",
 			Help: "Assignments of a spread VIP to a new node made by this node as leader, by reason (new, unfit, gone, rebalance, operator, removed).",
 		}, []string{"vip", "reason"}),
+		entries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vipd_spread_raft_entries_total",
+			Help: "Raft entries this node's granter loop committed as leader, by kind (assign, settle, forget, round); each answers the lease requests waiting for it.",
+		}, []string{"kind"}),
 	}
 	for _, r := range []string{reasonMalformed, reasonUnexpected, reasonOverloaded} {
 		m.refusedTotal.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.refusedTotal, m.held, m.heldSince, m.moves} {
+	for _, k := range []string{entryAssign, entrySettle, entryForget, entryRound} {
+		m.entries.WithLabelValues(k)
+	}
+	for _, c := range []prometheus.Collector{m.refusedTotal, m.held, m.heldSince, m.moves, m.entries} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -74,5 +82,11 @@ func (m *Metrics) holding(vip string, held bool, now time.Time) {
 func (m *Metrics) moved(vip, reason string) {
 	if m != nil {
 		m.moves.WithLabelValues(vip, reason).Inc()
+	}
+}
+
+func (m *Metrics) committed(kind string) {
+	if m != nil {
+		m.entries.WithLabelValues(kind).Inc()
 	}
 }

@@ -462,3 +462,37 @@ func TestRenewingFollowerKeepsItsVIPWhenGossipSaysItIsDead(t *testing.T) {
 		t.Errorf("%s on %v after gossip called its renewing holder b dead, want it left on b", vip, h)
 	}
 }
+
+// A leader that steps down while alive (Raft's quorum check failing under
+// load) keeps its VIP under the new leader: it dropped the VIP on the loss
+// and asks for it as soon as the new leader record reaches it, within the
+// grace the new leader gives the previous leader's node. Without the grace
+// the new leader moved it at once, and the cluster was left with two VIPs
+// on one node (make bench-spread, SIGTERM trial 8).
+func TestLeaderThatStepsDownAliveKeepsItsVIP(t *testing.T) {
+	// The grace is one renewal period: long here, so that the old
+	// leader's request comes well inside it however loaded the machine.
+	w := newWorld(t, lease.Timing{Duration: time.Hour, Renew: 2 * time.Second, Margin: 60 * time.Millisecond, Drift: lease.DefaultDrift})
+	t.Cleanup(w.noOverlap)
+	a := w.add("a", testVIPs, []string{"web"})
+	b := w.add("b", testVIPs, []string{"web"})
+	w.add("c", testVIPs, []string{"web"})
+	w.setLeader("a")
+	a.leadership <- Leadership{Leader: true, Term: 1}
+	got := w.spreadOver(t, 2)
+	vip := other(got, "a")
+	w.setLeader("b")
+	a.leadership <- Leadership{Leader: false, Term: 1}
+	eventually(t, "the old leader to release its VIP", func() bool { return len(w.holderOf(vip)) == 0 })
+	b.leadership <- Leadership{Leader: true, Term: 2}
+	eventually(t, "the new leader's record", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.record.Node == "b"
+	})
+	a.r.Poke() // the record reaches a: the daemon pokes on every change of the replicated intent
+	eventually(t, vip+" held again", func() bool { return len(w.holderOf(vip)) == 1 })
+	if h := w.holderOf(vip); !slices.Equal(h, []string{"a"}) {
+		t.Errorf("%s on %v after its leader a stepped down alive, want it back on a", vip, h)
+	}
+}
