@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -38,7 +39,8 @@ type spreadVIP struct {
 // (bed.SpreadVIPs), a client and a 10 ms holder sampler per VIP.
 type spreadEnv struct {
 	*env
-	vips []*spreadVIP
+	vips   []*spreadVIP
+	claims map[netip.Addr]float64 // each VIP's claims by its holder at the last checkOnePerNode
 }
 
 // setupSpread starts the spread bed and waits until the cluster has
@@ -46,7 +48,7 @@ type spreadEnv struct {
 // every VIP.
 func setupSpread(t *testing.T) *spreadEnv {
 	t.Helper()
-	base, opts := newEnv(t, bedOptions{})
+	base, opts := newEnv(t, bedOptions{timing: os.Getenv("E2E_SPREAD_TIMING")})
 	opts.Render = bed.SpreadConfig
 	e := &spreadEnv{env: base}
 	for _, a := range bed.SpreadVIPs {
@@ -163,7 +165,48 @@ func (e *spreadEnv) checkOnePerNode() map[netip.Addr]string {
 		}
 	}
 	e.checkStatus(holders)
+	e.claims = map[netip.Addr]float64{}
+	for a, n := range holders {
+		e.claims[a] = e.claimsOf(n, a)
+	}
 	return holders
+}
+
+// claimsOf is node's vipd_vip_claims_total of vip.
+func (e *spreadEnv) claimsOf(node string, vip netip.Addr) float64 {
+	e.t.Helper()
+	m, err := e.cluster.Metrics(e.ctx(5*time.Second), node)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	prefix := fmt.Sprintf(`vipd_vip_claims_total{address=%q`, vip)
+	var n float64
+	for series, v := range m {
+		if strings.HasPrefix(series, prefix) {
+			n += v
+		}
+	}
+	return n
+}
+
+// whyFailed logs what the failed requests through an unmoved VIP in
+// [from, to] saw, and whether its holder claimed it again since the last
+// checkOnePerNode (a hold that dropped and came back) or not (the address
+// stayed: the client's timeout on a loaded machine, or the proxy).
+func (e *spreadEnv) whyFailed(v *spreadVIP, holder string, from, to time.Time) {
+	e.t.Helper()
+	errs := map[string]int{}
+	for _, r := range v.client.Results() {
+		if !r.OK() && !r.Start.Before(from) && !r.Start.After(to) {
+			errs[r.Err.Error()]++
+		}
+	}
+	again := -1.0
+	if base, ok := e.claims[v.addr]; ok {
+		again = e.claimsOf(holder, v.addr) - base
+	}
+	e.t.Logf("UNMOVED-FAIL %s on %s: claimed again %v times since the trial began (-1: unknown); failed requests %v; holders:\n%s",
+		v.addr, holder, again, errs, v.meter.Timeline(from))
 }
 
 // checkStatus waits until every running node's /status names placement
@@ -210,6 +253,9 @@ func (e *spreadEnv) noFailuresExcept(moved []netip.Addr, before map[netip.Addr]s
 	for _, v := range e.vips {
 		if slices.Contains(moved, v.addr) {
 			continue
+		}
+		if o, err := v.client.Outage(from, to); err == nil && o.Failed > 0 {
+			e.whyFailed(v, before[v.addr], from, to)
 		}
 		e.noFailures(v.client, fmt.Sprintf("%s: %s (on %s)", what, v.addr, before[v.addr]), from, to)
 		if h := v.sampler.Last().Holders; !slices.Equal(h, []string{before[v.addr]}) {
@@ -326,8 +372,45 @@ func TestSpreadSteadyStateOneVIPPerNode(t *testing.T) {
 	e := setupSpread(t)
 	from := time.Now()
 	holders := e.checkOnePerNode()
-	time.Sleep(2 * time.Second)
+	leader := e.leader()
+	before := e.spreadEntries(leader)
+	time.Sleep(5 * time.Second)
+	after := e.spreadEntries(leader)
 	e.noFailuresExcept(nil, holders, "steady state", from, time.Now())
+	if e.leader() != leader {
+		t.Errorf("the Raft leader changed in the steady state: %s, then %s", leader, e.leader())
+	}
+	secs := after.at.Sub(before.at).Seconds()
+	for _, k := range spreadEntryKinds {
+		t.Logf("RESULT spread steady state: leader %s committed %.1f %s entries/s", leader, (after.n[k]-before.n[k])/secs, k)
+	}
+}
+
+// spreadEntryKinds are the kinds of vipd_spread_raft_entries_total.
+var spreadEntryKinds = []string{"assign", "settle", "forget", "round"}
+
+// spreadCount is one scrape of a node's vipd_spread_raft_entries_total.
+type spreadCount struct {
+	at time.Time
+	n  map[string]float64 // kind -> entries
+}
+
+func (e *spreadEnv) spreadEntries(node string) spreadCount {
+	e.t.Helper()
+	m, err := e.cluster.Metrics(e.ctx(5*time.Second), node)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c := spreadCount{at: time.Now(), n: map[string]float64{}}
+	for _, k := range spreadEntryKinds {
+		series := fmt.Sprintf(`vipd_spread_raft_entries_total{kind=%q}`, k)
+		v, ok := m[series]
+		if !ok {
+			e.t.Fatalf("metrics of %s: no %s", node, series)
+		}
+		c.n[k] = v
+	}
+	return c
 }
 
 // A node dies (its processes killed, then its link down): only its VIP
