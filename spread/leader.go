@@ -243,6 +243,9 @@ func (l *granter) step(ctx context.Context) time.Duration {
 	if len(l.handing) > 0 && !l.holdsAny() {
 		l.fail(nil)
 	}
+	if left, ok := l.graceEnds(); ok {
+		wait = min(wait, left+time.Millisecond)
+	}
 	return wait
 }
 
@@ -448,16 +451,26 @@ func (l *granter) members() []placement.Member {
 // grace is how long into the term a node not heard yet is taken as
 // renewing. A follower holds its VIPs under a lease and is renewed when it
 // asks, so it has a lease. The node of the previous leader record dropped
-// its VIPs when it lost leadership and asks as soon as the record reaches
-// it (the new assignment pokes its holder loop), if it is alive: it gets
-// one renewal period, so that a leader that merely stepped down keeps its
-// VIPs and a dead one's move after that period (gossip calling it dead
-// moves them at once).
+// its VIPs when it lost leadership; if it is alive it asks as soon as it
+// learns of this leader (holder.wake), which is before this leader's
+// record commits: it gets half a renewal period, so that a leader that
+// merely stepped down keeps its VIPs, at that cost to a dead one's (gossip
+// calling it dead moves them at once).
 func (l *granter) grace(node string) time.Duration {
 	if node == l.prev {
-		return l.r.o.Timing.Renew
+		return l.r.o.Timing.Renew / 2
 	}
 	return l.r.o.Timing.Duration
+}
+
+// graceEnds is how long until the previous leader's grace ends while it
+// has not asked (placement must then look again); ok false: not pending.
+func (l *granter) graceEnds() (time.Duration, bool) {
+	if _, heard := l.seen[l.prev]; heard || l.prev == "" || l.prev == l.r.o.Node {
+		return 0, false
+	}
+	left := l.start + l.grace(l.prev) - l.r.o.Clock()
+	return left, left >= 0
 }
 
 func (l *granter) current() map[string]string {

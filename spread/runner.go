@@ -125,6 +125,10 @@ func (r *Runner) HandOver(ctx context.Context) error {
 	return fmt.Errorf("hand spread VIPs over: %w", ctx.Err())
 }
 
+// leaderlessPolls is how many times per renewal period the holder loop
+// looks for a leader while it knows none.
+const leaderlessPolls = 5
+
 // holder is the state of the holder loop; only Run touches it.
 type holder struct {
 	r        *Runner
@@ -391,6 +395,12 @@ func (s *holder) wake() time.Duration {
 	}
 	if at, ok := s.h.Next(); ok && at < next {
 		next = at
+	}
+	if s.link == nil && !s.leading && !s.handingOver {
+		// No leader to ask (just lost leadership, or an election runs):
+		// look again soon, so that a node that led asks the new leader
+		// inside the grace it gets (granter.grace).
+		next = min(next, now+s.r.o.Timing.Renew/leaderlessPolls)
 	}
 	return max(next-now, 0)
 }
