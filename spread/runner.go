@@ -229,6 +229,13 @@ func (s *holder) leadership(ctx context.Context, l Leadership) {
 // answer applies a leader's answer: the leases it grants, the VIPs it says
 // went to other nodes.
 func (s *holder) answer(m lease.Message) {
+	if m.Kind == lease.KindNotLeader {
+		// Asked before the new leader's granter loop started: ask again
+		// soon, not a renewal period later (a node that led must ask
+		// inside its grace, granter.grace).
+		s.nextAsk = min(s.nextAsk, s.r.o.Clock()+s.r.o.Timing.Renew/leaderlessPolls)
+		return
+	}
 	if m.Kind != lease.KindAnswer {
 		return
 	}
