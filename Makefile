@@ -4,7 +4,7 @@ BIN     := bin
 GOFLAGS ?=
 PKGS    := ./...
 
-.PHONY: build test run demo bench bench-failover soak-leader-load lint clean image
+.PHONY: build test run demo bench bench-failover bench-spread soak-leader-load lint clean image
 
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend
@@ -17,6 +17,7 @@ DEMO_NEEDS           := ip
 BENCH_NEEDS          := haproxy wrk nginx
 SOAK_NEEDS           := haproxy
 BENCH_FAILOVER_NEEDS := ip keepalived haproxy
+BENCH_SPREAD_NEEDS   := ip nft
 
 # Every package, one at a time (-p 1): the election and end-to-end tests time
 # failovers and must not share the two cores with another test binary.
@@ -99,6 +100,19 @@ bench-failover: build
 # runs them once for 15 s.
 soak-leader-load: build
 	E2E_LOAD_TRIALS=5 E2E_LOAD_SECONDS=60 $(GO) test -count=1 -v -timeout 60m -run 'TestNoFlapping' ./e2e/
+
+# The spread VIP scenarios (e2e/spread_test.go: three nodes, three spread
+# VIPs) SPREAD_TRIALS times each, every outage listed, with the cluster on
+# SPREAD_TIMING (empty: the bed's lan); needs root. The whole log is kept
+# in $(BIN)/bench-spread[-TIMING].log; the RESULT lines are printed.
+# docs/benchmarks.md.
+SPREAD_TRIALS ?= 10
+SPREAD_TIMING ?=
+SPREAD_LOG    := $(BIN)/bench-spread$(if $(SPREAD_TIMING),-$(SPREAD_TIMING)).log
+bench-spread: build
+	@scripts/deps.sh $(BENCH_SPREAD_NEEDS)
+	@E2E_TRIALS=$(SPREAD_TRIALS) E2E_SPREAD_TIMING=$(SPREAD_TIMING) $(GO) test -count=1 -v -timeout 60m -run '^TestSpread' ./e2e/ > $(SPREAD_LOG) 2>&1; rc=$$?; \
+		grep -E 'RESULT|^(--- |    --- |ok|FAIL)' $(SPREAD_LOG); exit $$rc
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -400,9 +400,7 @@ func (v *validator) validateVIPs(vips []VIP) {
 	}
 }
 
-// validatePlacement checks a VIP's placement and preferences. Spread
-// placement is parsed and checked but refused until its wiring lands, so
-// that no one runs a config that only looks as if it spread the VIPs.
+// validatePlacement checks a VIP's placement and preferences.
 func (v *validator) validatePlacement(path string, vip VIP) {
 	switch vip.Placement {
 	case PlacementLeader:
@@ -410,7 +408,6 @@ func (v *validator) validatePlacement(path string, vip VIP) {
 			v.bad(path+".prefer", strings.Join(vip.Prefer, ", "), "only used by placement: spread (a leader VIP is on the leader)")
 		}
 	case PlacementSpread:
-		v.bad(path+".placement", vip.Placement, "spread placement is not wired yet: this version holds every VIP on the leader; use placement: leader (the default)")
 	default:
 		v.oneOf(path+".placement", vip.Placement, PlacementLeader, PlacementSpread)
 	}

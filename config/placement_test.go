@@ -33,14 +33,27 @@ func TestVIPPlacementAndRebalanceParse(t *testing.T) {
 	}
 }
 
+// Spread VIPs are accepted, beside a leader VIP, with their preferences.
+func TestSpreadPlacementIsAccepted(t *testing.T) {
+	cfg, err := Parse([]byte("vips:\n  - {address: 198.18.0.100, interface: eth0}\n" +
+		"  - {address: 198.18.0.101, interface: eth0, placement: spread, prefer: [lb-2, lb-1]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := cfg.VIPs[0]; v.Placement != PlacementLeader {
+		t.Errorf("vips[0].placement %q, want the default %q", v.Placement, PlacementLeader)
+	}
+	if v := cfg.VIPs[1]; v.Placement != PlacementSpread || !slices.Equal(v.Prefer, []string{"lb-2", "lb-1"}) {
+		t.Errorf("vips[1]: placement %q prefer %v, want spread [lb-2 lb-1]", v.Placement, v.Prefer)
+	}
+}
+
 func TestVIPPlacementErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		doc  string
 		want []string
 	}{
-		{"spread is refused until it is wired", "vips:\n  - {address: 198.18.0.100, interface: eth0, placement: spread}\n",
-			[]string{"line 2", "vips[0].placement", `"spread"`, "not wired yet", "placement: leader"}},
 		{"unknown placement", "vips:\n  - {address: 198.18.0.100, interface: eth0, placement: everywhere}\n",
 			[]string{"vips[0].placement", `"everywhere"`, "must be one of leader, spread"}},
 		{"prefer on a leader VIP", "vips:\n  - {address: 198.18.0.100, interface: eth0, prefer: [lb-2]}\n",
@@ -57,11 +70,9 @@ func TestVIPPlacementErrors(t *testing.T) {
 }
 
 // Preferring a node that has not joined (or is named nowhere in this
-// file) is no error: the only one for a spread VIP today is that spread
-// is not wired.
+// file) is no error.
 func TestPreferMayNameNodesThatJoinLater(t *testing.T) {
-	err := parseFails(t, "vips:\n  - {address: 198.18.0.100, interface: eth0, placement: spread, prefer: [lb-9, lb-7]}\n")
-	if paths := fieldErrors(t, err); !slices.Equal(paths, []string{"vips[0].placement"}) {
-		t.Fatalf("errors at %v (%v), want only vips[0].placement", paths, err)
+	if _, err := Parse([]byte("vips:\n  - {address: 198.18.0.100, interface: eth0, placement: spread, prefer: [lb-9, lb-7]}\n")); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -29,6 +29,7 @@
 //
 //	E2E_TRIALS=N     failovers per repeated scenario (default 3; the measurement is 10)
 //	E2E_STRICT=1     missed timing targets fail the test
+//	E2E_SPREAD_TIMING=PROFILE  cluster.timing of the spread VIP bed (default: the bed's, lan)
 //	E2E_LOG_DIR=DIR  keep every process log under DIR/<test> (default: a temp dir, printed on failure)
 //	E2E_LOAD_TRIALS=N, E2E_LOAD_SECONDS=S  runs and length of each flapping test (default 1 × 15 s;
 //	                 make soak-leader-load runs 5 × 60 s)

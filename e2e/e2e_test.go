@@ -96,7 +96,10 @@ func binaries(t *testing.T) (vipd, backend string) {
 
 // trials is E2E_TRIALS (default 3 to keep CI short; the full
 // measurement is E2E_TRIALS=10).
-func trials(t *testing.T) int {
+func trials(t *testing.T) int { return trialsOr(t, 3) }
+
+// trialsOr is E2E_TRIALS, or def when it is not set.
+func trialsOr(t *testing.T, def int) int {
 	if v := os.Getenv("E2E_TRIALS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
@@ -104,7 +107,7 @@ func trials(t *testing.T) int {
 		}
 		return n
 	}
-	return 3
+	return def
 }
 
 func strict() bool { return os.Getenv("E2E_STRICT") == "1" }
@@ -131,6 +134,44 @@ type bedOptions struct {
 // systemd unit gives them (deploy/systemd/vipd.service), the client and
 // backends at the test's own.
 func setupWith(t *testing.T, o bedOptions) *env {
+	t.Helper()
+	e, opts := newEnv(t, o)
+	b, nodes := e.bed, opts.Nodes
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var err error
+	if e.sampler, err = bed.NewSampler(bed.VIP, 10*time.Millisecond, nodes...); err != nil {
+		t.Fatal(err)
+	}
+	e.sampler.Start()
+	e.client = bed.NewClient(b.Host("c"), netip.AddrPortFrom(bed.VIP, bed.FrontendPort).String())
+	e.meter = &bed.Meter{Sampler: e.sampler, Client: e.client, Settle: settle}
+	// Registered after the bed's cleanup, so it runs first: stop measuring,
+	// then check the whole timeline for two live holders.
+	t.Cleanup(e.finish)
+	if e.cluster, err = bed.StartCluster(b, opts); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := e.cluster.WaitFormed(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder, err := e.sampler.WaitSingle(ctx, settle, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.client.Start()
+	if err := e.client.WaitFlowing(ctx, time.Now(), 20); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cluster formed in %s: raft leader %s, VIP on %s", time.Since(e.start).Round(time.Millisecond), leader, holder)
+	return e
+}
+
+// newEnv builds the bed (torn down by the test's cleanup) and starts the
+// backends; it returns the env without a cluster and the options, with o
+// applied, to start one with.
+func newEnv(t *testing.T, o bedOptions) (*env, bed.VipdOptions) {
 	t.Helper()
 	vipdBin, backendBin := binaries(t)
 	if _, err := bed.SweepStale(); err != nil {
@@ -173,40 +214,14 @@ func setupWith(t *testing.T, o bedOptions) *env {
 	if err := bed.StartBackends(ctx, b, backendBin, backends, b.Host("c"), e.loadSched); err != nil {
 		t.Fatal(err)
 	}
-	dataDir := t.TempDir()
-	opts := bed.DefaultVipdOptions(vipdBin, nodes, backends, dataDir)
+	opts := bed.DefaultVipdOptions(vipdBin, nodes, backends, t.TempDir())
 	opts.Witness = o.witness
 	if o.timing != "" {
 		opts.Timing = o.timing
 	}
 	opts.Env = append(o.env, strings.Fields(os.Getenv("E2E_VIPD_ENV"))...)
 	opts.Sched = e.vipdSched
-	if e.sampler, err = bed.NewSampler(bed.VIP, 10*time.Millisecond, nodes...); err != nil {
-		t.Fatal(err)
-	}
-	e.sampler.Start()
-	e.client = bed.NewClient(b.Host("c"), netip.AddrPortFrom(bed.VIP, bed.FrontendPort).String())
-	e.meter = &bed.Meter{Sampler: e.sampler, Client: e.client, Settle: settle}
-	// Registered after the bed's cleanup, so it runs first: stop measuring,
-	// then check the whole timeline for two live holders.
-	t.Cleanup(e.finish)
-	if e.cluster, err = bed.StartCluster(b, opts); err != nil {
-		t.Fatal(err)
-	}
-	leader, err := e.cluster.WaitFormed(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	holder, err := e.sampler.WaitSingle(ctx, settle, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.client.Start()
-	if err := e.client.WaitFlowing(ctx, time.Now(), 20); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("cluster formed in %s: raft leader %s, VIP on %s", time.Since(e.start).Round(time.Millisecond), leader, holder)
-	return e
+	return e, opts
 }
 
 // finish stops the client and the sampler and fails the test on any sample
@@ -305,6 +320,13 @@ func (e *env) checkNeighbour(holder string) {
 // whole cluster has formed again with one holder and traffic flowing.
 func (e *env) restart(node string) {
 	e.t.Helper()
+	e.startAgain(node)
+	e.rejoined()
+}
+
+// startAgain starts node's daemon again, killing it first if it still runs.
+func (e *env) startAgain(node string) {
+	e.t.Helper()
 	if p := e.cluster.Proc(node); !p.Exited() {
 		p.Kill()
 		<-p.Done()
@@ -312,7 +334,6 @@ func (e *env) restart(node string) {
 	if err := e.cluster.Start(node); err != nil {
 		e.t.Fatal(err)
 	}
-	e.rejoined()
 }
 
 // rejoined waits for the cluster to be whole and serving, with the VIP on

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+
+	"github.com/hashicorp/raft"
 )
 
 // VIPAssignment is one spread VIP's entry in the replicated assignment: its
@@ -139,6 +141,29 @@ func (n *Node) SettleVIP(vip, node string) error {
 func (n *Node) ForgetVIP(vip string) error {
 	if err := n.apply(command{Op: opForget, VIP: vip}); err != nil {
 		return fmt.Errorf("forget %s: %w", vip, err)
+	}
+	return nil
+}
+
+// Round commits a barrier as a round of the lease protocol
+// (docs/architecture.md, "Leases", step 2): an entry appended after the
+// requests it answers arrived. It fails unless this node leads in term
+// from before the barrier until after it committed, so the entry is of
+// that term.
+func (n *Node) Round(term uint64) error {
+	rt, err := n.running()
+	if err != nil {
+		return err
+	}
+	inTerm := func() bool { return rt.raft.State() == raft.Leader && rt.raft.CurrentTerm() == term }
+	if !inTerm() {
+		return fmt.Errorf("lease round in term %d: %w", term, n.notLeader(rt))
+	}
+	if err := await(rt.raft.Barrier(n.opTimeout()), n.stop, n.opTimeout()); err != nil {
+		return fmt.Errorf("lease round in term %d: %w", term, err)
+	}
+	if !inTerm() {
+		return fmt.Errorf("lease round in term %d: %w", term, n.notLeader(rt))
 	}
 	return nil
 }

@@ -97,6 +97,7 @@ type Node struct {
 	metaCh      chan struct{}           // buffered 1: local metadata changed
 	eligibleCh  chan struct{}           // buffered 1: maintenance or leaving changed
 	confirmedCh chan uint64             // leader loop -> monitor: term confirmed by Barrier
+	leases      leasePort               // the lease protocol on the Raft port
 
 	life    sync.Mutex // serializes Start and Shutdown; guards the fields below
 	phase   phase
@@ -291,6 +292,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if n.opts.wrapStream != nil {
 		stream = n.opts.wrapStream(stream)
 	}
+	stream = n.leases.wrap(stream)
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: stream, MaxPool: 3, Timeout: ioTimeout(n.opts.Timing), Logger: hlog,
 	})

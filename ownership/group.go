@@ -31,6 +31,7 @@ type Group struct {
 
 // member is one Owner of a Group and what feeds it.
 type member struct {
+	own    bool // fed by Send alone, not by the Group's events
 	owner  *Owner
 	inbox  *inbox
 	probe  chan struct{}      // the Owner's Probe, which the Group's loop relays to
@@ -69,7 +70,34 @@ func (g *Group) Failed() bool {
 // Add starts an Owner of h named name. If this node leads (the latest
 // event was a gain), it starts holding at once. It fails if the name is
 // taken or Run has returned.
-func (g *Group) Add(name string, h Holder) error {
+func (g *Group) Add(name string, h Holder) error { return g.add(name, h, false) }
+
+// AddSeparate starts an Owner of h named name that the Group's events do
+// not reach: it holds only as Send tells it (a spread VIP, held under a
+// lease rather than leadership). It starts released.
+func (g *Group) AddSeparate(name string, h Holder) error { return g.add(name, h, true) }
+
+// Send tells the separate Owner named name to hold or to release. The
+// channel it returns is closed once the Owner acted on it (a release: the
+// hold has ended and released) or the Owner stopped (which releases too).
+func (g *Group) Send(name string, hold bool) (<-chan struct{}, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	m := g.members[name]
+	switch {
+	case g.stopped:
+		return nil, fmt.Errorf("send to %s: the owners have stopped", name)
+	case m == nil:
+		return nil, fmt.Errorf("send to %s: not owned", name)
+	case !m.own:
+		return nil, fmt.Errorf("send to %s: it follows the leadership events", name)
+	}
+	ev := Event{Leader: hold, done: make(chan struct{})}
+	m.inbox.put(ev)
+	return ev.done, nil
+}
+
+func (g *Group) add(name string, h Holder, own bool) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	switch {
@@ -80,10 +108,10 @@ func (g *Group) Add(name string, h Holder) error {
 	}
 	opts := g.template
 	opts.Holder, opts.Logger = h, g.log.With(zap.String("held", name))
-	m := &member{inbox: newInbox(), probe: make(chan struct{}), done: make(chan struct{})}
+	m := &member{own: own, inbox: newInbox(), probe: make(chan struct{}), done: make(chan struct{})}
 	opts.Probe = m.probe
 	m.owner = New(opts)
-	if g.last.Leader {
+	if g.last.Leader && !own {
 		m.inbox.put(g.last)
 	}
 	g.members[name] = m
@@ -109,6 +137,8 @@ func (g *Group) Remove(name string) error {
 	if m.cancel != nil {
 		m.cancel()
 		<-m.done
+	} else {
+		m.inbox.abandon()
 	}
 	if m.owner.Failed() && g.template.OnFailedChange != nil {
 		g.template.OnFailedChange() // its failure no longer counts
@@ -126,6 +156,7 @@ func (g *Group) startLocked(m *member) {
 	wg.Go(func() { m.owner.Run(ctx, events) })
 	go func() {
 		wg.Wait()
+		m.inbox.abandon() // the Owner has released: what it never saw is done too
 		close(m.done)
 	}()
 }
@@ -178,7 +209,9 @@ func (g *Group) publish(ev Event) {
 	defer g.mu.Unlock()
 	g.last = ev
 	for _, m := range g.members {
-		m.inbox.put(ev)
+		if !m.own {
+			m.inbox.put(ev)
+		}
 	}
 }
 
@@ -242,12 +275,29 @@ func (in *inbox) feed(ctx context.Context, out chan<- Event) {
 		queue := in.queue
 		in.queue = nil
 		in.mu.Unlock()
-		for _, ev := range queue {
+		for i, ev := range queue {
 			select {
 			case out <- ev:
 			case <-ctx.Done():
+				in.mu.Lock()
+				in.queue = append(queue[i:], in.queue...)
+				in.mu.Unlock()
 				return
 			}
+		}
+	}
+}
+
+// abandon closes the done channels of the events left in the queue, once
+// the Owner can no longer see them.
+func (in *inbox) abandon() {
+	in.mu.Lock()
+	queue := in.queue
+	in.queue = nil
+	in.mu.Unlock()
+	for _, ev := range queue {
+		if ev.done != nil {
+			close(ev.done)
 		}
 	}
 }

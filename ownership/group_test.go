@@ -202,3 +202,56 @@ func TestRunReleasesEveryOwnerBeforeItReturns(t *testing.T) {
 		t.Error("Add after Run returned was accepted")
 	}
 }
+
+// A separate Owner ignores the Group's leadership events and holds exactly
+// as Send says; a release's channel closes only once the hold released,
+// and a Send to an Owner that stops is done when it has released.
+func TestASeparateOwnerHoldsAsSendSays(t *testing.T) {
+	leaderVIP := newFakeHolder(false)
+	r := startGroup(t, map[string]Holder{"leader": leaderVIP})
+	spread := newFakeHolder(true)
+	if err := r.g.AddSeparate("spread", spread); err != nil {
+		t.Fatal(err)
+	}
+	send(t, r.events, Event{Leader: true, Term: 1})
+	recv(t, leaderVIP.started, "the leader VIP's hold")
+	select {
+	case <-spread.started:
+		t.Fatal("a leadership gain reached the separate Owner")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if _, err := r.g.Send("leader", true); err == nil {
+		t.Fatal("Send to an Owner that follows leadership was accepted")
+	}
+
+	done, err := r.g.Send("spread", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := recv(t, spread.started, "the separate Owner's hold")
+	closed(t, done, "the hold's Send to be acted on")
+
+	done, err = r.g.Send("spread", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, h.ctx.Done(), "the release to cancel the hold")
+	notYet(t, done, "a release was done before the hold released")
+	close(h.release)
+	closed(t, done, "the release's Send to be done after the hold released")
+
+	send(t, r.events, Event{Leader: false, Term: 1})
+	if _, err := r.g.Send("spread", true); err != nil {
+		t.Fatal(err)
+	}
+	h = recv(t, spread.started, "the separate Owner's hold while the node follows")
+	done, _ = r.g.Send("spread", false)
+	removed := make(chan error, 1)
+	go func() { removed <- r.g.Remove("spread") }()
+	recv(t, h.ctx.Done(), "the hold cancelled")
+	close(h.release)
+	closed(t, done, "a Send to a removed Owner to be done")
+	if err := recv(t, removed, "Remove"); err != nil {
+		t.Fatal(err)
+	}
+}

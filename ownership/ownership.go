@@ -9,8 +9,9 @@
 // It imports neither the election nor the vip package: events arrive on a
 // channel of Event and the hold is any Holder (a vip.VIP is one). A hold per
 // VIP is one Owner per VIP: a Group runs them, adds and removes them while
-// it runs, and feeds each the events of that VIP's placement (today every
-// VIP's placement is the leader, so every Owner gets the same events).
+// it runs, and feeds each the events of that VIP's placement: every Owner
+// of a leader VIP the same leadership events, each separate Owner of a
+// spread VIP its own hold and release, from the lease holder (Send).
 package ownership
 
 import (
@@ -29,6 +30,8 @@ const DefaultRetryAfter = time.Second
 type Event struct {
 	Leader bool
 	Term   uint64
+
+	done chan struct{} // Group.Send's: closed once the Owner acted on the event
 }
 
 // Holder holds something until ctx ends, then releases it and returns. It
@@ -136,6 +139,9 @@ func (o *Owner) Run(ctx context.Context, events <-chan Event) {
 		case h == nil && o.holder != nil:
 			h = o.startHold(ctx)
 			holdEnded = h.done
+		}
+		if ev.done != nil {
+			close(ev.done)
 		}
 	}
 	for {

@@ -105,7 +105,7 @@ func Place(in Input) Result {
 		cur := in.Current[v.Address]
 		m, member := members[cur]
 		switch {
-		case cur != "" && member && eligible(m, v):
+		case cur != "" && member && Eligible(m, v):
 			res.Assignment[v.Address] = cur
 			load[cur]++
 		default:
@@ -143,9 +143,9 @@ func Place(in Input) Result {
 // eligibleNode says whether m may hold spread VIPs at all.
 func eligibleNode(m Member) bool { return !m.Witness && !m.Maintenance && m.Fit }
 
-// eligible says whether m may hold v: it may hold VIPs, and it has a
+// Eligible says whether m may hold v: it may hold VIPs, and it has a
 // healthy backend for each of v's frontends.
-func eligible(m Member, v VIP) bool {
+func Eligible(m Member, v VIP) bool {
 	if !eligibleNode(m) {
 		return false
 	}
@@ -162,14 +162,14 @@ func eligible(m Member, v VIP) bool {
 func pick(v VIP, members []Member, load map[string]int) string {
 	for _, name := range v.Prefer {
 		for _, m := range members {
-			if m.Name == name && eligible(m, v) {
+			if m.Name == name && Eligible(m, v) {
 				return name
 			}
 		}
 	}
 	best := ""
 	for _, m := range members {
-		if !eligible(m, v) {
+		if !Eligible(m, v) {
 			continue
 		}
 		if best == "" || load[m.Name] < load[best] || load[m.Name] == load[best] && m.Name < best {
@@ -192,7 +192,7 @@ func rebalance(vips []VIP, members []Member, assign map[string]string, load map[
 			continue
 		}
 		for _, m := range members {
-			if !eligible(m, v) || load[from]-load[m.Name] <= 1 {
+			if !Eligible(m, v) || load[from]-load[m.Name] <= 1 {
 				continue
 			}
 			// Larger gap first, then a target the VIP prefers, then by VIP and node name.

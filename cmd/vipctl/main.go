@@ -31,6 +31,7 @@ commands:
   undrain POOL BACKEND          put it back in rotation
   transfer                      hand leadership to another node
   maintenance NODE on|off       a node in maintenance never leads
+  move VIP NODE                 hand a spread VIP over to NODE (planned, no wait for its lease)
   leave                         the node hands over, leaves the cluster and stops
   remove NAME                   remove a crashed node from the voter set
   reload                        apply the node's config file live (as SIGHUP)
@@ -139,6 +140,11 @@ func dispatch(c *client, cmd string, args []string, out io.Writer) error {
 			return err
 		}
 		return c.post("/v1/remove", map[string]any{"name": args[0]}, out)
+	case "move":
+		if err := want(args, 2, "move VIP NODE"); err != nil {
+			return err
+		}
+		return c.post("/v1/move", map[string]any{"vip": args[0], "node": args[1]}, out)
 	case "maintenance":
 		if err := want(args, 2, "maintenance NODE on|off"); err != nil {
 			return err

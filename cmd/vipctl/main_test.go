@@ -57,6 +57,21 @@ func TestDrainSendsPoolAndBackend(t *testing.T) {
 	}
 }
 
+func TestMoveSendsVIPAndNode(t *testing.T) {
+	addr, calls := fakeAdmin(t, func(string, map[string]any) (int, string) { return 200, `{"result":"ok"}` })
+	var out, errOut bytes.Buffer
+	if code := run([]string{"--admin", addr, "move", "198.18.0.101", "lb-2"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	want := `POST /v1/move {"node":"lb-2","vip":"198.18.0.101"}`
+	if len(*calls) != 1 || (*calls)[0] != want {
+		t.Errorf("calls = %q, want %q", *calls, want)
+	}
+	if code := run([]string{"--admin", addr, "move", "198.18.0.101"}, &out, &errOut); code == 0 {
+		t.Error("move without a node succeeded")
+	}
+}
+
 func TestAdminErrorBecomesTheCommandsError(t *testing.T) {
 	addr, _ := fakeAdmin(t, func(string, map[string]any) (int, string) {
 		return 400, `{"error":"no backend \"x\" in pool \"web\""}`

@@ -17,6 +17,7 @@ import (
 	"github.com/vipd/vipd/config"
 	"github.com/vipd/vipd/election"
 	"github.com/vipd/vipd/health"
+	"github.com/vipd/vipd/spread"
 	"github.com/vipd/vipd/vip"
 )
 
@@ -46,8 +47,9 @@ type Status struct {
 }
 
 // VIPStatus is a VIP in /status: the vip package's view plus where it
-// should be held (placement: "leader" for every VIP today) and the node
-// that holds it, "" when none does (as this node knows it).
+// should be held (placement: leader or spread) and the node that holds it,
+// "" when none does (as this node knows it; a spread VIP's settled
+// assignee in the replicated assignment).
 type VIPStatus struct {
 	vip.Status
 	Placement string `json:"placement"`
@@ -78,7 +80,7 @@ func (d *daemon) status() Status {
 	sum := d.mon.Summary()
 	st := Status{
 		Node: es.Node, State: es.State, Leader: es.Leader, Term: es.Term,
-		Ready: d.ready.Load(), VIPs: d.vips.status(es), Members: es.Members, Pools: []PoolStatus{},
+		Ready: d.ready.Load(), VIPs: d.vips.status(es, d.node.Intent(), spreadPlacements(d.running())), Members: es.Members, Pools: []PoolStatus{},
 		Health: HealthSummary{Summary: sum, Fit: sum.Fit()}, Intent: d.node.Intent(),
 		ConfigDigest: config.Digest(d.running()),
 	}
@@ -146,6 +148,7 @@ func (d *daemon) adminHandler() http.Handler {
 		}
 		return d.node.SetMaintenance(req.Node, *req.On)
 	}))
+	mux.HandleFunc("POST /v1/move", d.leaderCall(d.move))
 	mux.HandleFunc("POST /v1/reload", d.serveReload)
 	mux.HandleFunc("POST /v1/leave", func(w http.ResponseWriter, _ *http.Request) {
 		d.log.Info("leave requested through the admin API")
@@ -153,6 +156,36 @@ func (d *daemon) adminHandler() http.Handler {
 		d.requestLeave()
 	})
 	return d.auth.guard(mux)
+}
+
+// move hands a spread VIP over to a node (vipctl move). Only the granting
+// leader can; elsewhere the call is forwarded to it.
+func (d *daemon) move(r *http.Request) error {
+	var req struct {
+		VIP  string `json:"vip"`
+		Node string `json:"node"`
+	}
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if req.VIP == "" || req.Node == "" {
+		return badRequest("vip and node are required")
+	}
+	err := d.spread.Move(r.Context(), spreadKey(req.VIP), req.Node)
+	switch {
+	case errors.Is(err, spread.ErrNotGranting):
+		st := d.node.Status()
+		nl := &election.NotLeaderError{Leader: st.Leader}
+		for _, m := range st.Members {
+			if m.Name == st.Leader && st.Leader != st.Node {
+				nl.LeaderAdmin = m.AdminAddr
+			}
+		}
+		return fmt.Errorf("move %s: %w", req.VIP, nl)
+	case errors.Is(err, spread.ErrNoSuchVIP), errors.Is(err, spread.ErrIneligible):
+		return badRequest(err.Error())
+	}
+	return err
 }
 
 // backendCall handles drain and undrain: it checks the pool and backend

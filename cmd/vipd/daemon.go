@@ -23,11 +23,15 @@ import (
 	"github.com/vipd/vipd/health"
 	"github.com/vipd/vipd/ownership"
 	"github.com/vipd/vipd/reconcile"
+	"github.com/vipd/vipd/spread"
 	"github.com/vipd/vipd/vip"
 )
 
 // leaveTimeout bounds the leadership transfer and self-removal at shutdown.
 const leaveTimeout = 5 * time.Second
+
+// handOverTimeout bounds the hand-over of the spread VIPs at shutdown.
+const handOverTimeout = 2 * time.Second
 
 // daemon wires the components. Data flows one way through channels and
 // callbacks: health → balancer (which backends may take connections),
@@ -41,7 +45,10 @@ type daemon struct {
 	mon  *health.Monitor
 	node *election.Node
 	vips *vipSet // each VIP held by its own Owner while this node leads
-	auth *adminAuth
+	// spread holds the spread VIPs under leases and, while this node leads,
+	// grants them.
+	spread *spread.Runner
+	auth   *adminAuth
 
 	linkUp      atomic.Bool   // the VIP interface's link, from vip's watcher
 	fitnessKick chan struct{} // wakes the fitness loop; never blocks the sender
@@ -114,7 +121,10 @@ func newDaemon(cfg *config.Config, configPath string, log *zap.Logger, level *za
 		return nil, fmt.Errorf("vip: %w", err)
 	}
 	owners := ownership.NewGroup(ownership.Options{Logger: log.Named("ownership"), OnFailedChange: d.kickFitness, Probe: d.probes.leadership})
-	d.vips = &vipSet{mgr: mgr, owners: owners, byAddr: map[string]*vip.VIP{}}
+	d.vips = &vipSet{mgr: mgr, owners: owners, byAddr: map[string]*vip.VIP{}, owner: map[string]string{}}
+	if d.spread, err = newSpread(d, cfg, owners); err != nil {
+		return nil, err
+	}
 	for i, c := range cfg.VIPs {
 		if err := d.vips.add(c, false); err != nil {
 			return nil, fmt.Errorf("vip: vips[%d]: %w", i, err)
@@ -166,8 +176,10 @@ func (d *daemon) run(ctx context.Context) error {
 	leading, stopLeading := context.WithCancel(bg)
 	var leadingWG sync.WaitGroup
 	events := make(chan ownership.Event)
-	leadingWG.Go(func() { forwardLeadership(leading, d.node.Events(), events) })
+	spreadEvents := make(chan spread.Leadership)
+	leadingWG.Go(func() { forwardLeadership(leading, d.node.Events(), events, spreadEvents) })
 	leadingWG.Go(func() { d.vips.owners.Run(leading, events) })
+	leadingWG.Go(func() { d.spread.Run(leading, spreadEvents) })
 
 	d.ready.Store(true)
 	cfg := d.running()
@@ -191,7 +203,13 @@ serve:
 	d.notify.stopping()
 	d.ready.Store(false)
 
-	// 1. The VIPs go first: every owner releases its VIP on exit.
+	// 1. The VIPs go first: the spread VIPs are handed over (their next
+	// node may take them at once), then every owner releases its VIP on exit.
+	handCtx, cancelHand := context.WithTimeout(context.Background(), handOverTimeout)
+	if err := d.spread.HandOver(handCtx); err != nil {
+		d.log.Warn("hand spread VIPs over", zap.Error(err))
+	}
+	cancelHand()
 	stopLeading()
 	leadingWG.Wait()
 	// 2. Hand leadership over and leave the voter set on purpose.
@@ -305,12 +323,14 @@ func closeAdmin(srv *http.Server) {
 	}
 }
 
-// forwardLeadership hands the election's leadership events to the owner
-// until ctx ends or the election closes them (then out is closed, which
-// releases). The hand-over is unbuffered, so the owner sees the events in
-// their order and as coalesced by the election.
-func forwardLeadership(ctx context.Context, in <-chan election.Event, out chan<- ownership.Event) {
+// forwardLeadership hands the election's leadership events to the owners
+// and then to the spread runner, until ctx ends or the election closes
+// them (then both outs are closed, which releases). The hand-over is
+// unbuffered, so each sees the events in their order and as coalesced by
+// the election.
+func forwardLeadership(ctx context.Context, in <-chan election.Event, out chan<- ownership.Event, spreadOut chan<- spread.Leadership) {
 	defer close(out)
+	defer close(spreadOut)
 	for {
 		select {
 		case <-ctx.Done():
@@ -321,6 +341,11 @@ func forwardLeadership(ctx context.Context, in <-chan election.Event, out chan<-
 			}
 			select {
 			case out <- ownership.Event{Leader: ev.Leader, Term: ev.Term}:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case spreadOut <- spread.Leadership{Leader: ev.Leader, Term: ev.Term}:
 			case <-ctx.Done():
 				return
 			}
@@ -372,6 +397,7 @@ func (d *daemon) intentLoop(ctx context.Context) {
 			return
 		case in := <-d.node.IntentChanges():
 			apply(in)
+			d.spread.Poke() // the spread VIP assignment may have changed
 		case <-d.intentKick:
 			apply(d.node.Intent())
 		case <-d.probes.intent:

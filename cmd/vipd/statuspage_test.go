@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -15,6 +16,9 @@ import (
 	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+
+	"github.com/vipd/vipd/config"
+	"github.com/vipd/vipd/vip"
 )
 
 func TestStatusPageIsOneSelfContainedHTMLFile(t *testing.T) {
@@ -117,36 +121,8 @@ func TestStatusPageInABrowserShowsABackendGoingDown(t *testing.T) {
 	// backend flap, nor fill the dead one's transitions with timeouts.
 	n := startNode(t, "{type: tcp, interval: 300ms, timeout: 300ms, rise: 1, fall: 1, initial: healthy}")
 
-	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), chromiumFlags(chromium, t.TempDir())...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(alloc)
-	defer cancel()
-
-	var (
-		mu       sync.Mutex
-		foreign  []string // requests to anywhere but the admin listener
-		problems []string // errors the browser logged (CSP refusals, failed loads)
-	)
-	origin := "http://" + n.admin
-	if err := chromedp.Listen(ctx, func(ev any) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch ev := ev.(type) {
-		case *network.EventRequestWillBeSent:
-			if u, err := url.Parse(ev.Request.URL); err != nil || u.Scheme+"://"+u.Host != origin {
-				foreign = append(foreign, ev.Request.URL)
-			}
-		case *cdplog.EventEntryAdded:
-			if ev.Entry.Level == cdplog.EntryLevelError {
-				problems = append(problems, fmt.Sprintf("%s: %s %s", ev.Entry.Source, ev.Entry.Text, ev.Entry.URL))
-			}
-		}
-	}); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	if err := chromedp.Do(ctx, chromedp.Navigate(origin+"/")); err != nil {
-		t.Fatalf("load the page: %v", err)
-	}
+	ctx, clean := browse(t, chromium, "http://"+n.admin)
+	defer clean()
 
 	dead, alive := n.backends[0], n.backends[1]
 	view := func() pageView {
@@ -192,13 +168,111 @@ func TestStatusPageInABrowserShowsABackendGoingDown(t *testing.T) {
 			t.Errorf("screenshot: %v", err)
 		}
 	}
+}
 
-	mu.Lock()
-	defer mu.Unlock()
-	if len(foreign) > 0 {
-		t.Errorf("the page loaded from elsewhere: %q", foreign)
+// browse opens origin's status page in headless Chromium. The function it
+// returns fails the test if the page loaded anything from elsewhere or the
+// browser logged an error (a CSP refusal, a failed load), then closes it.
+func browse(t *testing.T, chromium, origin string) (context.Context, func()) {
+	t.Helper()
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), chromiumFlags(chromium, t.TempDir())...)
+	ctx, cancel := chromedp.NewContext(alloc)
+	var (
+		mu       sync.Mutex
+		foreign  []string // requests to anywhere but origin
+		problems []string // errors the browser logged
+	)
+	if err := chromedp.Listen(ctx, func(ev any) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch ev := ev.(type) {
+		case *network.EventRequestWillBeSent:
+			if u, err := url.Parse(ev.Request.URL); err != nil || u.Scheme+"://"+u.Host != origin {
+				foreign = append(foreign, ev.Request.URL)
+			}
+		case *cdplog.EventEntryAdded:
+			if ev.Entry.Level == cdplog.EntryLevelError {
+				problems = append(problems, fmt.Sprintf("%s: %s %s", ev.Entry.Source, ev.Entry.Text, ev.Entry.URL))
+			}
+		}
+	}); err != nil {
+		cancel()
+		cancelAlloc()
+		t.Fatalf("start chromium: %v", err)
 	}
-	if len(problems) > 0 {
-		t.Errorf("the browser logged errors: %q", problems)
+	if err := chromedp.Do(ctx, chromedp.Navigate(origin+"/")); err != nil {
+		cancel()
+		cancelAlloc()
+		t.Fatalf("load the page: %v", err)
+	}
+	return ctx, func() {
+		defer cancelAlloc()
+		defer cancel()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(foreign) > 0 {
+			t.Errorf("the page loaded from elsewhere: %q", foreign)
+		}
+		if len(problems) > 0 {
+			t.Errorf("the browser logged errors: %q", problems)
+		}
+	}
+}
+
+// pageVIP is a VIP row as the status page's DOM shows it.
+type pageVIP struct {
+	Address   string `json:"address"`
+	Placement string `json:"placement"`
+	Holder    string `json:"holder"`
+	Text      string `json:"text"`
+}
+
+// The status page shows each VIP's placement and holder as /status gives
+// them: a leader VIP on the leader, a spread VIP held here, one held by
+// another node. The page is served by the daemon's handler; /status is a
+// fixed answer, so that three placements are on one page without a
+// cluster (the e2e spread tests check /status itself).
+func TestStatusPageInABrowserShowsEachVIPsPlacementAndHolder(t *testing.T) {
+	chromium := findChromium(t)
+	st := Status{Node: "n2", State: "Follower", Leader: "n1", Pools: []PoolStatus{}, VIPs: []VIPStatus{
+		{Status: vip.Status{Address: "198.18.0.100", Interface: "eth0"}, Placement: config.PlacementLeader, Holder: "n1"},
+		{Status: vip.Status{Address: "198.18.0.101", Interface: "eth0", Held: true}, Placement: config.PlacementSpread, Holder: "n2"},
+		{Status: vip.Status{Address: "198.18.0.102", Interface: "eth0"}, Placement: config.PlacementSpread, Holder: "n3"},
+	}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", serveStatusPage)
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, st) })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	ctx, clean := browse(t, chromium, srv.URL)
+	defer clean()
+
+	want := map[string]pageVIP{
+		"198.18.0.100": {Placement: "leader", Holder: "n1"},
+		"198.18.0.101": {Placement: "spread", Holder: "n2"},
+		"198.18.0.102": {Placement: "spread", Holder: "n3"},
+	}
+	var rows []pageVIP
+	waitFor(t, "the page shows every VIP with its placement and holder", func() bool {
+		var err error
+		rows, err = chromedp.Run(ctx, chromedp.Evaluate[[]pageVIP](`Array.from(document.querySelectorAll("tr[data-vip]")).map((tr) =>
+			({address: tr.dataset.vip, placement: tr.dataset.placement, holder: tr.dataset.holder, text: tr.innerText}))`))
+		if err != nil {
+			t.Fatalf("read the page: %v", err)
+		}
+		if len(rows) != len(want) {
+			return false
+		}
+		for _, r := range rows {
+			w, text := want[r.Address], strings.ToLower(r.Text) // badges are upper case by CSS
+			if r.Placement != w.Placement || r.Holder != w.Holder ||
+				!strings.Contains(text, w.Placement) || !strings.Contains(text, w.Holder) {
+				return false
+			}
+		}
+		return true
+	})
+	if r := rows[1]; !strings.Contains(strings.ToLower(r.Text), "this node") {
+		t.Errorf("the VIP held here reads %q, want it marked as this node's", r.Text)
 	}
 }

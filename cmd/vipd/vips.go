@@ -12,9 +12,6 @@ import (
 	"github.com/vipd/vipd/vip"
 )
 
-// placementLeader is where every VIP is held today: on the Raft leader.
-const placementLeader = "leader"
-
 // vipSet is this node's VIPs: each is in the vip.Manager (which keeps what
 // they share) and held by an Owner of its own in the ownership.Group,
 // named by its address. Only the reconciler's target changes it after
@@ -23,6 +20,7 @@ type vipSet struct {
 	mgr    *vip.Manager
 	owners *ownership.Group
 	byAddr map[string]*vip.VIP // the handles of the VIPs of the running config
+	owner  map[string]string   // address -> the name of its Owner
 }
 
 // add puts c in the Manager and gives it an Owner, which holds it at once
@@ -38,10 +36,16 @@ func (s *vipSet) add(c config.VIP, live bool) error {
 			return errors.Join(err, s.mgr.Remove(v))
 		}
 	}
-	if err := s.owners.Add(c.Address, v); err != nil {
+	name, add := c.Address, s.owners.Add
+	if c.Placement == config.PlacementSpread {
+		// Held under a lease: the spread Runner sends its Owner hold and
+		// release, under the name the lease protocol uses.
+		name, add = spreadKey(c.Address), s.owners.AddSeparate
+	}
+	if err := add(name, v); err != nil {
 		return errors.Join(err, s.mgr.Remove(v))
 	}
-	s.byAddr[c.Address] = v
+	s.byAddr[c.Address], s.owner[c.Address] = v, name
 	return nil
 }
 
@@ -49,10 +53,11 @@ func (s *vipSet) add(c config.VIP, live bool) error {
 // before this returns), then takes it out of the Manager.
 func (s *vipSet) remove(address string) error {
 	v := s.byAddr[address]
-	if err := s.owners.Remove(address); err != nil {
+	if err := s.owners.Remove(s.owner[address]); err != nil {
 		return err
 	}
 	delete(s.byAddr, address)
+	delete(s.owner, address)
 	return s.mgr.Remove(v)
 }
 
@@ -113,11 +118,19 @@ func (s *vipSet) apply(ch vipChange) error {
 }
 
 // status lists the VIPs with their placement and holder as this node
-// knows them: itself while it holds a VIP; else the leader, for a
-// follower that sees the leader alive and not reporting a failed hold
-// (gossip carries one failure flag for all of a node's VIPs, so one VIP
-// that the leader fails to claim blanks the holder of all); else "".
-func (s *vipSet) status(es election.Status) []VIPStatus {
+// knows them: itself while it holds a VIP; for a spread VIP, else its
+// settled assignee in the replicated assignment; for a leader VIP, else
+// the leader, for a follower that sees the leader alive and not reporting
+// a failed hold (gossip carries one failure flag for all of a node's
+// VIPs, so one VIP that the leader fails to claim blanks the holder of
+// all); else "".
+func (s *vipSet) status(es election.Status, in election.Intent, placements map[string]string) []VIPStatus {
+	settled := map[string]string{}
+	for _, a := range in.VIPs {
+		if a.Settled {
+			settled[a.VIP] = a.Node
+		}
+	}
 	leaderHolds := false
 	if es.Leader != "" && es.Leader != es.Node {
 		for _, m := range es.Members {
@@ -128,10 +141,15 @@ func (s *vipSet) status(es election.Status) []VIPStatus {
 	}
 	out := []VIPStatus{}
 	for _, v := range s.mgr.Status() {
-		st := VIPStatus{Status: v, Placement: placementLeader}
+		st := VIPStatus{Status: v, Placement: placements[spreadKey(v.Address)]}
+		if st.Placement == "" {
+			st.Placement = config.PlacementLeader
+		}
 		switch {
 		case v.Held:
 			st.Holder = es.Node
+		case st.Placement == config.PlacementSpread:
+			st.Holder = settled[spreadKey(v.Address)]
 		case leaderHolds:
 			st.Holder = es.Leader
 		}

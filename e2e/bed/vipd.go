@@ -37,6 +37,8 @@ type VipdOptions struct {
 	ShutdownGrace     time.Duration
 	HealthInterval    time.Duration
 	LogLevel          string
+	// Render writes a node's config file; nil: VipdConfig (one leader VIP).
+	Render func(VipdOptions, *Host) ([]byte, error)
 	// Sched ranks the daemons as the systemd unit does (UnitSched of
 	// deploy/systemd/vipd.service); nil: at the test's own priority.
 	Sched *Sched
@@ -130,8 +132,12 @@ type Cluster struct {
 // and starts every daemon.
 func StartCluster(b *Bed, o VipdOptions) (*Cluster, error) {
 	c := &Cluster{Bed: b, Opts: o, configs: map[string]string{}, procs: map[string]*Proc{}}
+	render := o.Render
+	if render == nil {
+		render = VipdConfig
+	}
 	for _, n := range o.Nodes {
-		cfg, err := VipdConfig(o, n)
+		cfg, err := render(o, n)
 		if err != nil {
 			return nil, err
 		}
@@ -190,8 +196,10 @@ type Status struct {
 	Leader string `json:"leader"`
 	Term   uint64 `json:"term"`
 	VIPs   []struct {
-		Address string `json:"address"`
-		Held    bool   `json:"held"`
+		Address   string `json:"address"`
+		Held      bool   `json:"held"`
+		Placement string `json:"placement"`
+		Holder    string `json:"holder"`
 	} `json:"vips"`
 	Members []struct {
 		Name  string `json:"name"`
