@@ -7,7 +7,7 @@ PKGS    := ./...
 .PHONY: build test run demo bench bench-failover bench-spread soak-leader-load lint clean image
 
 build:
-	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend
+	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend ./e2e/cmd/bedchild
 
 # What each target needs from Debian: scripts/deps.sh installs whatever is
 # missing when run as root, and otherwise says what skips or fails without it.

@@ -174,6 +174,8 @@ func setupWith(t *testing.T, o bedOptions) *env {
 func newEnv(t *testing.T, o bedOptions) (*env, bed.VipdOptions) {
 	t.Helper()
 	vipdBin, backendBin := binaries(t)
+	childBin := filepath.Join(repoRoot(t), "bin", "bedchild")
+	testenv.NeedFile(t, childBin, "the bed's load processes; run make build first")
 	if _, err := bed.SweepStale(); err != nil {
 		t.Logf("sweep stale namespaces: %v", err)
 	}
@@ -189,6 +191,7 @@ func newEnv(t *testing.T, o bedOptions) (*env, bed.VipdOptions) {
 	if err != nil {
 		t.Fatalf("build bed: %v", err)
 	}
+	b.ChildBin = childBin
 	e := &env{t: t, bed: b, nodes: []string{"n1", "n2", "n3"}, start: time.Now()}
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -78,6 +78,10 @@ type Bed struct {
 	Prefix string
 	// LogDir receives one log file per started process.
 	LogDir string
+	// ChildBin is the program StartLoad and StartSpin run (e2e/cmd/bedchild,
+	// built without the race detector, so a load costs what a real client
+	// costs); empty: this test binary, whose TestMain must call RunChild.
+	ChildBin string
 
 	hosts    map[string]*Host
 	order    []string

@@ -233,8 +233,8 @@ type Load struct {
 }
 
 // StartLoad starts a load process in host's namespace, ranked by sched (nil:
-// the test's own priority): this test binary, run again with the job in its
-// environment (TestMain must call RunChild).
+// the test's own priority): b.ChildBin, or this test binary run again, with
+// the job in its environment.
 func (b *Bed) StartLoad(host *Host, name string, spec LoadSpec, sched *Sched) (*Load, error) {
 	out := filepath.Join(b.LogDir, name+".json")
 	p, err := b.startChild(host, name, sched, childJob{Load: &spec, Out: out})
@@ -267,13 +267,17 @@ func (b *Bed) StartSpin(host *Host, name string, d time.Duration, sched *Sched) 
 }
 
 func (b *Bed) startChild(host *Host, name string, sched *Sched, job childJob) (*Proc, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("child %s: find the test binary: %w", name, err)
+	bin, args := b.ChildBin, []string(nil)
+	if bin == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("child %s: find the test binary: %w", name, err)
+		}
+		bin, args = self, []string{"-test.run=^$"} // run no test: TestMain's RunChild does the job
 	}
 	j, err := json.Marshal(job)
 	if err != nil {
 		return nil, fmt.Errorf("child %s: %w", name, err)
 	}
-	return b.StartWith(host, name, ProcOptions{Env: []string{childEnv + "=" + string(j)}, Sched: sched}, self, "-test.run=^$")
+	return b.StartWith(host, name, ProcOptions{Env: []string{childEnv + "=" + string(j)}, Sched: sched}, append([]string{bin}, args...)...)
 }
