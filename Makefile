@@ -12,7 +12,7 @@ build:
 # What each target needs from Debian: scripts/deps.sh installs whatever is
 # missing when run as root, and otherwise says what skips or fails without it.
 # promtool and chromium are optional: without them one test each skips.
-TEST_NEEDS           := ip nft haproxy keepalived promtool chromium buildah
+TEST_NEEDS           := ip nft haproxy keepalived systemd-analyze promtool chromium buildah
 DEMO_NEEDS           := ip
 BENCH_NEEDS          := haproxy wrk nginx
 SOAK_NEEDS           := haproxy

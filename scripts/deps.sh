@@ -20,6 +20,7 @@ known wrk        wrk        ""         no  "make bench's real-peer case (wrk →
 known nginx      nginx      nginx      no  "make bench's real-peer case (wrk → proxy → nginx)"
 known promtool   prometheus prometheus yes "deploy's TestAlertRulesPassPromtool"
 known chromium   chromium   ""         yes "the browser test of the status page"
+known systemd-analyze systemd ""     no  "deploy's TestSystemdUnitVerifies (systemd-analyze verify on the unit)"
 known buildah    buildah    ""         yes "deploy's TestMakeImageBuildsAStaticNonRootImage (make image without a docker daemon)"
 
 ci=false
