@@ -11,7 +11,8 @@ build:
 
 # What each target needs from Debian: scripts/deps.sh installs whatever is
 # missing when run as root, and otherwise says what skips or fails without it.
-# promtool and chromium are optional: without them one test each skips.
+# promtool, chromium and buildah are optional: without them one test each
+# skips (under CI=true it fails).
 TEST_NEEDS           := ip nft haproxy keepalived systemd-analyze promtool chromium buildah
 DEMO_NEEDS           := ip
 BENCH_NEEDS          := haproxy wrk nginx
