@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -118,14 +119,28 @@ func parseCertificates(data []byte) ([]*x509.Certificate, error) {
 // during a rotation, one more (docs/security.md).
 const maxSecretKeys = 2
 
+// maxSecretFile bounds the key file's size: two keys and blank lines take
+// well under a hundred bytes.
+const maxSecretFile = 4096
+
 // ReadSecretKeys reads a cluster key file: one key per line, each base64 of
 // 16, 24 or 32 bytes (what `vipctl keygen` prints); blank lines are skipped.
 // The first key is used for sending, both are accepted. Errors name the line,
 // never the key.
 func ReadSecretKeys(path string) ([][]byte, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read key: %w", errors.Unwrap(err))
+	}
+	defer f.Close()
+	// Bounded: a path set to the wrong file (/dev/zero, a log) must not hang
+	// or fill the memory of a load that should just refuse it.
+	data, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("read key: %w", errors.Unwrap(err))
+	}
+	if len(data) > maxSecretFile {
+		return nil, fmt.Errorf("larger than %d bytes: not a key file (vipctl keygen prints one key per line)", maxSecretFile)
 	}
 	var keys [][]byte
 	for i, line := range strings.Split(string(data), "\n") {

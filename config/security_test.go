@@ -49,6 +49,7 @@ func TestSecretFileErrorsNameTheLine(t *testing.T) {
 		"bad second":   {a + "\nnot base64!\n", "line 2 of the key file: not a base64 key"},
 		"short second": {a + "\n" + b64("short") + "\n", "line 2 of the key file: key is 5 bytes"},
 		"empty":        {"\n\n", "no key in the file"},
+		"too large":    {a + "\n" + strings.Repeat("\n", 5000), "larger than 4096 bytes: not a key file"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := writeFile(t, t.TempDir(), "cluster.key", []byte(tc.content))
@@ -60,6 +61,12 @@ func TestSecretFileErrorsNameTheLine(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A secret_file that is no file of keys but endless (a device) is refused
+// at once rather than read until memory runs out.
+func TestSecretFileThatNeverEndsIsRefused(t *testing.T) {
+	parseFails(t, "cluster:\n  secret_file: /dev/zero\n", "line 2: cluster.secret_file", "/dev/zero", "larger than 4096 bytes")
 }
 
 // testCA issues certificates into files in dir.
