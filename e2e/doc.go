@@ -14,8 +14,9 @@
 //
 // Flapping (stability_test.go): no term change, no leadership change and no
 // VIP move while the leader proxies as hard as a client can push (64 workers
-// opening connections plus 4 bulk downloads, client and backends ranked like
-// vipd; lan and wan), and while another process keeps every core busy at the
+// opening connections plus 4 bulk downloads; the client and backends stand
+// for other machines and run behind vipd, as another service of the machine;
+// lan and wan), and while another process keeps every core busy at the
 // default priority (every profile). The daemons run at the priority
 // deploy/systemd/vipd.service gives them (Nice=, CPUWeight=), each in a
 // session of its own. Each run reports where the time went (RESULT lines).
@@ -35,10 +36,11 @@
 //	                 make soak-leader-load runs 5 × 60 s)
 //	E2E_VIPD_SCHED=unit|none  run the daemons at the systemd unit's priority (default) or the test's own
 //	E2E_LOAD_SCHED=none|unit  run the backends and the load processes at the test's priority or the unit's
-//	                 (default: the unit's in the proxy-load flapping test, the test's elsewhere)
+//	                 (default: a session of their own at the default rank in the proxy-load flapping
+//	                 test, the test's elsewhere)
 //	E2E_VIPD_ENV="K=V ..."    extra environment of every daemon (GOGC, GOMAXPROCS, ...), for comparisons
-//	E2E_PROXY_LOAD_PROFILES="fast ..."  the profiles of the proxy-load flapping test (default: lan wan,
-//	                 the ones that hold there; docs/failover.md)
+//	E2E_PROXY_LOAD_PROFILES="fast ..."  the profiles of the proxy-load flapping test (default: lan wan;
+//	                 make soak-leader-load: every one; docs/failover.md)
 //
 // The nftables fault needs the nft command (Debian package nftables).
 package e2e

@@ -77,6 +77,15 @@ type Result struct {
 // OK reports whether the request succeeded.
 func (r Result) OK() bool { return r.Err == nil }
 
+// TimedOut reports whether the request failed only by running out of its
+// Timeout: nothing answered in time, which a starved client causes as well
+// as a stalled path. A refused or reset connection or a wrong answer is a
+// break that no CPU stall explains.
+func (r Result) TimedOut() bool {
+	var ne net.Error // context.DeadlineExceeded and os.ErrDeadlineExceeded are such errors too
+	return errors.As(r.Err, &ne) && ne.Timeout()
+}
+
 // Client sends a GET to Target from a host every Interval, each on a fresh
 // connection with Timeout, and keeps every result.
 type Client struct {
@@ -186,6 +195,7 @@ type Outage struct {
 	Gap      time.Duration // longest time between two successes, from the last before the fault, up to Until
 	From, To time.Time     // the two successes bounding Gap
 	Failed   int           // requests that failed between Fault and Until
+	TimedOut int           // of Failed, those that only timed out (Result.TimedOut)
 }
 
 func (o Outage) String() string {
@@ -211,6 +221,9 @@ func (c *Client) Outage(fault, until time.Time) (Outage, error) {
 			ok = append(ok, r.End)
 		} else if r.End.After(fault) {
 			o.Failed++
+			if r.TimedOut() {
+				o.TimedOut++
+			}
 		}
 	}
 	sort.Slice(ok, func(i, j int) bool { return ok[i].Before(ok[j]) })

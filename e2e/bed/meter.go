@@ -3,7 +3,6 @@ package bed
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -53,10 +52,4 @@ func (m *Meter) Recover(ctx context.Context, fault time.Time, old string) (Recov
 
 // Timeline lists the live holder changes since from, one per line, with the
 // time relative to from.
-func (m *Meter) Timeline(from time.Time) string {
-	var sb strings.Builder
-	for _, c := range m.Sampler.Changes(from, time.Time{}) {
-		fmt.Fprintf(&sb, "  +%-8s %v\n", c.At.Sub(from).Round(time.Millisecond), c.Holders)
-	}
-	return sb.String()
-}
+func (m *Meter) Timeline(from time.Time) string { return m.Sampler.Timeline(from, time.Time{}) }

@@ -298,6 +298,16 @@ type Change struct {
 	Holders []string // live holders from At on
 }
 
+// Timeline lists the live holder changes in [from, to] (zero to: up to
+// now), one per line, with the time relative to from.
+func (s *Sampler) Timeline(from, to time.Time) string {
+	var sb strings.Builder
+	for _, c := range s.Changes(from, to) {
+		fmt.Fprintf(&sb, "  +%-8s %v\n", c.At.Sub(from).Round(time.Millisecond), c.Holders)
+	}
+	return sb.String()
+}
+
 // Changes returns the moments the live holder set changed in [from, to]
 // (zero to: up to now).
 func (s *Sampler) Changes(from, to time.Time) []Change {
