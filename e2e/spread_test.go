@@ -556,4 +556,23 @@ func TestSpreadVipctlMoveHandsOneVIPOver(t *testing.T) {
 		}
 	}
 	e.report("vipctl move", out, 0, targetSpreadHandover)
+
+	// Bad moves are refused with an error that names what was wrong, and
+	// move nothing.
+	before, at := e.holders(), time.Now()
+	a := e.vips[0].addr
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"move", "198.18.0.199", "n1"}, "no spread VIP"},
+		{[]string{"move", a.String(), "n9"}, "n9: the node may not hold the VIP"},
+		{[]string{"move", "not-an-address", "n1"}, "not-an-address"},
+	} {
+		err := e.vipctl(e.leader(), bad.args...)
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("vipctl %s: %v, want an error naming %q", strings.Join(bad.args, " "), err, bad.want)
+		}
+	}
+	e.undisturbedExcept(nil, before, "refused moves", at, time.Now())
 }

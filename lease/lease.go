@@ -27,6 +27,12 @@ type Timing struct {
 	// Margin (M) is how long before the lease's end the holder lets go, for
 	// a late timer and the delete itself.
 	Margin time.Duration
+	// Gather (G) is how long the leader may hold a renewal request back so
+	// that others share its round: holders answered by one round ask again
+	// together, so one Raft entry a renewal period answers every holder
+	// instead of one entry per holder. It delays answers, never a lease's
+	// start (the holder's own r0), so it costs no safety, only lease time.
+	Gather time.Duration
 	// Drift (ρ) bounds how far any node's clock rate may be from real time.
 	Drift float64
 }
@@ -41,12 +47,13 @@ const (
 )
 
 // Derive returns the constants for a Raft heartbeat: D = 4H, R = H/2,
-// M = H/10, ρ = 1%.
+// M = H/10, G = H/20, ρ = 1%.
 func Derive(heartbeat time.Duration) Timing {
 	return Timing{
 		Duration: leaseHeartbeats * heartbeat,
 		Renew:    heartbeat / 2,
 		Margin:   heartbeat / 10,
+		Gather:   heartbeat / 20,
 		Drift:    DefaultDrift,
 	}
 }
@@ -61,11 +68,13 @@ func (t Timing) Validate(heartbeat time.Duration) error {
 		return fmt.Errorf("lease margin %s: must be in [0, duration %s)", t.Margin, t.Duration)
 	case t.Renew <= 0:
 		return fmt.Errorf("lease renewal period %s: must be positive", t.Renew)
+	case t.Gather < 0 || t.Gather >= t.Renew:
+		return fmt.Errorf("lease gather window %s: must be in [0, renewal period %s)", t.Gather, t.Renew)
 	}
-	// The lease must outlast the slowest failover: a renewal period, 3
-	// heartbeats, at the holder's fastest clock.
-	if need := t.Renew + 3*heartbeat; t.holdReal() < need {
-		return fmt.Errorf("lease %s less margin %s lasts %s at drift %v: shorter than a renewal period and three heartbeats (%s), so a leader's death would drop the followers' VIPs",
+	// The lease must outlast the slowest failover: a renewal period and
+	// its gather window, 3 heartbeats, at the holder's fastest clock.
+	if need := t.Renew + t.Gather + 3*heartbeat; t.holdReal() < need {
+		return fmt.Errorf("lease %s less margin %s lasts %s at drift %v: shorter than a renewal period, its gather window and three heartbeats (%s), so a leader's death would drop the followers' VIPs",
 			t.Duration, t.Margin, t.holdReal(), t.Drift, need)
 	}
 	return nil

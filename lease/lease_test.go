@@ -133,7 +133,9 @@ func TestLeaderDeathKeepsFollowersVIPsAndWaitsForOldGrants(t *testing.T) {
 		if w.t >= death {
 			break // the request is lost with the leader
 		}
-		grants := old.Round([]Request{{Node: "a", Arrived: oldClock(), Wants: []string{"va"}}}, view)
+		arrived := oldClock()
+		w.t += tm.Gather // held back for other holders to share the round
+		grants := old.Round([]Request{{Node: "a", Arrived: arrived, Wants: []string{"va"}}}, view)
 		w.t += delta
 		a.Granted(id, grants["a"])
 		if !a.Holds("va") {
@@ -162,7 +164,9 @@ func TestLeaderDeathKeepsFollowersVIPsAndWaitsForOldGrants(t *testing.T) {
 	// a learns of the new leader and asks; the round answers it.
 	id := a.Request([]string{"va"})
 	w.t += delta
-	grants := g.Round([]Request{{Node: "a", Arrived: newClock(), Wants: []string{"va"}}}, view)
+	arrived := newClock()
+	w.t += tm.Gather
+	grants := g.Round([]Request{{Node: "a", Arrived: arrived, Wants: []string{"va"}}}, view)
 	w.t += delta
 	if !a.Holds("va") {
 		t.Fatalf("a dropped va at %s, before the new leader's first round answered", w.t)
@@ -351,6 +355,7 @@ func TestDerivedTimingOutlastsTheSlowestFailover(t *testing.T) {
 		{Duration: time.Second, Renew: ms, Margin: time.Second, Drift: 0.01},
 		{Duration: time.Second, Renew: 0, Drift: 0.01},
 		{Duration: time.Second, Renew: ms, Drift: 0.6},
+		{Duration: time.Second, Renew: ms, Gather: ms, Drift: 0.01},
 	} {
 		if err := bad.Validate(ms); err == nil {
 			t.Errorf("%+v validated", bad)

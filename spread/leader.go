@@ -238,7 +238,11 @@ func (l *granter) step(ctx context.Context) time.Duration {
 		l.commit(ctx, entrySettle, v, func() error { return l.r.o.Cluster.SettleVIP(v, h.Node) })
 	}
 	if len(l.pending) > 0 {
-		l.commit(ctx, entryRound, "", func() error { return l.r.o.Cluster.Round(l.term) })
+		if left := l.gatherLeft(); left > 0 {
+			wait = min(wait, left)
+		} else {
+			l.commit(ctx, entryRound, "", func() error { return l.r.o.Cluster.Round(l.term) })
+		}
 	}
 	if len(l.handing) > 0 && !l.holdsAny() {
 		l.fail(nil)
@@ -247,6 +251,16 @@ func (l *granter) step(ctx context.Context) time.Duration {
 		wait = min(wait, left+time.Millisecond)
 	}
 	return wait
+}
+
+// gatherLeft is how much longer the waiting requests may wait for others to
+// share their round (lease.Timing.Gather, counted from the oldest arrival).
+func (l *granter) gatherLeft() time.Duration {
+	oldest := l.pending[0].Arrived
+	for _, p := range l.pending[1:] {
+		oldest = min(oldest, p.Arrived)
+	}
+	return oldest + l.r.o.Timing.Gather - l.r.o.Clock()
 }
 
 // holdsAny reports whether a VIP is still settled on (or assigned to) this node.

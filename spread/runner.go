@@ -241,6 +241,12 @@ func (s *holder) answer(m lease.Message) {
 	}
 	s.h.Granted(m.ID, m.VIPs)
 	s.unanswered = -1
+	if m.ID == s.lastReq {
+		// Ask again a renewal period after the answer, not after the
+		// request: holders answered by one round then ask together, and
+		// the leader's gather window lets them share the next one too.
+		s.nextAsk = s.r.o.Clock() + s.r.o.Timing.Renew
+	}
 	for _, v := range m.Gone {
 		if s.h.Holds(v) {
 			s.release(v)

@@ -47,6 +47,7 @@ type world struct {
 	cut        map[string]bool
 	dead       map[string]bool            // gossip's word, whatever the lease connections say
 	rounds     int                        // rounds committed
+	writes     int                        // messages holders wrote to a lease connection
 	frozen     map[string]election.Intent // what a cut node last saw of the log
 	conns      map[string][]net.Conn
 	holders    map[string]map[string]bool // VIP -> nodes holding it
@@ -160,10 +161,25 @@ func (c fakeCluster) DialLease(ctx context.Context, raftAddr string) (net.Conn, 
 		return nil, fmt.Errorf("dial %s: unreachable", raftAddr)
 	}
 	a, b := net.Pipe()
+	a = countingConn{Conn: a, w: c.w}
 	c.w.conns[c.node] = append(c.w.conns[c.node], a)
 	c.w.conns[raftAddr] = append(c.w.conns[raftAddr], b)
 	go func() { defer b.Close(); srv.ServeConn(b) }()
 	return a, nil
+}
+
+// countingConn counts the messages a holder writes (one Write each:
+// lease.WriteMessage).
+type countingConn struct {
+	net.Conn
+	w *world
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	c.w.mu.Lock()
+	c.w.writes++
+	c.w.mu.Unlock()
+	return c.Conn.Write(p)
 }
 
 // setCut cuts node off (or heals it): its lease connections break, no new
@@ -494,5 +510,39 @@ func TestLeaderThatStepsDownAliveKeepsItsVIP(t *testing.T) {
 	eventually(t, vip+" held again", func() bool { return len(w.holderOf(vip)) == 1 })
 	if h := w.holderOf(vip); !slices.Equal(h, []string{"a"}) {
 		t.Errorf("%s on %v after its leader a stepped down alive, want it back on a", vip, h)
+	}
+}
+
+// Holders answered by one round ask again together (a renewal period after
+// the answer), and the leader holds a request back for up to Gather so
+// that the others' requests share its round: in the steady state one Raft
+// entry a renewal period answers every holder, instead of one per request.
+// Gather is a tenth of the period here, as derived: holders that asked on
+// their own cadence would rarely fall inside it.
+func TestRenewalsShareOneRound(t *testing.T) {
+	w := newWorld(t, lease.Timing{Duration: time.Hour, Renew: 100 * time.Millisecond, Margin: 60 * time.Millisecond,
+		Gather: 10 * time.Millisecond, Drift: lease.DefaultDrift})
+	t.Cleanup(w.noOverlap)
+	a := w.add("a", testVIPs, []string{"web"})
+	w.add("b", testVIPs, []string{"web"})
+	w.add("c", testVIPs, []string{"web"})
+	w.setLeader("a")
+	a.leadership <- Leadership{Leader: true, Term: 1}
+	w.spreadOver(t, 2)
+	time.Sleep(time.Second) // the holders fall into step
+	w.mu.Lock()
+	rounds, writes := w.rounds, w.writes
+	w.mu.Unlock()
+	eventually(t, "100 more renewal requests", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.writes >= writes+100
+	})
+	w.mu.Lock()
+	rounds, writes = w.rounds-rounds, w.writes-writes
+	w.mu.Unlock()
+	t.Logf("%d rounds answered %d requests", rounds, writes)
+	if 3*rounds > 2*writes {
+		t.Errorf("%d rounds for %d requests from two or three holders: they do not share rounds", rounds, writes)
 	}
 }
