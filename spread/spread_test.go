@@ -1,6 +1,7 @@
 package spread
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -46,6 +47,7 @@ type world struct {
 	runners    map[string]*Runner
 	cut        map[string]bool
 	dead       map[string]bool            // gossip's word, whatever the lease connections say
+	rebalance  string                     // cluster.rebalance of every node added from then on (default manual)
 	rounds     int                        // rounds committed
 	writes     int                        // messages holders wrote to a lease connection
 	frozen     map[string]election.Intent // what a cut node last saw of the log
@@ -267,7 +269,7 @@ var testVIPs = []placement.VIP{
 func (w *world) add(name string, vips []placement.VIP, healthy []string) *testNode {
 	r, err := New(Options{
 		Node: name, Timing: w.timing, Cluster: fakeCluster{w: w, node: name}, Holds: holds{w: w, node: name},
-		VIPs: func() []placement.VIP { return vips }, Rebalance: func() string { return placement.Manual },
+		VIPs: func() []placement.VIP { return vips }, Rebalance: func() string { return cmp.Or(w.rebalance, placement.Manual) },
 		Healthy: func() []string { return healthy }, Logger: zaptest.NewLogger(w.t).Named(name),
 	})
 	if err != nil {
@@ -544,5 +546,55 @@ func TestRenewalsShareOneRound(t *testing.T) {
 	t.Logf("%d rounds answered %d requests", rounds, writes)
 	if 3*rounds > 2*writes {
 		t.Errorf("%d rounds for %d requests from two or three holders: they do not share rounds", rounds, writes)
+	}
+}
+
+// A node that joins a cluster whose spread is uneven by more than one gets
+// a VIP with rebalance: auto, by planned hand-over, and nothing with
+// manual (placement is sticky).
+func TestAutoRebalanceMovesAVIPToAJoiningNode(t *testing.T) {
+	three := append(slices.Clone(testVIPs), placement.VIP{Address: "198.18.0.102", Placement: placement.Spread, Frontends: []string{"web"}})
+	for _, rebalance := range []string{placement.Manual, placement.Auto} {
+		t.Run(rebalance, func(t *testing.T) {
+			w := newWorld(t, longTiming) // no lease runs out: only a hand-over can move a VIP
+			w.rebalance = rebalance
+			t.Cleanup(w.noOverlap)
+			a := w.add("a", three, []string{"web"})
+			w.add("b", three, []string{"web"})
+			w.setLeader("a")
+			a.leadership <- Leadership{Leader: true, Term: 1}
+			perNode := func() map[string]int {
+				n := map[string]int{}
+				for _, v := range three {
+					for _, h := range w.holderOf(v.Address) {
+						n[h]++
+					}
+				}
+				return n
+			}
+			eventually(t, "the three VIPs held two and one", func() bool {
+				n := perNode()
+				return n["a"]+n["b"] == 3 && n["a"] > 0 && n["b"] > 0
+			})
+			w.add("c", three, []string{"web"})
+			if rebalance == placement.Auto {
+				eventually(t, "one VIP on each node", func() bool {
+					n := perNode()
+					return n["a"] == 1 && n["b"] == 1 && n["c"] == 1
+				})
+				return
+			}
+			w.mu.Lock()
+			from := w.rounds
+			w.mu.Unlock()
+			eventually(t, "twenty rounds after c joined", func() bool {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				return w.rounds >= from+20
+			})
+			if n := perNode(); n["c"] != 0 {
+				t.Errorf("with rebalance manual the joining node got %d VIPs (%v)", n["c"], n)
+			}
+		})
 	}
 }
