@@ -4,7 +4,7 @@ BIN     := bin
 GOFLAGS ?=
 PKGS    := ./...
 
-.PHONY: build test run demo bench bench-failover bench-spread soak-leader-load lint clean image
+.PHONY: build test run demo demo-spread bench bench-failover bench-spread soak-leader-load lint clean image
 
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend ./e2e/cmd/bedchild
@@ -65,6 +65,13 @@ run: build
 demo: build
 	@scripts/deps.sh $(DEMO_NEEDS)
 	$(GO) run ./e2e/cmd/demo
+
+# The same bed with three spread VIPs, one on each node, and a follower's
+# death: only its VIP moves (DEMO_FLAGS=-kill=leader shows the leader's).
+DEMO_FLAGS ?=
+demo-spread: build
+	@scripts/deps.sh $(DEMO_NEEDS)
+	$(GO) run ./e2e/cmd/demo -spread $(DEMO_FLAGS)
 
 bench: build
 	@scripts/deps.sh $(BENCH_NEEDS)

@@ -4,6 +4,11 @@
 // the leader node (SIGKILL and link down), prints the measured failover, and
 // tears everything down.
 //
+// With -spread (make demo-spread) the cluster has three VIPs of placement
+// spread instead, one client for each: every node holds one, and a
+// follower's death (-kill leader: the leader's) moves only its VIP, once its
+// lease has surely run out.
+//
 // It uses the built bin/vipd and bin/demo-backend (`make demo` builds them
 // first) and needs root: it creates network namespaces.
 package main
@@ -37,7 +42,12 @@ func run() error {
 	backendBin := flag.String("backend", "bin/demo-backend", "demo backend binary")
 	before := flag.Duration("before", 4*time.Second, "how long to watch before killing the leader")
 	after := flag.Duration("after", 5*time.Second, "how long to watch after killing the leader")
+	spread := flag.Bool("spread", false, "three VIPs of placement spread, one per node, instead of one on the leader")
+	kill := flag.String("kill", "follower", "with -spread: the node whose death is shown, follower or leader")
 	flag.Parse()
+	if *kill != "follower" && *kill != "leader" {
+		return fmt.Errorf("-kill %q: want follower or leader", *kill)
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it builds network namespaces (try sudo make demo)")
 	}
@@ -56,12 +66,7 @@ func run() error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	return demo(ctx, dir, *vipdBin, *backendBin, *before, *after)
-}
-
-func demo(ctx context.Context, dir, vipdBin, backendBin string, before, after time.Duration) (err error) {
-	fmt.Println("building the bed: namespaces n1 n2 n3 (vipd, 198.18.0.11-13), b1 b2 (backends, .21 .22), c (client, .2), one bridge")
-	b, err := bed.New(bed.DefaultHosts(), dir)
+	b, err := newBed(dir)
 	if err != nil {
 		return err
 	}
@@ -72,22 +77,46 @@ func demo(ctx context.Context, dir, vipdBin, backendBin string, before, after ti
 		err = errors.Join(err, b.Close())
 		fmt.Println("torn down: every namespace and process of the demo is gone")
 	}()
+	if *spread {
+		return demoSpread(ctx, b, dir, *vipdBin, *backendBin, *before, *after, *kill == "leader")
+	}
+	return demo(ctx, b, dir, *vipdBin, *backendBin, *before, *after)
+}
+
+func newBed(dir string) (*bed.Bed, error) {
+	fmt.Println("building the bed: namespaces n1 n2 n3 (vipd, 198.18.0.11-13), b1 b2 (backends, .21 .22), c (client, .2), one bridge")
+	return bed.New(bed.DefaultHosts(), dir)
+}
+
+// startCluster starts the backends and the three daemons, each rendering
+// its config with render (nil: the bed's one leader VIP), and waits until
+// they formed a cluster.
+func startCluster(ctx context.Context, b *bed.Bed, dir, vipdBin, backendBin string,
+	render func(bed.VipdOptions, *bed.Host) ([]byte, error)) (*bed.Cluster, string, error) {
 	nodes := []*bed.Host{b.Host("n1"), b.Host("n2"), b.Host("n3")}
 	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
-	upCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	if err := bed.StartBackends(upCtx, b, backendBin, backends, b.Host("c"), nil); err != nil {
-		return err
+	if err := bed.StartBackends(ctx, b, backendBin, backends, b.Host("c"), nil); err != nil {
+		return nil, "", err
 	}
 	opts := bed.DefaultVipdOptions(vipdBin, nodes, backends, dir)
+	opts.Render = render
 	cluster, err := bed.StartCluster(b, opts)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	leader, err := cluster.WaitFormed(upCtx)
+	leader, err := cluster.WaitFormed(ctx)
+	return cluster, leader, err
+}
+
+func demo(ctx context.Context, b *bed.Bed, dir, vipdBin, backendBin string, before, after time.Duration) error {
+	nodes := []*bed.Host{b.Host("n1"), b.Host("n2"), b.Host("n3")}
+	upCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	cluster, leader, err := startCluster(upCtx, b, dir, vipdBin, backendBin, nil)
 	if err != nil {
 		return err
 	}
+	opts := cluster.Opts
 	fmt.Printf("cluster formed, raft leader %s; VIP %s lifetime %s refreshed every %s\n", leader, bed.VIP, opts.Lifetime, opts.Refresh)
 	s, err := bed.NewSampler(bed.VIP, 10*time.Millisecond, nodes...)
 	if err != nil {
@@ -155,6 +184,27 @@ func demo(ctx context.Context, dir, vipdBin, backendBin string, before, after ti
 // answered in that window. The dead node, if any, is marked: the address
 // left in its namespace until the kernel lifetime runs out serves no one.
 func watch(ctx context.Context, s *bed.Sampler, cl *bed.Client, start time.Time, d time.Duration, dead string) error {
+	return every(ctx, d, func(from, now time.Time) {
+		answers := cl.Backends(from, now)
+		failed := 0
+		for _, r := range cl.Results() {
+			if !r.OK() && r.End.After(from) && !r.End.After(now) {
+				failed++
+			}
+		}
+		var parts []string
+		for _, k := range slices.Sorted(maps.Keys(answers)) {
+			parts = append(parts, fmt.Sprintf("%s×%d", k, answers[k]))
+		}
+		if len(parts) == 0 {
+			parts = []string{"none"}
+		}
+		fmt.Printf("[%6.2fs] VIP on %-11s answers: %-16s failed: %d\n", now.Sub(start).Seconds(), holderNames(s, dead), strings.Join(parts, " "), failed)
+	})
+}
+
+// every calls show every 250 ms for d with the window since its last call.
+func every(ctx context.Context, d time.Duration, show func(from, now time.Time)) error {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	end := time.Now().Add(d)
@@ -164,36 +214,26 @@ func watch(ctx context.Context, s *bed.Sampler, cl *bed.Client, start time.Time,
 		case <-ctx.Done():
 			return ctx.Err()
 		case now := <-t.C:
-			var holders []string
-			for _, n := range s.Last().Holders {
-				if n == dead {
-					n += "(dead)"
-				}
-				holders = append(holders, n)
-			}
-			h := "-"
-			if len(holders) > 0 {
-				h = strings.Join(holders, " ")
-			}
-			answers := cl.Backends(from, now)
-			failed := 0
-			for _, r := range cl.Results() {
-				if !r.OK() && r.End.After(from) && !r.End.After(now) {
-					failed++
-				}
-			}
-			var parts []string
-			for _, k := range slices.Sorted(maps.Keys(answers)) {
-				parts = append(parts, fmt.Sprintf("%s×%d", k, answers[k]))
-			}
-			if len(parts) == 0 {
-				parts = []string{"none"}
-			}
-			fmt.Printf("[%6.2fs] VIP on %-11s answers: %-16s failed: %d\n", now.Sub(start).Seconds(), h, strings.Join(parts, " "), failed)
+			show(from, now)
 			from = now
 		}
 	}
 	return nil
+}
+
+// holderNames is the sampler's latest holders, the dead node marked, or "-".
+func holderNames(s *bed.Sampler, dead string) string {
+	var holders []string
+	for _, n := range s.Last().Holders {
+		if n == dead {
+			n += "(dead)"
+		}
+		holders = append(holders, n)
+	}
+	if len(holders) == 0 {
+		return "-"
+	}
+	return strings.Join(holders, " ")
 }
 
 func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
