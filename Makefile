@@ -96,11 +96,16 @@ soak-vipd: build
 
 # Needs root: the beds are network namespaces. 10 failovers per system
 # (vipd lan and fast, keepalived at advert 1 s, 100 ms, 50 ms, 20 ms) and
-# fault, every outage, vipd's phases, the CPU and the load averages; about
-# 11 minutes. BENCH_FAILOVER_FLAGS="-trials 3 -systems vipd-fast" narrows it.
+# fault, every outage, vipd's phases, the CPU and the load averages; then
+# the spread scenario: three VIPs, one per node (vipd placement: spread,
+# keepalived one VRRP instance per VIP at advert 0.1 s), 10 node deaths
+# each (vipd: a follower's and the leader's); about 17 minutes.
+# BENCH_FAILOVER_FLAGS="-trials 3 -systems vipd-fast" narrows both.
+BENCH_FAILOVER_SPREAD_SYSTEMS ?= vipd-lan,vipd-fast,keepalived-100ms
 bench-failover: build
 	@scripts/deps.sh $(BENCH_FAILOVER_NEEDS)
 	$(GO) run ./e2e/cmd/benchfailover $(BENCH_FAILOVER_FLAGS)
+	$(GO) run ./e2e/cmd/benchfailover -spread -systems $(BENCH_FAILOVER_SPREAD_SYSTEMS) $(BENCH_FAILOVER_FLAGS)
 
 # The flapping tests at full length (needs root): 5 runs of 60 s each, with
 # the leader's own proxy saturated and with outside CPU load, every profile.

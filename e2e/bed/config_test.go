@@ -1,6 +1,7 @@
 package bed
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,6 +79,36 @@ func TestKeepalivedAndHAProxyConfigsPassTheirChecks(t *testing.T) {
 		}
 		if out, err := exec.Command("haproxy", "-c", "-f", k.path("n1", "haproxy.conf")).CombinedOutput(); err != nil {
 			t.Errorf("haproxy -c: %v: %s", err, out)
+		}
+	}
+	// Spread: one instance per VIP, each node the preferred master of one.
+	k := &Keepalived{Opts: KeepalivedOptions{Nodes: nodes, Backends: backends, Dir: dir, Advert: 100 * time.Millisecond, VIPs: SpreadVIPs}}
+	if err := k.writeConfigs(); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		kc, err := os.ReadFile(k.path(n.Name, "keepalived.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("virtual_router_id %d\n  priority 100\n", 51+i)
+		if !strings.Contains(string(kc), want) || strings.Count(string(kc), "vrrp_instance") != len(SpreadVIPs) || strings.Contains(string(kc), "nopreempt") {
+			t.Errorf("spread config of %s: want %d preempting instances, %q among them, in:\n%s", n.Name, len(SpreadVIPs), want, kc)
+		}
+		if out, err := exec.Command("keepalived", "--config-test", "-f", k.path(n.Name, "keepalived.conf")).CombinedOutput(); err != nil {
+			t.Errorf("keepalived --config-test, spread: %v: %s\n%s", err, out, kc)
+		}
+		hc, err := os.ReadFile(k.path(n.Name, "haproxy.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range SpreadVIPs {
+			if !strings.Contains(string(hc), fmt.Sprintf("bind %s:%d", v, FrontendPort)) {
+				t.Errorf("spread HAProxy config of %s binds no %s:\n%s", n.Name, v, hc)
+			}
+		}
+		if out, err := exec.Command("haproxy", "-c", "-f", k.path(n.Name, "haproxy.conf")).CombinedOutput(); err != nil {
+			t.Errorf("haproxy -c, spread: %v: %s", err, out)
 		}
 	}
 }

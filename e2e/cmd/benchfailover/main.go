@@ -75,6 +75,7 @@ func run() error {
 	flag.StringVar(&c.keepLogs, "logs", "", "keep process logs in this directory (default: removed)")
 	flag.StringVar(&env, "vipd-env", "", "comma-separated NAME=VALUE added to every vipd's environment (GOGC=400)")
 	flag.StringVar(&unit, "vipd-unit", "deploy/systemd/vipd.service", "run vipd at this systemd unit's Nice= and CPUWeight= (\"\": at this process's priority)")
+	spreadBed := flag.Bool("spread", false, "the spread scenario instead: three VIPs, one per node (vipd placement: spread; keepalived one VRRP instance per VIP), and node deaths (vipd: a follower's, the leader's)")
 	flag.Parse()
 	c.systems, c.faults = strings.Split(systems, ","), strings.Split(faults, ",")
 	if env != "" {
@@ -116,6 +117,9 @@ func run() error {
 	}
 	if c.vipdSched != nil {
 		fmt.Printf("vipd ranked as %s: nice %d, autogroup nice %d; keepalived and HAProxy at this process's\n", unit, c.vipdSched.Nice, c.vipdSched.GroupNice)
+	}
+	if *spreadBed {
+		return runSpread(ctx, c)
 	}
 	var rows []row
 	for _, s := range c.systems {
@@ -202,10 +206,13 @@ type row struct {
 	system, fault string
 	outages       []time.Duration
 	failed        int
-	lifetime      string // the VIP's kernel valid_lft, the largest seen
-	leftover      string
-	load          string                     // load averages when the row's trials ended
-	phases        []map[string]time.Duration // vipd: per trial, each phase's time after the fault
+	// spread rows: failed requests of the VIPs the dead node did not hold,
+	// how many of them moved, and samples with two live holders
+	others, othersMoved, twoHolders int
+	lifetime                        string // the VIP's kernel valid_lft, the largest seen
+	leftover                        string
+	load                            string                     // load averages when the row's trials ended
+	phases                          []map[string]time.Duration // vipd: per trial, each phase's time after the fault
 }
 
 func (r row) p50() time.Duration {
@@ -311,7 +318,7 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 		}
 		r.outages = append(r.outages, rec.Outage.Gap)
 		r.failed += rec.Outage.Failed
-		left := leftover(s, b.Host(old), at, sys.lifetime())
+		left := leftover(s, b.Host(old), bed.VIP, at, sys.lifetime())
 		leftovers = append(leftovers, left)
 		fmt.Printf("%s %s trial %d: VIP %s -> %s, outage %s, moves %d, dead holder kept the VIP %s\n",
 			sysName, fault, i+1, old, rec.Holder, rec.Outage, rec.Moves, left)
@@ -359,10 +366,10 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 	return r, nil
 }
 
-// leftover waits for the dead holder's VIP to go: a lifetime and a second
+// leftover waits for the dead holder's vip to go: a lifetime and a second
 // for vipd, three seconds for keepalived, after which the VIP is removed by
 // hand (what an operator would have to do) so the next trial starts clean.
-func leftover(s *bed.Sampler, h *bed.Host, since time.Time, lifetime time.Duration) string {
+func leftover(s *bed.Sampler, h *bed.Host, vip netip.Addr, since time.Time, lifetime time.Duration) string {
 	wait := 3 * time.Second
 	if lifetime > 0 {
 		wait = lifetime + time.Second
@@ -376,7 +383,7 @@ func leftover(s *bed.Sampler, h *bed.Host, since time.Time, lifetime time.Durati
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := h.RemoveAddr(bed.VIP); err != nil {
+	if err := h.RemoveAddr(vip); err != nil {
 		return fmt.Sprintf("≥%s (remove: %v)", ms(wait), err)
 	}
 	time.Sleep(30 * time.Millisecond) // let the sampler see it go

@@ -1,0 +1,370 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vipd/vipd/e2e/bed"
+)
+
+// runSpread measures the spread scenario for every system and prints its
+// table.
+func runSpread(ctx context.Context, c config) error {
+	var rows []row
+	for _, s := range c.systems {
+		for _, f := range spreadFaults(s) {
+			r, err := measureSpread(ctx, c, s, f)
+			if err != nil {
+				return fmt.Errorf("%s spread, %s: %w", s, f, err)
+			}
+			rows = append(rows, r)
+		}
+	}
+	fmt.Printf("\nthree VIPs, one per node; a node dies: outage of each VIP it held (GET every 10 ms, 50 ms timeout), %d trials each; %s, %d CPUs:\n\n", c.trials, cpuModel(), runtime.NumCPU())
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "system\tfault\tp50\tmax\toutages\tits failed requests\tother VIPs' failed requests\tother VIPs moved\tsamples with two holders\tload average")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", r.system, r.fault, ms(r.p50()), ms(slices.Max(r.outages)), list(r.outages),
+			r.failed, r.others, r.othersMoved, r.twoHolders, r.load)
+	}
+	return w.Flush()
+}
+
+// spreadFaults are the node deaths of the spread scenario: vipd tells a
+// follower's from the leader's (they take different paths: a lease that
+// must run out, a Raft failover); keepalived's nodes are all alike.
+func spreadFaults(sysName string) []string {
+	if strings.HasPrefix(sysName, "keepalived") {
+		return []string{"death"}
+	}
+	return []string{"follower-death", "leader-death"}
+}
+
+// spreadVIP is one VIP of the spread bed with its sampler and client.
+type spreadVIP struct {
+	addr    netip.Addr
+	sampler *bed.Sampler
+	client  *bed.Client
+}
+
+// measureSpread builds a fresh bed with the three VIPs of bed.SpreadVIPs
+// spread over the nodes (vipd: placement spread; keepalived: one VRRP
+// instance each, every node the preferred master of one) and runs the
+// trials of one node death: the outage of each VIP the dead node held, and
+// the failed requests of the others, which should see none.
+func measureSpread(ctx context.Context, c config, sysName, fault string) (r row, err error) {
+	r = row{system: sysName + " spread", fault: fault}
+	dir, err := os.MkdirTemp("", "benchfailover-")
+	if err != nil {
+		return r, err
+	}
+	defer os.RemoveAll(dir)
+	logDir := dir
+	if c.keepLogs != "" {
+		logDir = fmt.Sprintf("%s/%s-spread-%s", c.keepLogs, sysName, fault)
+		if err := os.MkdirAll(logDir, 0o755); err != nil {
+			return r, err
+		}
+	}
+	b, err := bed.New(bed.DefaultHosts(), logDir)
+	if err != nil {
+		return r, err
+	}
+	defer func() {
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "process logs:\n%s", b.Tails(20))
+		}
+		err = errors.Join(err, b.Close())
+	}()
+	nodes := []*bed.Host{b.Host("n1"), b.Host("n2"), b.Host("n3")}
+	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
+	upCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := bed.StartBackends(upCtx, b, c.backend, backends, b.Host("c"), nil); err != nil {
+		return r, err
+	}
+	sys, err := startSpreadSystem(upCtx, b, c, sysName, nodes, backends, dir)
+	if err != nil {
+		return r, err
+	}
+	var vips []*spreadVIP
+	for _, a := range bed.SpreadVIPs {
+		s, err := bed.NewSampler(a, 10*time.Millisecond, nodes...)
+		if err != nil {
+			return r, err
+		}
+		s.Start()
+		defer s.Stop()
+		v := &spreadVIP{addr: a, sampler: s, client: bed.NewClient(b.Host("c"), netip.AddrPortFrom(a, bed.FrontendPort).String())}
+		vips = append(vips, v)
+	}
+	if err := balanced(upCtx, vips); err != nil {
+		return r, err
+	}
+	for _, v := range vips {
+		v.client.Start()
+		defer v.client.Stop()
+		if err := v.client.WaitFlowing(upCtx, time.Now(), 20); err != nil {
+			return r, fmt.Errorf("%s: %w", v.addr, err)
+		}
+	}
+	for i := range c.trials {
+		if ctx.Err() != nil {
+			return r, ctx.Err()
+		}
+		tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		err := spreadTrial(tctx, &r, b, sys, vips, sysName, fault, i)
+		cancel()
+		if err != nil {
+			return r, fmt.Errorf("trial %d: %w", i+1, err)
+		}
+	}
+	r.load = loadAvg()
+	for _, v := range vips {
+		for _, x := range v.sampler.Violations() {
+			r.twoHolders++
+			fmt.Printf("%s %s: two live holders of %s: %s\n", r.system, fault, v.addr, x)
+		}
+	}
+	return r, nil
+}
+
+// spreadTrial kills one node, measures, and brings the bed back to one VIP
+// on each node.
+func spreadTrial(ctx context.Context, r *row, b *bed.Bed, sys spreadSystem, vips []*spreadVIP, sysName, fault string, trial int) error {
+	holders := map[netip.Addr]string{}
+	for _, v := range vips {
+		h, err := v.sampler.WaitSingle(ctx, 200*time.Millisecond, "")
+		if err != nil {
+			return fmt.Errorf("%s: %w", v.addr, err)
+		}
+		holders[v.addr] = h
+	}
+	victim, err := sys.victim(ctx, fault, holders, trial)
+	if err != nil {
+		return err
+	}
+	at := time.Now()
+	for _, v := range vips {
+		v.sampler.Exempt(victim, at)
+	}
+	sys.killNode(victim) // first: a dead node runs nothing after its link drops
+	if err := b.Host(victim).SetLink(false); err != nil {
+		return err
+	}
+	var lines []string
+	for _, v := range vips {
+		if holders[v.addr] != victim {
+			continue
+		}
+		m := &bed.Meter{Sampler: v.sampler, Client: v.client, Settle: 1500 * time.Millisecond}
+		rec, err := m.Recover(ctx, at, victim)
+		if err != nil {
+			return fmt.Errorf("%s: %w", v.addr, err)
+		}
+		r.outages = append(r.outages, rec.Outage.Gap)
+		r.failed += rec.Outage.Failed
+		lines = append(lines, fmt.Sprintf("%s %s -> %s, outage %s", v.addr, victim, rec.Holder, rec.Outage))
+	}
+	time.Sleep(time.Second) // the others' window: the failover and after
+	for _, v := range vips {
+		if holders[v.addr] == victim {
+			continue
+		}
+		o, err := v.client.Outage(at, time.Now())
+		if err != nil {
+			return fmt.Errorf("%s: %w", v.addr, err)
+		}
+		r.others += o.Failed
+		moved := ""
+		if n := len(v.sampler.Changes(at, time.Time{})) - 1; n > 0 {
+			r.othersMoved++
+			moved = fmt.Sprintf(", MOVED %d times", n)
+		}
+		lines = append(lines, fmt.Sprintf("%s stayed on %s: %d failed%s", v.addr, holders[v.addr], o.Failed, moved))
+	}
+	for _, v := range vips {
+		if holders[v.addr] == victim {
+			lines = append(lines, fmt.Sprintf("the dead node kept %s %s", v.addr, leftover(v.sampler, b.Host(victim), v.addr, at, sys.lifetime())))
+		}
+	}
+	fmt.Printf("%s spread %s trial %d (%s): %s\n", sysName, fault, trial+1, victim, strings.Join(lines, "; "))
+	for _, v := range vips {
+		v.sampler.Unexempt(victim, time.Now())
+	}
+	if err := b.Host(victim).SetLink(true); err != nil {
+		return err
+	}
+	if err := sys.restart(ctx, victim); err != nil {
+		return err
+	}
+	if err := sys.rebalance(ctx, vips); err != nil {
+		return err
+	}
+	return balanced(ctx, vips)
+}
+
+// isBalanced reports whether every VIP has one live holder, each a
+// different node.
+func isBalanced(vips []*spreadVIP) bool {
+	seen := map[string]bool{}
+	for _, v := range vips {
+		if h := v.sampler.Last().Holders; len(h) == 1 {
+			seen[h[0]] = true
+		}
+	}
+	return len(seen) == len(vips)
+}
+
+// balanced waits until isBalanced.
+func balanced(ctx context.Context, vips []*spreadVIP) error {
+	for !isBalanced(vips) {
+		select {
+		case <-ctx.Done():
+			var on []string
+			for _, v := range vips {
+				on = append(on, fmt.Sprintf("%s on %v", v.addr, v.sampler.Last().Holders))
+			}
+			return fmt.Errorf("the VIPs did not spread one per node: %s: %w", strings.Join(on, ", "), ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// spreadSystem is a system of the spread scenario.
+type spreadSystem interface {
+	killNode(node string)
+	restart(ctx context.Context, node string) error
+	lifetime() time.Duration
+	// victim picks the node a trial's fault kills.
+	victim(ctx context.Context, fault string, holders map[netip.Addr]string, trial int) (string, error)
+	// rebalance puts one VIP back on each node after a restart.
+	rebalance(ctx context.Context, vips []*spreadVIP) error
+}
+
+func startSpreadSystem(ctx context.Context, b *bed.Bed, c config, name string, nodes, backends []*bed.Host, dir string) (spreadSystem, error) {
+	kind, arg, _ := strings.Cut(name, "-")
+	switch kind {
+	case "vipd":
+		o := bed.DefaultVipdOptions(c.vipdBin, nodes, backends, dir)
+		o.Timing, o.Render = arg, bed.SpreadConfig
+		o.Env, o.Sched = c.vipdEnv, c.vipdSched
+		cl, err := bed.StartCluster(b, o)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := cl.WaitFormed(ctx); err != nil {
+			return nil, err
+		}
+		return vipdSpread{vipdSystem{cl}, b, filepath.Join(filepath.Dir(c.vipdBin), "vipctl")}, nil
+	case "keepalived":
+		advert, err := time.ParseDuration(arg)
+		if err != nil {
+			return nil, fmt.Errorf("system %q: advert_int %q: %w", name, arg, err)
+		}
+		k, err := bed.StartKeepalived(b, bed.KeepalivedOptions{Nodes: nodes, Backends: backends, Dir: dir, Advert: advert, VIPs: bed.SpreadVIPs})
+		if err != nil {
+			return nil, err
+		}
+		return keepalivedSpread{keepalivedSystem{k}}, nil
+	}
+	return nil, fmt.Errorf("unknown system %q (vipd-PROFILE, keepalived-ADVERT)", name)
+}
+
+type vipdSpread struct {
+	vipdSystem
+	bed    *bed.Bed
+	vipctl string
+}
+
+func (v vipdSpread) victim(ctx context.Context, fault string, holders map[netip.Addr]string, trial int) (string, error) {
+	leader, err := v.c.WaitFormed(ctx)
+	if err != nil {
+		return "", err
+	}
+	if fault == "leader-death" {
+		return leader, nil
+	}
+	var followers []string
+	for _, h := range holders {
+		if h != leader && !slices.Contains(followers, h) {
+			followers = append(followers, h)
+		}
+	}
+	if len(followers) == 0 {
+		return "", fmt.Errorf("no follower holds a VIP (leader %s, holders %v)", leader, holders)
+	}
+	slices.Sort(followers)
+	return followers[trial%len(followers)], nil
+}
+
+// rebalance moves VIPs onto the node that holds none (placement is sticky:
+// a restarted node gets nothing by itself) with vipctl move, until each
+// node holds one. A move the leader refuses (the restarted node not yet
+// renewing, so not yet fit) is tried again.
+func (v vipdSpread) rebalance(ctx context.Context, vips []*spreadVIP) error {
+	for !isBalanced(vips) {
+		count := map[string][]netip.Addr{"n1": nil, "n2": nil, "n3": nil}
+		for _, sv := range vips {
+			if h := sv.sampler.Last().Holders; len(h) == 1 {
+				count[h[0]] = append(count[h[0]], sv.addr)
+			}
+		}
+		var empty, crowded string
+		for n, on := range count {
+			switch {
+			case len(on) == 0:
+				empty = n
+			case len(on) > 1:
+				crowded = n
+			}
+		}
+		if empty != "" && crowded != "" {
+			if err := v.move(ctx, count[crowded][0], empty); err != nil {
+				fmt.Printf("  rebalance: %v (trying again)\n", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("rebalance: %w", ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// move runs vipctl move against the leader.
+func (v vipdSpread) move(ctx context.Context, vip netip.Addr, node string) error {
+	leader, err := v.c.WaitFormed(ctx)
+	if err != nil {
+		return err
+	}
+	h := v.bed.Host(leader)
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", h.NS, v.vipctl, "--admin",
+		netip.AddrPortFrom(h.Addr, bed.AdminPort).String(), "move", vip.String(), node).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("vipctl move %s %s: %w: %s", vip, node, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+type keepalivedSpread struct{ keepalivedSystem }
+
+// victim is the holder of VIP trial mod 3: each node in turn.
+func (k keepalivedSpread) victim(_ context.Context, _ string, holders map[netip.Addr]string, trial int) (string, error) {
+	return holders[bed.SpreadVIPs[trial%len(bed.SpreadVIPs)]], nil
+}
+
+// rebalance is keepalived's own: the restarted node preempts its VIP back.
+func (k keepalivedSpread) rebalance(context.Context, []*spreadVIP) error { return nil }
