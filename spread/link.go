@@ -13,12 +13,16 @@ import (
 
 // link is the holder's connection to one leader: it dials (and redials)
 // through the election, writes what the holder queues and hands what the
-// leader answers to the holder's loop. Its goroutines end with close.
+// leader answers to the holder's loop. close ends it without waiting, and
+// done says when its goroutines have ended: a dial to a dead leader can
+// take its whole timeout, and the holder loop must not wait for it, or a
+// lease would outlive its end on this node while the new leader, rightly,
+// gives the VIP away.
 type link struct {
 	leader string
 	out    chan outgoing
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	done   chan struct{}
 }
 
 type outgoing struct {
@@ -32,8 +36,14 @@ const linkQueue = 64
 
 func openLink(c Cluster, leader, raftAddr string, retry time.Duration, answers chan<- lease.Message, log *zap.Logger) *link {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &link{leader: leader, out: make(chan outgoing, linkQueue), cancel: cancel}
-	l.wg.Go(func() { l.run(ctx, c, raftAddr, retry, answers, log) })
+	l := &link{leader: leader, out: make(chan outgoing, linkQueue), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		var wg sync.WaitGroup
+		wg.Go(func() { l.run(ctx, c, raftAddr, retry, answers, log) })
+		wg.Wait()
+		l.drain()
+	}()
 	return l
 }
 
@@ -49,9 +59,22 @@ func (l *link) send(m lease.Message, sent chan struct{}) {
 	}
 }
 
-func (l *link) close() {
-	l.cancel()
-	l.wg.Wait()
+// close ends the link; it returns at once (done closes once it ended).
+func (l *link) close() { l.cancel() }
+
+// ended reports whether the link's goroutines have ended.
+func (l *link) ended() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// drain gives up the messages still queued once the link ended: their
+// waiters go on.
+func (l *link) drain() {
 	for {
 		select {
 		case o := <-l.out:

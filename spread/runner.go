@@ -140,6 +140,7 @@ type holder struct {
 	stopLead func() // ends the granter loop and waits; nil when none runs
 
 	link        *link
+	closed      []*link // closed links whose goroutines may not have ended yet; stop waits for them
 	lastReq     lease.RequestID
 	nextAsk     time.Duration // clock reading of the next request
 	unanswered  time.Duration // when the oldest request since the last answer went out; -1: none
@@ -193,10 +194,21 @@ func (s *holder) stop() {
 		s.stopLead()
 		s.stopLead = nil
 	}
-	if s.link != nil {
-		s.link.close()
-		s.link = nil
+	s.dropLink()
+	for _, l := range s.closed {
+		<-l.done
 	}
+	s.closed = nil
+}
+
+// dropLink closes the link to the leader without waiting for it to end.
+func (s *holder) dropLink() {
+	if s.link == nil {
+		return
+	}
+	s.link.close()
+	s.closed = append(slices.DeleteFunc(s.closed, (*link).ended), s.link)
+	s.link = nil
 }
 
 func (s *holder) leadership(ctx context.Context, l Leadership) {
@@ -313,8 +325,7 @@ func (s *holder) step() {
 		}
 	}
 	if s.link != nil && (s.link.leader != leader || leader == s.r.o.Node) {
-		s.link.close()
-		s.link = nil
+		s.dropLink()
 	}
 	if s.link == nil && leader != "" && leader != s.r.o.Node && addr != "" {
 		s.link = openLink(s.r.o.Cluster, leader, addr, s.r.o.Timing.Renew, s.r.answers, s.r.log)

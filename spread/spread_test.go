@@ -31,6 +31,10 @@ var longTiming = lease.Timing{Duration: time.Hour, Renew: 50 * time.Millisecond,
 
 const deadline = 10 * time.Second
 
+// dialHang is how long a dial to a hung node blocks: several leases of
+// testTiming.
+const dialHang = 3 * time.Second
+
 // world is a fake cluster shared by the test's nodes: one replicated
 // assignment applied at once everywhere, a leader, lease connections as
 // pipes that a cut breaks, and the holds of every node, which must never
@@ -46,6 +50,7 @@ type world struct {
 	assignment map[string]election.VIPAssignment
 	runners    map[string]*Runner
 	cut        map[string]bool
+	hang       map[string]bool            // dials to these nodes block for dialHang
 	dead       map[string]bool            // gossip's word, whatever the lease connections say
 	rebalance  string                     // cluster.rebalance of every node added from then on (default manual)
 	rounds     int                        // rounds committed
@@ -58,7 +63,7 @@ type world struct {
 
 func newWorld(t *testing.T, timing lease.Timing) *world {
 	return &world{t: t, timing: timing, assignment: map[string]election.VIPAssignment{}, runners: map[string]*Runner{},
-		cut: map[string]bool{}, dead: map[string]bool{}, frozen: map[string]election.Intent{}, conns: map[string][]net.Conn{}, holders: map[string]map[string]bool{}}
+		cut: map[string]bool{}, hang: map[string]bool{}, dead: map[string]bool{}, frozen: map[string]election.Intent{}, conns: map[string][]net.Conn{}, holders: map[string]map[string]bool{}}
 }
 
 type fakeCluster struct {
@@ -157,6 +162,14 @@ func (c fakeCluster) Status() election.Status {
 
 func (c fakeCluster) DialLease(ctx context.Context, raftAddr string) (net.Conn, error) {
 	c.w.mu.Lock()
+	if c.w.hang[raftAddr] {
+		// A dead host's SYN goes unanswered: the dial blocks for its
+		// whole timeout, whatever ctx says (raft's StreamLayer.Dial takes
+		// a timeout, not a context).
+		c.w.mu.Unlock()
+		time.Sleep(dialHang)
+		return nil, fmt.Errorf("dial %s: i/o timeout", raftAddr)
+	}
 	defer c.w.mu.Unlock()
 	srv := c.w.runners[raftAddr]
 	if c.w.cut[c.node] || c.w.cut[raftAddr] || srv == nil {
@@ -596,5 +609,49 @@ func TestAutoRebalanceMovesAVIPToAJoiningNode(t *testing.T) {
 				t.Errorf("with rebalance manual the joining node got %d VIPs (%v)", n["c"], n)
 			}
 		})
+	}
+}
+
+// The leader dies while a follower's lease connection is redialling it, and
+// the dial blocks for its whole timeout (a dead host answers no SYN). The
+// follower's holder loop must not wait for that dial when it turns to the
+// new leader: blocked, it would keep its VIP past its lease while the new
+// leader, seeing no renewal, gives the VIP away (two holders; make
+// bench-failover -spread saw it for 340 ms). Not blocked, it renews with
+// the new leader and keeps its VIP.
+func TestFollowerKeepsItsVIPWhileADialToTheDeadLeaderHangs(t *testing.T) {
+	w := newWorld(t, testTiming)
+	t.Cleanup(w.noOverlap)
+	nodes := map[string]*testNode{}
+	for _, n := range []string{"a", "b", "c"} {
+		nodes[n] = w.add(n, testVIPs, []string{"web"})
+	}
+	w.setLeader("a")
+	nodes["a"].leadership <- Leadership{Leader: true, Term: 1}
+	got := w.spreadOver(t, 2)
+	f, g := "b", "c"
+	if other(got, "b") == "" {
+		f, g = "c", "b"
+	}
+	vip := other(got, f)
+
+	// a dies: its connections break, and the follower's redial hangs.
+	w.mu.Lock()
+	w.hang["a"] = true
+	for _, conn := range w.conns["a"] {
+		conn.Close()
+	}
+	w.conns["a"] = nil
+	w.mu.Unlock()
+	time.Sleep(testTiming.Renew) // the follower is redialling a now
+	w.setLeader(g)
+	nodes["a"].leadership <- Leadership{Leader: false, Term: 1}
+	nodes[g].leadership <- Leadership{Leader: true, Term: 2}
+	end := time.Now().Add(dialHang + time.Second)
+	for time.Now().Before(end) {
+		if h := w.holderOf(vip); !slices.Equal(h, []string{f}) {
+			t.Fatalf("%s on %v while the follower's dial to the dead leader hung, want it left on %s", vip, h, f)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
