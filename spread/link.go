@@ -3,7 +3,6 @@ package spread
 import (
 	"context"
 	"net"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -39,9 +38,7 @@ func openLink(c Cluster, leader, raftAddr string, retry time.Duration, answers c
 	l := &link{leader: leader, out: make(chan outgoing, linkQueue), cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
-		var wg sync.WaitGroup
-		wg.Go(func() { l.run(ctx, c, raftAddr, retry, answers, log) })
-		wg.Wait()
+		l.run(ctx, c, raftAddr, retry, answers, log)
 		l.drain()
 	}()
 	return l
