@@ -200,6 +200,13 @@ func (l *granter) released(m lease.Message) {
 func (l *granter) step(ctx context.Context) time.Duration {
 	wait := l.r.o.Timing.Renew
 	vips := l.r.o.VIPs()
+	if len(vips) == 0 {
+		// Holders do not ask while there is nothing to lease, so no node
+		// is heard: the grace of nodes not heard yet counts from the first
+		// spread VIP, as if the term began then, or a reload that adds
+		// spread VIPs would place them all on this node.
+		l.start = l.r.o.Clock()
+	}
 	configured := map[string]bool{}
 	for _, v := range vips {
 		configured[v.Address] = true
@@ -480,7 +487,7 @@ func (l *granter) grace(node string) time.Duration {
 // graceEnds is how long until the previous leader's grace ends while it
 // has not asked (placement must then look again); ok false: not pending.
 func (l *granter) graceEnds() (time.Duration, bool) {
-	if _, heard := l.seen[l.prev]; heard || l.prev == "" || l.prev == l.r.o.Node {
+	if _, heard := l.seen[l.prev]; heard || l.prev == "" || l.prev == l.r.o.Node || len(l.r.o.VIPs()) == 0 {
 		return 0, false
 	}
 	left := l.start + l.grace(l.prev) - l.r.o.Clock()

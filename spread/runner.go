@@ -352,6 +352,11 @@ func (s *holder) step() {
 		return
 	}
 	wants := s.wants()
+	if len(wants) == 0 {
+		// No spread VIP in the config: nothing to lease, and every request
+		// would cost the cluster a Raft entry (a round) for nothing.
+		return
+	}
 	s.lastReq = s.h.Request(wants) // reads the clock before the request goes out
 	s.link.send(lease.Message{Kind: lease.KindRequest, ID: s.lastReq, Node: s.r.o.Node, VIPs: wants, Healthy: s.r.o.Healthy()}, nil)
 	if s.unanswered < 0 {

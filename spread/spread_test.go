@@ -280,9 +280,15 @@ var testVIPs = []placement.VIP{
 }
 
 func (w *world) add(name string, vips []placement.VIP, healthy []string) *testNode {
+	return w.addWith(name, func() []placement.VIP { return vips }, healthy)
+}
+
+// addWith is add with the node's config read from vips on every look, so
+// a test can change it as a reload would.
+func (w *world) addWith(name string, vips func() []placement.VIP, healthy []string) *testNode {
 	r, err := New(Options{
 		Node: name, Timing: w.timing, Cluster: fakeCluster{w: w, node: name}, Holds: holds{w: w, node: name},
-		VIPs: func() []placement.VIP { return vips }, Rebalance: func() string { return cmp.Or(w.rebalance, placement.Manual) },
+		VIPs: vips, Rebalance: func() string { return cmp.Or(w.rebalance, placement.Manual) },
 		Healthy: func() []string { return healthy }, Logger: zaptest.NewLogger(w.t).Named(name),
 	})
 	if err != nil {
@@ -654,4 +660,61 @@ func TestFollowerKeepsItsVIPWhileADialToTheDeadLeaderHangs(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// A cluster without spread VIPs (every VIP on the leader, the default)
+// sends no lease request, so the leader commits no round: before, each
+// follower asked every renewal period and each request cost a Raft entry.
+func TestNoSpreadVIPsNoRounds(t *testing.T) {
+	w := newWorld(t, testTiming)
+	a := w.add("a", nil, []string{"web"})
+	w.add("b", nil, []string{"web"})
+	w.add("c", nil, []string{"web"})
+	w.setLeader("a")
+	a.leadership <- Leadership{Leader: true, Term: 1}
+	eventually(t, "the leader record", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.record.Node == "a"
+	})
+	time.Sleep(20 * testTiming.Renew) // twenty renewal periods
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.rounds != 0 || w.writes != 0 {
+		t.Errorf("without spread VIPs: %d rounds, %d lease messages; want none", w.rounds, w.writes)
+	}
+}
+
+// Spread VIPs that a reload adds to a cluster that had none spread over the
+// nodes: the followers, which had nothing to ask for, are taken as fit
+// until they ask, not as silent (all on the leader, and sticky).
+func TestSpreadVIPsAddedByAReloadSpreadOverTheNodes(t *testing.T) {
+	w := newWorld(t, testTiming)
+	t.Cleanup(w.noOverlap)
+	var mu sync.Mutex
+	var vips []placement.VIP
+	config := func() []placement.VIP {
+		mu.Lock()
+		defer mu.Unlock()
+		return vips
+	}
+	a := w.addWith("a", config, []string{"web"})
+	w.addWith("b", config, []string{"web"})
+	w.addWith("c", config, []string{"web"})
+	w.setLeader("a")
+	a.leadership <- Leadership{Leader: true, Term: 1}
+	time.Sleep(2 * testTiming.Duration) // well past the term's first lease
+	three := append(slices.Clone(testVIPs), placement.VIP{Address: "198.18.0.102", Placement: placement.Spread, Frontends: []string{"web"}})
+	mu.Lock()
+	vips = three
+	mu.Unlock()
+	eventually(t, "one VIP on each node", func() bool {
+		on := map[string]bool{}
+		for _, v := range three {
+			if h := w.holderOf(v.Address); len(h) == 1 {
+				on[h[0]] = true
+			}
+		}
+		return len(on) == 3
+	})
 }
