@@ -255,3 +255,42 @@ func TestASeparateOwnerHoldsAsSendSays(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Released returns once no Owner holds anything: at once when nothing is
+// held, only after the slowest release of a loss otherwise, and with an
+// error naming what is still held when ctx ends first.
+func TestReleasedWaitsForEveryOwnersRelease(t *testing.T) {
+	slow, quick := newFakeHolder(true), newFakeHolder(false)
+	r := startGroup(t, map[string]Holder{"vip1": slow, "vip2": quick})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.g.Released(ctx); err != nil {
+		t.Fatalf("nothing held: %v", err)
+	}
+	send(t, r.events, Event{Leader: true, Term: 1})
+	slowHold := recv(t, slow.started, "vip1's hold")
+	recv(t, quick.started, "vip2's hold")
+	short, cancelShort := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancelShort()
+	if err := r.g.Released(short); err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("while both hold: %v, want the deadline", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.g.Released(ctx) }()
+	send(t, r.events, Event{Leader: false, Term: 1})
+	time.Sleep(50 * time.Millisecond) // vip2 has released; vip1's release is still running
+	select {
+	case err := <-done:
+		t.Fatalf("Released returned (%v) while vip1 was still releasing", err)
+	default:
+	}
+	close(slowHold.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Released did not return after the last release")
+	}
+}
