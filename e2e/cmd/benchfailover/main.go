@@ -231,24 +231,34 @@ func list(ds []time.Duration) string {
 	return strings.Join(s, " ")
 }
 
-// measure builds a fresh bed for one system and fault and runs the trials.
-func measure(ctx context.Context, c config, sysName, fault string) (r row, err error) {
-	r = row{system: sysName, fault: fault}
+// bedRun is one row's fresh bed: its hosts, its scratch dir, and a
+// context for bringing the system up.
+type bedRun struct {
+	b               *bed.Bed
+	dir             string
+	nodes, backends []*bed.Host
+	up              context.Context
+}
+
+// withBed builds a fresh bed for one row (logs kept under c.keepLogs/name,
+// if set), starts the backends and runs fn; the bed is torn down after, its
+// process logs printed if fn failed.
+func withBed(ctx context.Context, c config, name string, fn func(br bedRun) error) (err error) {
 	dir, err := os.MkdirTemp("", "benchfailover-")
 	if err != nil {
-		return r, err
+		return err
 	}
 	defer os.RemoveAll(dir)
 	logDir := dir
 	if c.keepLogs != "" {
-		logDir = fmt.Sprintf("%s/%s-%s", c.keepLogs, sysName, fault)
+		logDir = fmt.Sprintf("%s/%s", c.keepLogs, name)
 		if err := os.MkdirAll(logDir, 0o755); err != nil {
-			return r, err
+			return err
 		}
 	}
 	b, err := bed.New(bed.DefaultHosts(), logDir)
 	if err != nil {
-		return r, err
+		return err
 	}
 	defer func() {
 		if err != nil {
@@ -256,43 +266,55 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 		}
 		err = errors.Join(err, b.Close())
 	}()
-	nodes := []*bed.Host{b.Host("n1"), b.Host("n2"), b.Host("n3")}
-	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
+	br := bedRun{b: b, dir: dir, nodes: []*bed.Host{b.Host("n1"), b.Host("n2"), b.Host("n3")}, backends: []*bed.Host{b.Host("b1"), b.Host("b2")}}
 	upCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if err := bed.StartBackends(upCtx, b, c.backend, backends, b.Host("c"), nil); err != nil {
-		return r, err
+	br.up = upCtx
+	if err := bed.StartBackends(upCtx, b, c.backend, br.backends, b.Host("c"), nil); err != nil {
+		return err
 	}
+	return fn(br)
+}
+
+// measure builds a fresh bed for one system and fault and runs the trials.
+func measure(ctx context.Context, c config, sysName, fault string) (row, error) {
+	r := row{system: sysName, fault: fault}
+	err := withBed(ctx, c, sysName+"-"+fault, func(br bedRun) error { return measureOn(ctx, c, br, &r) })
+	return r, err
+}
+
+func measureOn(ctx context.Context, c config, br bedRun, r *row) error {
+	b, nodes, backends, upCtx, dir, sysName, fault := br.b, br.nodes, br.backends, br.up, br.dir, r.system, r.fault
 	sys, err := startSystem(upCtx, b, c, sysName, nodes, backends, dir)
 	if err != nil {
-		return r, err
+		return err
 	}
 	s, err := bed.NewSampler(bed.VIP, 10*time.Millisecond, nodes...)
 	if err != nil {
-		return r, err
+		return err
 	}
 	s.Start()
 	defer s.Stop()
 	cl := bed.NewClient(b.Host("c"), netip.AddrPortFrom(bed.VIP, bed.FrontendPort).String())
 	m := &bed.Meter{Sampler: s, Client: cl, Settle: 1500 * time.Millisecond}
 	if _, err := s.WaitSingle(upCtx, m.Settle, ""); err != nil {
-		return r, err
+		return err
 	}
 	cl.Start()
 	defer cl.Stop()
 	if err := cl.WaitFlowing(upCtx, time.Now(), 20); err != nil {
-		return r, err
+		return err
 	}
 	var leftovers []string
 	for i := range c.trials {
 		if ctx.Err() != nil {
-			return r, ctx.Err()
+			return ctx.Err()
 		}
 		tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		old, err := s.WaitSingle(tctx, 200*time.Millisecond, "")
 		if err != nil {
 			cancel()
-			return r, err
+			return err
 		}
 		at := time.Now()
 		s.Exempt(old, at)
@@ -303,18 +325,18 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 			sys.killNode(old)
 			if err := b.Host(old).SetLink(false); err != nil {
 				cancel()
-				return r, err
+				return err
 			}
 		case "sigkill":
 			sys.killDaemon(old)
 		default:
 			cancel()
-			return r, fmt.Errorf("unknown fault %q (death, sigkill)", fault)
+			return fmt.Errorf("unknown fault %q (death, sigkill)", fault)
 		}
 		rec, err := m.Recover(tctx, at, old)
 		if err != nil {
 			cancel()
-			return r, err
+			return err
 		}
 		r.outages = append(r.outages, rec.Outage.Gap)
 		r.failed += rec.Outage.Failed
@@ -324,7 +346,7 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 			sysName, fault, i+1, old, rec.Holder, rec.Outage, rec.Moves, left)
 		if ph, ok, err := sys.phases(rec.Holder, at); err != nil {
 			cancel()
-			return r, err
+			return err
 		} else if ok {
 			ph["last ok before"] = rec.Outage.From.Sub(at)
 			ph["client ok again"] = rec.Outage.To.Sub(at)
@@ -334,7 +356,7 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 		s.Unexempt(old, time.Now())
 		if err := b.Host(old).SetLink(true); err != nil {
 			cancel()
-			return r, err
+			return err
 		}
 		err = sys.restart(tctx, old)
 		if err == nil {
@@ -342,7 +364,7 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 		}
 		cancel()
 		if err != nil {
-			return r, err
+			return err
 		}
 	}
 	r.leftover = strings.Join(leftovers, " ")
@@ -363,7 +385,7 @@ func measure(ctx context.Context, c config, sysName, fault string) (r row, err e
 	for _, v := range s.Violations() {
 		fmt.Printf("%s %s: two live VIP holders: %s\n", sysName, fault, v)
 	}
-	return r, nil
+	return nil
 }
 
 // leftover waits for the dead holder's vip to go: a lifetime and a second

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -62,46 +61,23 @@ type spreadVIP struct {
 // instance each, every node the preferred master of one) and runs the
 // trials of one node death: the outage of each VIP the dead node held, and
 // the failed requests of the others, which should see none.
-func measureSpread(ctx context.Context, c config, sysName, fault string) (r row, err error) {
-	r = row{system: sysName + " spread", fault: fault}
-	dir, err := os.MkdirTemp("", "benchfailover-")
-	if err != nil {
-		return r, err
-	}
-	defer os.RemoveAll(dir)
-	logDir := dir
-	if c.keepLogs != "" {
-		logDir = fmt.Sprintf("%s/%s-spread-%s", c.keepLogs, sysName, fault)
-		if err := os.MkdirAll(logDir, 0o755); err != nil {
-			return r, err
-		}
-	}
-	b, err := bed.New(bed.DefaultHosts(), logDir)
-	if err != nil {
-		return r, err
-	}
-	defer func() {
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "process logs:\n%s", b.Tails(20))
-		}
-		err = errors.Join(err, b.Close())
-	}()
-	nodes := []*bed.Host{b.Host("n1"), b.Host("n2"), b.Host("n3")}
-	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
-	upCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	if err := bed.StartBackends(upCtx, b, c.backend, backends, b.Host("c"), nil); err != nil {
-		return r, err
-	}
+func measureSpread(ctx context.Context, c config, sysName, fault string) (row, error) {
+	r := row{system: sysName + " spread", fault: fault}
+	err := withBed(ctx, c, sysName+"-spread-"+fault, func(br bedRun) error { return measureSpreadOn(ctx, c, br, sysName, &r) })
+	return r, err
+}
+
+func measureSpreadOn(ctx context.Context, c config, br bedRun, sysName string, r *row) error {
+	b, nodes, backends, upCtx, dir, fault := br.b, br.nodes, br.backends, br.up, br.dir, r.fault
 	sys, err := startSpreadSystem(upCtx, b, c, sysName, nodes, backends, dir)
 	if err != nil {
-		return r, err
+		return err
 	}
 	var vips []*spreadVIP
 	for _, a := range bed.SpreadVIPs {
 		s, err := bed.NewSampler(a, 10*time.Millisecond, nodes...)
 		if err != nil {
-			return r, err
+			return err
 		}
 		s.Start()
 		defer s.Stop()
@@ -109,24 +85,24 @@ func measureSpread(ctx context.Context, c config, sysName, fault string) (r row,
 		vips = append(vips, v)
 	}
 	if err := balanced(upCtx, vips); err != nil {
-		return r, err
+		return err
 	}
 	for _, v := range vips {
 		v.client.Start()
 		defer v.client.Stop()
 		if err := v.client.WaitFlowing(upCtx, time.Now(), 20); err != nil {
-			return r, fmt.Errorf("%s: %w", v.addr, err)
+			return fmt.Errorf("%s: %w", v.addr, err)
 		}
 	}
 	for i := range c.trials {
 		if ctx.Err() != nil {
-			return r, ctx.Err()
+			return ctx.Err()
 		}
 		tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		err := spreadTrial(tctx, &r, b, sys, vips, sysName, fault, i)
+		err := spreadTrial(tctx, r, b, sys, vips, sysName, fault, i)
 		cancel()
 		if err != nil {
-			return r, fmt.Errorf("trial %d: %w", i+1, err)
+			return fmt.Errorf("trial %d: %w", i+1, err)
 		}
 	}
 	r.load = loadAvg()
@@ -136,7 +112,7 @@ func measureSpread(ctx context.Context, c config, sysName, fault string) (r row,
 			fmt.Printf("%s %s: two live holders of %s: %s\n", r.system, fault, v.addr, x)
 		}
 	}
-	return r, nil
+	return nil
 }
 
 // spreadTrial kills one node, measures, and brings the bed back to one VIP
