@@ -5,7 +5,7 @@
 # its package, then disable and stop the package's own service so that it
 # holds no ports or addresses; not root, say what is missing and what skips
 # or fails without it, and change nothing. The optional programs (promtool,
-# chromium) only make their own test skip when they cannot be installed,
+# chromium, buildah) only make their own test skip when they cannot be installed,
 # except under CI (CI=true), where every failed install fails the run.
 set -euo pipefail
 
