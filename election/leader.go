@@ -1,7 +1,6 @@
 package election
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -199,7 +198,7 @@ func (n *Node) emit(e Event) {
 
 // eligible reports whether this node may announce leadership (hold the VIP).
 func (n *Node) eligible() bool {
-	return n.opts.Role == RoleVoter && !n.fsm.inMaintenance(n.opts.NodeName) && !n.leaving() && !n.handingOffNow()
+	return n.opts.Role == RoleVoter && !n.fsm.inMaintenance(n.opts.NodeName) && !n.leaving()
 }
 
 // leaderLoop runs while this node is Raft leader: confirm the term with a
@@ -417,30 +416,8 @@ func (n *Node) pickTarget(rt *running, requireFit bool, avoid func(raft.ServerID
 	return raft.Server{}, ErrNoPeer
 }
 
-// A transfer first withdraws the gain (eligible is false meanwhile) and
-// waits for Options.Released, so the VIP is gone before raft's TimeoutNow
-// lets the target campaign; if the transfer fails, the gain is announced
-// again.
 func (n *Node) transferTo(rt *running, s raft.Server, reason string) error {
 	start := time.Now()
-	n.mu.Lock()
-	n.handingOff++
-	n.mu.Unlock()
-	n.pokeEligible()
-	defer func() {
-		n.mu.Lock()
-		n.handingOff--
-		n.mu.Unlock()
-		n.pokeEligible()
-	}()
-	if n.opts.Released != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), n.opTimeout())
-		err := n.opts.Released(ctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("transfer leadership to %s: release first: %w", s.ID, err)
-		}
-	}
 	if err := rt.raft.LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil && !steppedDown(rt.raft, 2*n.opts.Timing.Election) {
 		return fmt.Errorf("transfer leadership to %s: %w", s.ID, err)
 	}

@@ -107,7 +107,6 @@ type Node struct {
 	mu          sync.Mutex // guards the fields below
 	fitness     Fitness
 	leavingOn   bool
-	handingOff  int                         // transfers under way (transferTo): the gain is withdrawn meanwhile
 	configSum   string                      // this node's config digest, gossiped
 	unreachable map[raft.ServerID]time.Time // leader's failed heartbeats: peer -> last failure
 	prevLeader  raft.ServerID               // the last other node seen leading
@@ -503,12 +502,6 @@ func (n *Node) leaving() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.leavingOn
-}
-
-func (n *Node) handingOffNow() bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.handingOff > 0
 }
 
 func (n *Node) running() (*running, error) {

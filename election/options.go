@@ -1,7 +1,6 @@
 package election
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -76,13 +75,6 @@ type Options struct {
 	ReconnectTimeout time.Duration
 
 	AdminAddr string // advertised in metadata so peers can forward admin calls
-
-	// Released, when set, waits until this node holds nothing as leader
-	// any more, after a loss event: a leadership transfer withdraws the
-	// gain, calls it, and only then asks raft to transfer, because raft's
-	// TimeoutNow lets the target campaign at once, without the election
-	// timeout that rule 6 counts on. nil: the transfer waits for nothing.
-	Released func(ctx context.Context) error
 
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer

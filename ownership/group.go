@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"time"
 
 	"go.uber.org/zap"
 )
@@ -67,37 +66,6 @@ func (g *Group) Failed() bool {
 	}
 	return false
 }
-
-// Released returns once no Owner holds anything (each has handled a loss,
-// or stopped), or with ctx's error. A leader that hands its leadership
-// over calls it after withdrawing its gain (election.Options.Released), so
-// that its VIPs are gone before its successor may campaign.
-func (g *Group) Released(ctx context.Context) error {
-	t := time.NewTicker(releasedPoll)
-	defer t.Stop()
-	for {
-		held := ""
-		g.mu.Lock()
-		for _, name := range g.order {
-			if m := g.members[name]; m != nil && m.owner.Holding() {
-				held = name
-				break
-			}
-		}
-		g.mu.Unlock()
-		if held == "" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s to be released: %w", held, ctx.Err())
-		case <-t.C:
-		}
-	}
-}
-
-// releasedPoll is how often Released looks: a release is a netlink delete.
-const releasedPoll = time.Millisecond
 
 // Add starts an Owner of h named name. If this node leads (the latest
 // event was a gain), it starts holding at once. It fails if the name is

@@ -70,8 +70,7 @@ type Owner struct {
 	probe      <-chan struct{}
 	log        *zap.Logger
 
-	failed atomic.Bool  // the last hold failed and no hold has succeeded since
-	active atomic.Int32 // holds started whose Hold has not returned (released) yet
+	failed atomic.Bool // the last hold failed and no hold has succeeded since
 }
 
 // New applies the defaults of opts. It starts nothing.
@@ -98,10 +97,6 @@ func New(opts Options) *Owner {
 // Failed reports whether the last hold failed and no hold has succeeded
 // since: a leader in that state is unfit to lead (rule 7).
 func (o *Owner) Failed() bool { return o.failed.Load() }
-
-// Holding reports whether a hold has started and not yet released: false
-// once a loss was handled (or Run returned), whatever is still queued.
-func (o *Owner) Holding() bool { return o.active.Load() > 0 }
 
 // holding is the Holder's report that a hold now holds everything. It
 // clears a failure, so a leader whose retry succeeded is fit again and
@@ -193,10 +188,8 @@ type hold struct {
 func (o *Owner) startHold(ctx context.Context) *hold {
 	holdCtx, cancel := context.WithCancel(ctx)
 	h := &hold{cancel: cancel, done: make(chan struct{})}
-	o.active.Add(1)
 	go func() {
 		defer close(h.done)
-		defer o.active.Add(-1)
 		err := o.holder.Hold(holdCtx, o.holding)
 		if err != nil {
 			o.log.Error("hold failed", zap.Error(err))
