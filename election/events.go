@@ -12,6 +12,11 @@ import (
 type Event struct {
 	Leader bool
 	Term   uint64
+	// Seq numbers this node's events from 1, in the order emitted; a
+	// coalesced event carries the later one's. A consumer that reports the
+	// Seq it has acted on lets a transfer wait for exactly its own loss
+	// (Options.Released), not an older one with a gain still queued behind.
+	Seq uint64
 }
 
 // eventQueue hands events to a slow consumer without ever blocking the

@@ -272,6 +272,18 @@ func (r *recorder) changes() int {
 	return len(r.events)
 }
 
+// lastLoss is the latest loss event received, or the zero Event.
+func (r *recorder) lastLoss() Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.events) - 1; i >= 0; i-- {
+		if !r.events[i].Leader {
+			return r.events[i]
+		}
+	}
+	return Event{}
+}
+
 func (r *recorder) gainedAt() time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -1,6 +1,7 @@
 package election
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -155,7 +156,7 @@ func (n *Node) check(rt *running, wp **window, rl *raftLeadership) {
 	if w == nil || !w.confirmed {
 		return
 	}
-	switch eligible := n.eligible(); {
+	switch eligible := n.eligible() && !n.transferredIn(w.term); {
 	case eligible && !w.announced:
 		w.announced = true
 		n.emit(Event{Leader: true, Term: w.term})
@@ -191,6 +192,11 @@ func (n *Node) endWindow(rt *running, wp **window, rl *raftLeadership, why strin
 }
 
 func (n *Node) emit(e Event) {
+	n.mu.Lock()
+	n.emitted++
+	e.Seq = n.emitted
+	n.lastEmitted = e
+	n.mu.Unlock()
 	n.metrics.leadership(e.Leader)
 	n.events.push(e)
 	n.log.Info("leadership event", zap.Bool("leader", e.Leader), zap.Uint64("term", e.Term))
@@ -198,7 +204,7 @@ func (n *Node) emit(e Event) {
 
 // eligible reports whether this node may announce leadership (hold the VIP).
 func (n *Node) eligible() bool {
-	return n.opts.Role == RoleVoter && !n.fsm.inMaintenance(n.opts.NodeName) && !n.leaving()
+	return n.opts.Role == RoleVoter && !n.fsm.inMaintenance(n.opts.NodeName) && !n.leaving() && !n.handingOffNow()
 }
 
 // leaderLoop runs while this node is Raft leader: confirm the term with a
@@ -416,13 +422,75 @@ func (n *Node) pickTarget(rt *running, requireFit bool, avoid func(raft.ServerID
 	return raft.Server{}, ErrNoPeer
 }
 
+// transferTo withdraws the gain first (eligible is false meanwhile) and
+// waits until the consumers released what this node held (Options.Released),
+// because raft's TimeoutNow lets the target campaign at once, without the
+// election timeout rule 6 counts on. A transfer that worked keeps this
+// window's gain withdrawn until the window ends (the loss of leadership can
+// reach the monitor after the transfer returns); one that failed announces
+// the gain again.
 func (n *Node) transferTo(rt *running, s raft.Server, reason string) error {
 	start := time.Now()
+	term := rt.raft.CurrentTerm()
+	n.setHandingOff(+1)
+	defer n.setHandingOff(-1)
+	if err := n.awaitRelease(); err != nil {
+		return fmt.Errorf("transfer leadership to %s: release first: %w", s.ID, err)
+	}
 	if err := rt.raft.LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil && !steppedDown(rt.raft, 2*n.opts.Timing.Election) {
 		return fmt.Errorf("transfer leadership to %s: %w", s.ID, err)
 	}
+	n.noteTransferred(term)
 	n.log.Info("leadership transferred", zap.String("to", string(s.ID)), zap.String("reason", reason), zap.Duration("took", time.Since(start)))
 	return nil
+}
+
+func (n *Node) setHandingOff(delta int) {
+	n.mu.Lock()
+	n.handingOff += delta
+	n.mu.Unlock()
+	n.pokeEligible()
+}
+
+// noteTransferred records that a transfer out of term worked: the monitor
+// keeps that term's gain withdrawn until its window ends.
+func (n *Node) noteTransferred(term uint64) {
+	n.mu.Lock()
+	n.transferred = term
+	n.mu.Unlock()
+}
+
+// transferredIn reports whether a transfer out of term has worked.
+func (n *Node) transferredIn(term uint64) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.transferred == term
+}
+
+// awaitRelease waits, within one operation timeout, for the monitor to
+// emit the loss that the withdrawn eligibility causes (at once if nothing
+// was announced) and then for Options.Released of that loss.
+func (n *Node) awaitRelease() error {
+	ctx, cancel := context.WithTimeout(context.Background(), n.opTimeout())
+	defer cancel()
+	for {
+		n.mu.Lock()
+		last := n.lastEmitted
+		n.mu.Unlock()
+		if !last.Leader {
+			if n.opts.Released == nil {
+				return nil
+			}
+			return n.opts.Released(ctx, last.Seq)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("withdraw the gain of term %d: %w", last.Term, ctx.Err())
+		case <-n.stop:
+			return ErrNotStarted
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 // steppedDown reports whether r leaves the leader state within d. raft

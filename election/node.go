@@ -107,6 +107,10 @@ type Node struct {
 	mu          sync.Mutex // guards the fields below
 	fitness     Fitness
 	leavingOn   bool
+	handingOff  int                         // transfers under way (transferTo): the gain is withdrawn meanwhile
+	transferred uint64                      // the term a transfer last worked out of: its gain stays withdrawn
+	emitted     uint64                      // events emitted so far: the last one's Seq
+	lastEmitted Event                       // the latest event emitted
 	configSum   string                      // this node's config digest, gossiped
 	unreachable map[raft.ServerID]time.Time // leader's failed heartbeats: peer -> last failure
 	prevLeader  raft.ServerID               // the last other node seen leading
@@ -502,6 +506,12 @@ func (n *Node) leaving() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.leavingOn
+}
+
+func (n *Node) handingOffNow() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.handingOff > 0
 }
 
 func (n *Node) running() (*running, error) {

@@ -1,6 +1,7 @@
 package election
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -75,6 +76,14 @@ type Options struct {
 	ReconnectTimeout time.Duration
 
 	AdminAddr string // advertised in metadata so peers can forward admin calls
+
+	// Released, when set, returns once the consumers of this node's events
+	// have acted on the loss numbered seq (Event.Seq) or a later one: what
+	// this node held as leader is released. A leadership transfer withdraws
+	// the gain and waits for it before it asks raft, because raft's
+	// TimeoutNow lets the target campaign at once, without the election
+	// timeout that rule 6 counts on. nil: a transfer waits for nothing.
+	Released func(ctx context.Context, seq uint64) error
 
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer

@@ -73,24 +73,24 @@ func TestNewRejectsBadOptions(t *testing.T) {
 // gain it has seen, a loss always comes before the next gain.
 func TestEventQueueNeverHidesALoss(t *testing.T) {
 	bursts := [][]Event{
-		{{false, 1}},
-		{{false, 1}, {true, 2}},
-		{{false, 1}, {true, 2}, {false, 2}},
-		{{false, 1}, {true, 2}, {false, 2}, {true, 3}},
-		{{false, 1}, {true, 2}, {false, 2}, {true, 3}, {false, 3}, {true, 4}},
+		{{Leader: false, Term: 1}},
+		{{Leader: false, Term: 1}, {Leader: true, Term: 2}},
+		{{Leader: false, Term: 1}, {Leader: true, Term: 2}, {Leader: false, Term: 2}},
+		{{Leader: false, Term: 1}, {Leader: true, Term: 2}, {Leader: false, Term: 2}, {Leader: true, Term: 3}},
+		{{Leader: false, Term: 1}, {Leader: true, Term: 2}, {Leader: false, Term: 2}, {Leader: true, Term: 3}, {Leader: false, Term: 3}, {Leader: true, Term: 4}},
 	}
 	for _, burst := range bursts {
 		q := newEventQueue(zap.NewNop())
 		q.start()
-		q.push(Event{true, 1})
-		if e := <-q.out; e != (Event{true, 1}) {
+		q.push(Event{Leader: true, Term: 1})
+		if e := <-q.out; e != (Event{Leader: true, Term: 1}) {
 			t.Fatalf("first event %v", e)
 		}
 		for _, e := range burst {
 			q.push(e)
 		}
 		q.close()
-		got := []Event{{true, 1}}
+		got := []Event{{Leader: true, Term: 1}}
 		for e := range q.out {
 			got = append(got, e)
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -66,6 +67,40 @@ func (g *Group) Failed() bool {
 	}
 	return false
 }
+
+// Released returns once every Owner fed by the Group's events has handled
+// the loss numbered seq (Event.Seq) or a later one, so what this node held
+// as leader is released, or with ctx's error. A leader that hands its
+// leadership over calls it after withdrawing its gain
+// (election.Options.Released), so that its VIPs are gone before its
+// successor may campaign. Owners fed by Send hold on their own terms and
+// are not waited for.
+func (g *Group) Released(ctx context.Context, seq uint64) error {
+	t := time.NewTicker(releasedPoll)
+	defer t.Stop()
+	for {
+		held := ""
+		g.mu.Lock()
+		for _, name := range g.order {
+			if m := g.members[name]; !m.own && !m.owner.ReleasedFor(seq) {
+				held = name
+				break
+			}
+		}
+		g.mu.Unlock()
+		if held == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s to handle loss %d: %w", held, seq, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// releasedPoll is how often Released looks: a release is a netlink delete.
+const releasedPoll = time.Millisecond
 
 // Add starts an Owner of h named name. If this node leads (the latest
 // event was a gain), it starts holding at once. It fails if the name is

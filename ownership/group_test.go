@@ -3,6 +3,7 @@ package ownership
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -253,5 +254,53 @@ func TestASeparateOwnerHoldsAsSendSays(t *testing.T) {
 	closed(t, done, "a Send to a removed Owner to be done")
 	if err := recv(t, removed, "Remove"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Released returns once every Owner fed by the Group's events has handled
+// the loss it names: not on an older loss while a gain is still held, only
+// after the slowest release, with an error naming what is still held when
+// ctx ends first, and never waiting for an Owner fed by Send.
+func TestReleasedWaitsForEveryOwnersRelease(t *testing.T) {
+	slow, quick, separate := newFakeHolder(true), newFakeHolder(false), newFakeHolder(false)
+	r := startGroup(t, map[string]Holder{"vip1": slow, "vip2": quick})
+	if err := r.g.AddSeparate("spread", separate); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.g.Send("spread", true); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, separate.started, "the separate Owner's hold")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	send(t, r.events, Event{Leader: false, Term: 1, Seq: 1})
+	if err := r.g.Released(ctx, 1); err != nil {
+		t.Fatalf("nothing held but the separate Owner's: %v", err)
+	}
+	send(t, r.events, Event{Leader: true, Term: 2, Seq: 2})
+	slowHold := recv(t, slow.started, "vip1's hold")
+	recv(t, quick.started, "vip2's hold")
+	short, cancelShort := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancelShort()
+	if err := r.g.Released(short, 3); err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "vip") {
+		t.Fatalf("while both hold, with loss 3 not sent: %v, want the deadline naming a VIP", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.g.Released(ctx, 3) }()
+	send(t, r.events, Event{Leader: false, Term: 2, Seq: 3})
+	time.Sleep(50 * time.Millisecond) // vip2 has released; vip1's release is still running
+	select {
+	case err := <-done:
+		t.Fatalf("Released returned (%v) while vip1 was still releasing", err)
+	default:
+	}
+	close(slowHold.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Released did not return after the last release")
 	}
 }

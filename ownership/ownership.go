@@ -16,6 +16,7 @@ package ownership
 
 import (
 	"context"
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +31,7 @@ const DefaultRetryAfter = time.Second
 type Event struct {
 	Leader bool
 	Term   uint64
+	Seq    uint64 // the sender's count of its events (election.Event.Seq); see ReleasedFor
 
 	done chan struct{} // Group.Send's: closed once the Owner acted on the event
 }
@@ -70,7 +72,8 @@ type Owner struct {
 	probe      <-chan struct{}
 	log        *zap.Logger
 
-	failed atomic.Bool // the last hold failed and no hold has succeeded since
+	failed   atomic.Bool   // the last hold failed and no hold has succeeded since
+	released atomic.Uint64 // Seq of the loss last handled (released), 0 after a gain, MaxUint64 once Run returned
 }
 
 // New applies the defaults of opts. It starts nothing.
@@ -97,6 +100,12 @@ func New(opts Options) *Owner {
 // Failed reports whether the last hold failed and no hold has succeeded
 // since: a leader in that state is unfit to lead (rule 7).
 func (o *Owner) Failed() bool { return o.failed.Load() }
+
+// ReleasedFor reports whether this Owner has handled the loss numbered seq
+// (Event.Seq) or a later one, its release completed and no gain came since,
+// or whether Run has returned. A loss still queued does not count, so a gain
+// queued ahead of it cannot be missed.
+func (o *Owner) ReleasedFor(seq uint64) bool { return o.released.Load() >= seq }
 
 // holding is the Holder's report that a hold now holds everything. It
 // clears a failure, so a leader whose retry succeeded is fit again and
@@ -125,7 +134,10 @@ func (o *Owner) Run(ctx context.Context, events <-chan Event) {
 			h = nil
 		}
 	}
-	defer release()
+	defer func() {
+		release()
+		o.released.Store(math.MaxUint64)
+	}()
 	var (
 		holdEnded <-chan struct{} // the running hold's done; nil without one
 		retry     <-chan time.Time
@@ -136,9 +148,13 @@ func (o *Owner) Run(ctx context.Context, events <-chan Event) {
 		case !ev.Leader:
 			release() // rule 2: the release comes first and completes here
 			holdEnded, retry = nil, nil
-		case h == nil && o.holder != nil:
-			h = o.startHold(ctx)
-			holdEnded = h.done
+			o.released.Store(ev.Seq)
+		default:
+			o.released.Store(0)
+			if h == nil && o.holder != nil {
+				h = o.startHold(ctx)
+				holdEnded = h.done
+			}
 		}
 		if ev.done != nil {
 			close(ev.done)

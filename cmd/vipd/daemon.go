@@ -110,8 +110,10 @@ func newDaemon(cfg *config.Config, configPath string, log *zap.Logger, level *za
 		return nil, fmt.Errorf("balancer: %w", err)
 	}
 
+	owners := ownership.NewGroup(ownership.Options{Logger: log.Named("ownership"), OnFailedChange: d.kickFitness, Probe: d.probes.leadership})
 	eopts := electionOptions(cfg)
 	eopts.Logger, eopts.Registerer = log, d.reg
+	eopts.Released = owners.Released // a leadership transfer waits until the VIPs are gone
 	if d.node, err = election.New(eopts); err != nil {
 		return nil, fmt.Errorf("election: %w", err)
 	}
@@ -120,7 +122,6 @@ func newDaemon(cfg *config.Config, configPath string, log *zap.Logger, level *za
 	if err != nil {
 		return nil, fmt.Errorf("vip: %w", err)
 	}
-	owners := ownership.NewGroup(ownership.Options{Logger: log.Named("ownership"), OnFailedChange: d.kickFitness, Probe: d.probes.leadership})
 	d.vips = &vipSet{mgr: mgr, owners: owners, byAddr: map[string]*vip.VIP{}, owner: map[string]string{}}
 	if d.spread, err = newSpread(d, cfg, owners); err != nil {
 		return nil, err
@@ -340,7 +341,7 @@ func forwardLeadership(ctx context.Context, in <-chan election.Event, out chan<-
 				return
 			}
 			select {
-			case out <- ownership.Event{Leader: ev.Leader, Term: ev.Term}:
+			case out <- ownership.Event{Leader: ev.Leader, Term: ev.Term, Seq: ev.Seq}:
 			case <-ctx.Done():
 				return
 			}
