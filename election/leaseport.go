@@ -53,7 +53,7 @@ func (n *Node) DialLease(ctx context.Context, raftAddr string) (net.Conn, error)
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(dl))
 	}
-	c, err := s.Dial(raft.ServerAddress(raftAddr), timeout)
+	c, err := dialContext(ctx, s, raft.ServerAddress(raftAddr), timeout)
 	if err != nil {
 		return nil, fmt.Errorf("dial lease server %s: %w", raftAddr, err)
 	}
@@ -64,6 +64,35 @@ func (n *Node) DialLease(ctx context.Context, raftAddr string) (net.Conn, error)
 	}
 	_ = c.SetWriteDeadline(time.Time{})
 	return c, nil
+}
+
+// dialContext is s.Dial that also returns when ctx ends. The stream layer
+// takes only a timeout, and a dead host answers no SYN, so without this a
+// holder that changed leaders would keep a dial to the dead one for the
+// whole timeout. The dial left behind ends within its timeout and closes
+// what it got.
+func dialContext(ctx context.Context, s raft.StreamLayer, addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	type dialed struct {
+		c   net.Conn
+		err error
+	}
+	out := make(chan dialed) // unbuffered: a result is either taken or closed
+	go func() {
+		c, err := s.Dial(addr, timeout)
+		select {
+		case out <- dialed{c, err}:
+		case <-ctx.Done():
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	}()
+	select {
+	case d := <-out:
+		return d.c, d.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // leaseMux is the stream layer raft accepts from. It looks at each

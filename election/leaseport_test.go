@@ -2,10 +2,13 @@ package election
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/vipd/vipd/lease"
 )
@@ -56,5 +59,54 @@ func TestLeaseConnectionsShareTheRaftPort(t *testing.T) {
 	}
 	if n := served.Load(); n != 1 {
 		t.Fatalf("lease server served %d connections, want the member's 1", n)
+	}
+}
+
+// blockedStream is a raft.StreamLayer whose Dial waits for release, as a
+// dial to a dead host waits for its timeout, then returns conn.
+type blockedStream struct {
+	net.Listener
+	release chan struct{}
+	conn    *dialedConn
+}
+
+func (b *blockedStream) Dial(raft.ServerAddress, time.Duration) (net.Conn, error) {
+	<-b.release
+	return b.conn, nil
+}
+
+type dialedConn struct {
+	net.Conn
+	closed chan struct{}
+}
+
+func (c *dialedConn) Close() error { close(c.closed); return nil }
+
+// A lease dial returns when its context ends, though the stream layer's
+// dial takes only a timeout (a holder that changed leaders must not sit on
+// a dial to the dead one), and the connection that dial returns later is
+// closed, not leaked.
+func TestLeaseDialEndsWithItsContext(t *testing.T) {
+	s := &blockedStream{release: make(chan struct{}), conn: &dialedConn{closed: make(chan struct{})}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := dialContext(ctx, s, "127.0.0.1:1", time.Hour)
+		done <- err
+	}()
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("dial after cancel: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the dial did not return when its context ended")
+	}
+	close(s.release)
+	select {
+	case <-s.conn.closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection the late dial returned was not closed")
 	}
 }
