@@ -450,6 +450,20 @@ func TestCheckFlagReadsTheAdminCredentials(t *testing.T) {
 	}
 }
 
+// `vipd --check` refuses what the election would refuse at start, naming
+// it: a node name longer than gossip allows passes the config's own rules.
+func TestCheckFlagRefusesWhatTheElectionRefuses(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vipd.yaml")
+	doc := "node: {name: " + strings.Repeat("n", 129) + "}\n"
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut strings.Builder
+	if code := run([]string{"--check", "--config", path}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "node name") {
+		t.Errorf("--check with a 129-byte node name: exit %d, %q %q", code, out.String(), errOut.String())
+	}
+}
+
 // A header larger than the bound is refused before any handler runs.
 func TestAdminHeadersAreBounded(t *testing.T) {
 	n := startNode(t, fastHealth)

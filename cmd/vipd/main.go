@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/vipd/vipd/config"
+	"github.com/vipd/vipd/election"
 )
 
 func main() {
@@ -48,6 +49,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if *check {
 		if _, err := newAdminAuth(cfg.Admin, zap.NewNop(), prometheus.NewRegistry()); err != nil {
+			fmt.Fprintf(stderr, "vipd: %v\n", err)
+			return 1
+		}
+		// What the election refuses at start (a node name too long for
+		// gossip, say) fails the check too; New starts nothing.
+		if _, err := election.New(electionOptions(cfg)); err != nil {
 			fmt.Fprintf(stderr, "vipd: %v\n", err)
 			return 1
 		}
