@@ -17,7 +17,7 @@ TEST_NEEDS           := ip nft haproxy keepalived systemd-analyze promtool chrom
 DEMO_NEEDS           := ip
 BENCH_NEEDS          := haproxy wrk nginx
 SOAK_NEEDS           := haproxy
-BENCH_FAILOVER_NEEDS := ip keepalived haproxy
+BENCH_FAILOVER_NEEDS := ip nft keepalived haproxy
 BENCH_SPREAD_NEEDS   := ip nft
 
 # Every package, one at a time (-p 1): the election and end-to-end tests time
@@ -99,7 +99,8 @@ soak-vipd: build
 # fault, every outage, vipd's phases, the CPU and the load averages; then
 # the spread scenario: three VIPs, one per node (vipd placement: spread,
 # keepalived one VRRP instance per VIP at advert 0.1 s), 10 node deaths
-# each (vipd: a follower's and the leader's); about 17 minutes.
+# and 10 cuts (3 s of dropped frames, link up) each (vipd: a follower's and
+# the leader's); about 27 minutes.
 # BENCH_FAILOVER_FLAGS="-trials 3 -systems vipd-fast" narrows both.
 BENCH_FAILOVER_SPREAD_SYSTEMS ?= vipd-lan,vipd-fast,keepalived-100ms
 bench-failover: build

@@ -57,6 +57,7 @@ type config struct {
 	trials           int
 	vipdBin, backend string
 	systems, faults  []string
+	spreadFaults     []string // kinds of the spread scenario: death, cut
 	keepLogs         string
 	vipdEnv          []string   // added to every vipd's environment
 	vipdSched        *bed.Sched // vipd's rank (the systemd unit's), nil: this process's
@@ -64,7 +65,7 @@ type config struct {
 
 func run() error {
 	var c config
-	var systems, faults string
+	var systems, faults, spreadFaults string
 	var env, unit string
 	flag.IntVar(&c.trials, "trials", 10, "failovers per system and fault")
 	flag.StringVar(&c.vipdBin, "vipd", "bin/vipd", "vipd binary")
@@ -75,9 +76,10 @@ func run() error {
 	flag.StringVar(&c.keepLogs, "logs", "", "keep process logs in this directory (default: removed)")
 	flag.StringVar(&env, "vipd-env", "", "comma-separated NAME=VALUE added to every vipd's environment (GOGC=400)")
 	flag.StringVar(&unit, "vipd-unit", "deploy/systemd/vipd.service", "run vipd at this systemd unit's Nice= and CPUWeight= (\"\": at this process's priority)")
-	spreadBed := flag.Bool("spread", false, "the spread scenario instead: three VIPs, one per node (vipd placement: spread; keepalived one VRRP instance per VIP), and node deaths (vipd: a follower's, the leader's)")
+	spreadBed := flag.Bool("spread", false, "the spread scenario instead: three VIPs, one per node (vipd placement: spread; keepalived one VRRP instance per VIP), node deaths and cuts (vipd: a follower's, the leader's)")
+	flag.StringVar(&spreadFaults, "spread-faults", "death,cut", "kinds of fault of the spread scenario: death (processes killed, link down), cut (every frame dropped for 3 s, link up)")
 	flag.Parse()
-	c.systems, c.faults = strings.Split(systems, ","), strings.Split(faults, ",")
+	c.systems, c.faults, c.spreadFaults = strings.Split(systems, ","), strings.Split(faults, ","), strings.Split(spreadFaults, ",")
 	if env != "" {
 		c.vipdEnv = strings.Split(env, ",")
 	}
@@ -103,6 +105,16 @@ func run() error {
 					return fmt.Errorf("%s not installed: sudo make bench-failover installs it (scripts/deps.sh)", bin)
 				}
 			}
+		}
+	}
+	for _, k := range c.spreadFaults {
+		if k != "death" && k != "cut" {
+			return fmt.Errorf("-spread-faults %q: %q is neither death nor cut", spreadFaults, k)
+		}
+	}
+	if *spreadBed && slices.Contains(c.spreadFaults, "cut") {
+		if _, err := exec.LookPath("nft"); err != nil {
+			return errors.New("nft not installed (the spread cut needs it): sudo make bench-failover installs it (scripts/deps.sh)")
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -209,10 +221,14 @@ type row struct {
 	// spread rows: failed requests of the VIPs the dead node did not hold,
 	// how many of them moved, and samples with two live holders
 	others, othersMoved, twoHolders int
-	lifetime                        string // the VIP's kernel valid_lft, the largest seen
-	leftover                        string
-	load                            string                     // load averages when the row's trials ended
-	phases                          []map[string]time.Duration // vipd: per trial, each phase's time after the fault
+	// spread cut rows: the cut node's VIPs it let go before another node
+	// claimed them (of cutVIPs), and how long two live holders lasted
+	droppedFirst, cutVIPs int
+	twoHolderTime         time.Duration
+	lifetime              string // the VIP's kernel valid_lft, the largest seen
+	leftover              string
+	load                  string                     // load averages when the row's trials ended
+	phases                []map[string]time.Duration // vipd: per trial, each phase's time after the fault
 }
 
 func (r row) p50() time.Duration {

@@ -17,37 +17,70 @@ import (
 )
 
 // runSpread measures the spread scenario for every system and prints its
-// table.
+// tables: node deaths, then cuts.
 func runSpread(ctx context.Context, c config) error {
-	var rows []row
+	var deaths, cuts []row
 	for _, s := range c.systems {
-		for _, f := range spreadFaults(s) {
+		for _, f := range spreadFaults(s, c.spreadFaults) {
 			r, err := measureSpread(ctx, c, s, f)
 			if err != nil {
 				return fmt.Errorf("%s spread, %s: %w", s, f, err)
 			}
-			rows = append(rows, r)
+			if isCut(f) {
+				cuts = append(cuts, r)
+			} else {
+				deaths = append(deaths, r)
+			}
 		}
 	}
-	fmt.Printf("\nthree VIPs, one per node; a node dies: outage of each VIP it held (GET every 10 ms, 50 ms timeout), %d trials each; %s, %d CPUs:\n\n", c.trials, cpuModel(), runtime.NumCPU())
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "system\tfault\tp50\tmax\toutages\tits failed requests\tother VIPs' failed requests\tother VIPs moved\tsamples with two holders\tload average")
-	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", r.system, r.fault, ms(r.p50()), ms(slices.Max(r.outages)), list(r.outages),
-			r.failed, r.others, r.othersMoved, r.twoHolders, r.load)
+	if len(deaths) > 0 {
+		fmt.Printf("\nthree VIPs, one per node; a node dies: outage of each VIP it held (GET every 10 ms, 50 ms timeout), %d trials each; %s, %d CPUs:\n\n", c.trials, cpuModel(), runtime.NumCPU())
+		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "system\tfault\tp50\tmax\toutages\tits failed requests\tother VIPs' failed requests\tother VIPs moved\tsamples with two holders\tload average")
+		for _, r := range deaths {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", r.system, r.fault, ms(r.p50()), ms(slices.Max(r.outages)), list(r.outages),
+				r.failed, r.others, r.othersMoved, r.twoHolders, r.load)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
 	}
-	return w.Flush()
+	if len(cuts) > 0 {
+		fmt.Printf("\nthree VIPs, one per node; a node cut off for %s with its link up (nftables drops every frame): its VIPs, %d trials each; %s, %d CPUs:\n\n", cutFor, c.trials, cpuModel(), runtime.NumCPU())
+		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "system\tfault\tclient outage p50\tmax\toutages\tcut node let go first\ttwo live holders (samples, time)\tother VIPs: holder changes\tload average")
+		for _, r := range cuts {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d of %d\t%d, %s\t%d\t%s\n", r.system, r.fault, ms(r.p50()), ms(slices.Max(r.outages)), list(r.outages),
+				r.droppedFirst, r.cutVIPs, r.twoHolders, ms(r.twoHolderTime), r.othersMoved, r.load)
+		}
+		return w.Flush()
+	}
+	return nil
 }
 
-// spreadFaults are the node deaths of the spread scenario: vipd tells a
-// follower's from the leader's (they take different paths: a lease that
-// must run out, a Raft failover); keepalived's nodes are all alike.
-func spreadFaults(sysName string) []string {
-	if strings.HasPrefix(sysName, "keepalived") {
-		return []string{"death"}
+// spreadFaults are the faults of the spread scenario of the given kinds
+// (death, cut): vipd tells a follower's from the leader's (they take
+// different paths: a lease that must run out, a Raft failover);
+// keepalived's nodes are all alike.
+func spreadFaults(sysName string, kinds []string) []string {
+	var out []string
+	for _, k := range kinds {
+		if strings.HasPrefix(sysName, "keepalived") {
+			out = append(out, k)
+		} else {
+			out = append(out, "follower-"+k, "leader-"+k)
+		}
 	}
-	return []string{"follower-death", "leader-death"}
+	return out
 }
+
+// isCut reports whether a spread fault cuts the node off (rather than
+// killing it).
+func isCut(fault string) bool { return fault == "cut" || strings.HasSuffix(fault, "-cut") }
+
+// cutFor is how long a cut lasts: longer than any system's takeover, so
+// what each does while cut off is seen whole.
+const cutFor = 3 * time.Second
 
 // spreadVIP is one VIP of the spread bed with its sampler and client.
 type spreadVIP struct {
@@ -99,7 +132,11 @@ func measureSpreadOn(ctx context.Context, c config, br bedRun, sysName string, r
 			return ctx.Err()
 		}
 		tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		err := spreadTrial(tctx, r, b, sys, vips, sysName, fault, i)
+		trial := spreadTrial
+		if isCut(fault) {
+			trial = cutTrial
+		}
+		err := trial(tctx, r, b, sys, vips, sysName, fault, i)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("trial %d: %w", i+1, err)
@@ -109,24 +146,32 @@ func measureSpreadOn(ctx context.Context, c config, br bedRun, sysName string, r
 	for _, v := range vips {
 		for _, x := range v.sampler.Violations() {
 			r.twoHolders++
+			r.twoHolderTime += x.To.Sub(x.From) + 10*time.Millisecond // a run of samples lasts one interval past its last
 			fmt.Printf("%s %s: two live holders of %s: %s\n", r.system, fault, v.addr, x)
 		}
 	}
 	return nil
 }
 
-// spreadTrial kills one node, measures, and brings the bed back to one VIP
-// on each node.
-func spreadTrial(ctx context.Context, r *row, b *bed.Bed, sys spreadSystem, vips []*spreadVIP, sysName, fault string, trial int) error {
+// pickVictim waits until every VIP has one holder, and picks the node a
+// trial's fault hits.
+func pickVictim(ctx context.Context, sys spreadSystem, vips []*spreadVIP, fault string, trial int) (map[netip.Addr]string, string, error) {
 	holders := map[netip.Addr]string{}
 	for _, v := range vips {
 		h, err := v.sampler.WaitSingle(ctx, 200*time.Millisecond, "")
 		if err != nil {
-			return fmt.Errorf("%s: %w", v.addr, err)
+			return nil, "", fmt.Errorf("%s: %w", v.addr, err)
 		}
 		holders[v.addr] = h
 	}
 	victim, err := sys.victim(ctx, fault, holders, trial)
+	return holders, victim, err
+}
+
+// spreadTrial kills one node, measures, and brings the bed back to one VIP
+// on each node.
+func spreadTrial(ctx context.Context, r *row, b *bed.Bed, sys spreadSystem, vips []*spreadVIP, sysName, fault string, trial int) error {
+	holders, victim, err := pickVictim(ctx, sys, vips, fault, trial)
 	if err != nil {
 		return err
 	}
@@ -184,6 +229,80 @@ func spreadTrial(ctx context.Context, r *row, b *bed.Bed, sys spreadSystem, vips
 	if err := sys.restart(ctx, victim); err != nil {
 		return err
 	}
+	if err := sys.rebalance(ctx, vips); err != nil {
+		return err
+	}
+	return balanced(ctx, vips)
+}
+
+// cutTrial cuts one node off for cutFor with its link up (it cannot tell,
+// and nothing exempts its addresses from the samplers), measures what
+// became of each VIP it held (did it let go before another node claimed
+// it, and the client's outage), heals the cut and brings the bed back to
+// one VIP on each node. Two live holders, counted over the whole row, are
+// what this scenario looks for.
+func cutTrial(ctx context.Context, r *row, b *bed.Bed, sys spreadSystem, vips []*spreadVIP, sysName, fault string, trial int) error {
+	holders, victim, err := pickVictim(ctx, sys, vips, fault, trial)
+	if err != nil {
+		return err
+	}
+	h := b.Host(victim)
+	at := time.Now()
+	if err := h.Isolate(); err != nil {
+		return err
+	}
+	healed := false
+	defer func() {
+		if !healed {
+			_ = h.Unisolate()
+		}
+	}()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(cutFor):
+	}
+	var lines []string
+	for _, v := range vips {
+		if holders[v.addr] != victim {
+			if n := len(v.sampler.Changes(at, time.Time{})) - 1; n > 0 {
+				r.othersMoved++
+				lines = append(lines, fmt.Sprintf("%s of %s MOVED %d times", v.addr, holders[v.addr], n))
+			}
+			continue
+		}
+		r.cutVIPs++
+		o, err := v.client.Outage(at, time.Now())
+		if err != nil {
+			return fmt.Errorf("%s: %w", v.addr, err)
+		}
+		r.outages = append(r.outages, o.Gap)
+		r.failed += o.Failed
+		dropped, _ := v.sampler.LastHeld(victim, at)
+		claimer, claimed := "", time.Time{}
+		for _, n := range []string{"n1", "n2", "n3"} {
+			if c, ok := v.sampler.FirstHeld(n, at); n != victim && ok && (claimed.IsZero() || c.Before(claimed)) {
+				claimer, claimed = n, c
+			}
+		}
+		still := slices.Contains(v.sampler.Last().Holders, victim)
+		switch {
+		case claimer == "":
+			lines = append(lines, fmt.Sprintf("%s: no other node claimed it, outage %s", v.addr, o))
+		case !still && dropped.Before(claimed):
+			r.droppedFirst++
+			lines = append(lines, fmt.Sprintf("%s: %s let go at +%s, %s claimed at +%s, outage %s", v.addr, victim, ms(dropped.Sub(at)), claimer, ms(claimed.Sub(at)), o))
+		case still:
+			lines = append(lines, fmt.Sprintf("%s: %s KEPT it through the cut, %s claimed at +%s, outage %s", v.addr, victim, claimer, ms(claimed.Sub(at)), o))
+		default:
+			lines = append(lines, fmt.Sprintf("%s: %s let go at +%s, AFTER %s claimed at +%s, outage %s", v.addr, victim, ms(dropped.Sub(at)), claimer, ms(claimed.Sub(at)), o))
+		}
+	}
+	fmt.Printf("%s spread %s trial %d (%s): %s\n", sysName, fault, trial+1, victim, strings.Join(lines, "; "))
+	if err := h.Unisolate(); err != nil {
+		return err
+	}
+	healed = true
 	if err := sys.rebalance(ctx, vips); err != nil {
 		return err
 	}
@@ -269,7 +388,7 @@ func (v vipdSpread) victim(ctx context.Context, fault string, holders map[netip.
 	if err != nil {
 		return "", err
 	}
-	if fault == "leader-death" {
+	if strings.HasPrefix(fault, "leader-") {
 		return leader, nil
 	}
 	var followers []string
