@@ -83,6 +83,7 @@ type granter struct {
 	view  lease.View
 
 	pending     []pendingRequest
+	beat        time.Duration            // when the last round on the renewal cadence committed (0: none yet), roundDue
 	seen        map[string]time.Duration // node -> arrival of its latest request this term
 	healthy     map[string][]string      // node -> frontends with a healthy backend, from its latest request
 	leaving     map[string]bool          // node -> handed its VIPs over; cleared by its next request
@@ -245,10 +246,11 @@ func (l *granter) step(ctx context.Context) time.Duration {
 		l.commit(ctx, entrySettle, v, func() error { return l.r.o.Cluster.SettleVIP(v, h.Node) })
 	}
 	if len(l.pending) > 0 {
-		if left := l.gatherLeft(); left > 0 {
+		due, onBeat := l.roundDue()
+		if left := due - l.r.o.Clock(); left > 0 {
 			wait = min(wait, left)
-		} else {
-			l.commit(ctx, entryRound, "", func() error { return l.r.o.Cluster.Round(l.term) })
+		} else if l.commit(ctx, entryRound, "", func() error { return l.r.o.Cluster.Round(l.term) }) && onBeat {
+			l.beat = l.r.o.Clock()
 		}
 	}
 	if len(l.handing) > 0 && !l.holdsAny() {
@@ -260,14 +262,35 @@ func (l *granter) step(ctx context.Context) time.Duration {
 	return wait
 }
 
-// gatherLeft is how much longer the waiting requests may wait for others to
-// share their round (lease.Timing.Gather, counted from the oldest arrival).
-func (l *granter) gatherLeft() time.Duration {
+// roundDue is when the waiting requests' round commits, and whether that
+// round is on the renewal cadence.
+//
+// A holder asks again a renewal period R after its answer, so the holders
+// one round answers come back together. Two holders answered by different
+// rounds would stay that far apart for good, each costing a Raft entry a
+// period. So rounds keep a beat: the holders the last round on it answered
+// are due back R after it, and their round commits a slack of G/2 later
+// (for their round trip). A request arriving within the gather window G
+// before that beat waits for it; any other waits the whole of G, about G/2
+// longer than those on the beat, which moves its holder that much closer
+// to the beat each period until it joins. No request waits more than G
+// (lease.Timing.Gather: a wait costs lease time, not safety). A beat that
+// passed with no request on it (its holders came late or are gone) lets
+// the next round set the beat again.
+func (l *granter) roundDue() (time.Duration, bool) {
 	oldest := l.pending[0].Arrived
 	for _, p := range l.pending[1:] {
 		oldest = min(oldest, p.Arrived)
 	}
-	return oldest + l.r.o.Timing.Gather - l.r.o.Clock()
+	g := l.r.o.Timing.Gather
+	next := l.beat + l.r.o.Timing.Renew + g/2
+	switch {
+	case l.beat == 0 || oldest > next:
+		return oldest + g, true
+	case next-oldest <= g:
+		return next, true
+	}
+	return oldest + g, false
 }
 
 // holdsAny reports whether a VIP is still settled on (or assigned to) this node.

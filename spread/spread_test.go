@@ -543,14 +543,23 @@ func TestLeaderThatStepsDownAliveKeepsItsVIP(t *testing.T) {
 func TestRenewalsShareOneRound(t *testing.T) {
 	w := newWorld(t, lease.Timing{Duration: time.Hour, Renew: 100 * time.Millisecond, Margin: 60 * time.Millisecond,
 		Gather: 10 * time.Millisecond, Drift: lease.DefaultDrift})
+	w.rebalance = placement.Auto // the nodes join one by one
 	t.Cleanup(w.noOverlap)
 	a := w.add("a", testVIPs, []string{"web"})
-	w.add("b", testVIPs, []string{"web"})
-	w.add("c", testVIPs, []string{"web"})
 	w.setLeader("a")
 	a.leadership <- Leadership{Leader: true, Term: 1}
+	// The holders start a third of a renewal period apart, so that their
+	// first answers come from different rounds: the granter's cadence
+	// must bring them into step (granter.roundDue).
+	time.Sleep(w.timing.Renew / 3)
+	w.add("b", testVIPs, []string{"web"})
+	time.Sleep(w.timing.Renew / 3)
+	w.add("c", testVIPs, []string{"web"})
 	w.spreadOver(t, 2)
-	time.Sleep(time.Second) // the holders fall into step
+	// The holders fall into step: G/2 closer a period (granter.roundDue),
+	// so within 2(R+G)/G periods of R+G.
+	period := w.timing.Renew + w.timing.Gather
+	time.Sleep(2 * period * period / w.timing.Gather)
 	w.mu.Lock()
 	rounds, writes := w.rounds, w.writes
 	w.mu.Unlock()
