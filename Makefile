@@ -4,10 +4,19 @@ BIN     := bin
 GOFLAGS ?=
 PKGS    := ./...
 
-.PHONY: build test run demo demo-spread bench bench-failover bench-spread soak-leader-load lint clean image
+.PHONY: build kube-tools test run demo demo-spread bench bench-failover bench-spread soak-leader-load lint clean image
 
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend ./e2e/cmd/bedchild
+
+# The Kubernetes control plane of the e2e bed (etcd and kube-apiserver, for
+# e2e's Kubernetes tests), each built from its Go module in tools/, apart
+# from vipd's own. The first build takes minutes; Go's build cache makes
+# the next ones quick.
+KUBE_BIN := $(abspath $(BIN))/kube
+kube-tools:
+	$(GO) build -C tools/etcd -o $(KUBE_BIN)/etcd go.etcd.io/etcd/server/v3
+	$(GO) build -C tools/kube-apiserver -o $(KUBE_BIN)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 
 # What each target needs from Debian: scripts/deps.sh installs whatever is
 # missing when run as root, and otherwise says what skips or fails without it.
@@ -27,7 +36,7 @@ BENCH_SPREAD_NEEDS   := ip nft
 # and why.
 # Then every fuzz target for 10 s and a short soak of vipd alone (the full
 # ones, with HAProxy beside it: make fuzz, make soak).
-test: build
+test: build kube-tools
 	@scripts/deps.sh $(TEST_NEEDS)
 	$(GO) run ./internal/testrun -go $(GO) -race -count=1 -p 1 -timeout 20m $(PKGS)
 	$(MAKE) --no-print-directory fuzz FUZZTIME=10s

@@ -33,6 +33,8 @@ var (
 	ClientAddr  = netip.MustParseAddr("198.18.0.2")
 	NodeAddrs   = []netip.Addr{netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("198.18.0.12"), netip.MustParseAddr("198.18.0.13")}
 	BackendAddr = []netip.Addr{netip.MustParseAddr("198.18.0.21"), netip.MustParseAddr("198.18.0.22")}
+	// ControlPlaneAddr is the host of the Kubernetes control plane (StartControlPlane).
+	ControlPlaneAddr = netip.MustParseAddr("198.18.0.30")
 )
 
 // HostIface is the name of every host's interface inside its namespace.

@@ -1,0 +1,96 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/vipd/vipd/e2e/bed"
+	"github.com/vipd/vipd/internal/testenv"
+)
+
+// TestKubernetesControlPlaneInTheBed starts the bed's control plane (etcd
+// and kube-apiserver from `make kube-tools`) and creates a Service of type
+// LoadBalancer in it. The API server gives it a ClusterIP from the bed's
+// range and, with no load balancer controller, leaves its
+// status.loadBalancer empty: kubectl's EXTERNAL-IP <pending>, what a bare
+// metal cluster shows until something allocates the address (issue 14's
+// Kubernetes mode is that something, and this bed is where it is tested).
+func TestKubernetesControlPlaneInTheBed(t *testing.T) {
+	testenv.NeedRoot(t, "the bed builds network namespaces")
+	kubeBin := filepath.Join(repoRoot(t), "bin", "kube")
+	for _, p := range []string{"etcd", "kube-apiserver"} {
+		testenv.NeedFile(t, filepath.Join(kubeBin, p), "run make kube-tools first")
+	}
+	if _, err := bed.SweepStale(); err != nil {
+		t.Logf("sweep stale namespaces: %v", err)
+	}
+	b, err := bed.New([]bed.HostSpec{{Name: "kcp", Addr: bed.ControlPlaneAddr}, {Name: "c", Addr: bed.ClientAddr}}, t.TempDir())
+	if err != nil {
+		t.Fatalf("build bed: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("process logs (last lines):\n%s", b.Tails(40))
+		}
+		if err := b.Close(); err != nil {
+			t.Errorf("tear down bed: %v", err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	cp, err := b.StartControlPlane(ctx, b.Host("kcp"), kubeBin, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("control plane ready in %s", time.Since(start).Round(time.Millisecond))
+
+	svc := `{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+		"spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}}`
+	code, body, err := cp.Do(ctx, http.MethodPost, "/api/v1/namespaces/default/services", []byte(svc))
+	if err != nil || code != http.StatusCreated {
+		t.Fatalf("create the Service: status %d, %v: %.500s", code, err, body)
+	}
+	var got struct {
+		Spec struct {
+			Type      string `json:"type"`
+			ClusterIP string `json:"clusterIP"`
+			Ports     []struct {
+				NodePort int `json:"nodePort"`
+			} `json:"ports"`
+		} `json:"spec"`
+		Status struct {
+			LoadBalancer struct {
+				Ingress []json.RawMessage `json:"ingress"`
+			} `json:"loadBalancer"`
+		} `json:"status"`
+	}
+	// Read it back: what a controller's informer would see.
+	code, body, err = cp.Do(ctx, http.MethodGet, "/api/v1/namespaces/default/services/web", nil)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("read the Service back: status %d, %v: %.500s", code, err, body)
+	}
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatalf("decode the Service: %v: %.500s", err, body)
+	}
+	ip, err := netip.ParseAddr(got.Spec.ClusterIP)
+	if err != nil || !netip.MustParsePrefix(bed.ServiceClusterRange).Contains(ip) {
+		t.Errorf("ClusterIP %q, want one in %s", got.Spec.ClusterIP, bed.ServiceClusterRange)
+	}
+	if got.Spec.Type != "LoadBalancer" || len(got.Spec.Ports) != 1 || got.Spec.Ports[0].NodePort == 0 {
+		t.Errorf("Service spec %+v, want a LoadBalancer with a node port allocated", got.Spec)
+	}
+	if n := len(got.Status.LoadBalancer.Ingress); n != 0 {
+		t.Errorf("status.loadBalancer has %d ingress entries with no controller running, want none (pending)", n)
+	}
+	// Bad input is refused by name, as vipd's controller will see it.
+	code, body, err = cp.Do(ctx, http.MethodPost, "/api/v1/namespaces/default/services", []byte(`{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Bad_Name"}}`))
+	if err != nil || code != http.StatusUnprocessableEntity {
+		t.Errorf("an invalid Service: status %d, %v, want 422: %.300s", code, err, body)
+	}
+}

@@ -1,0 +1,6 @@
+//go:build tools
+
+// Package tools pins kube-apiserver for vipd's Kubernetes test bed.
+package tools
+
+import _ "k8s.io/kubernetes/cmd/kube-apiserver"
