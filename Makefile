@@ -9,14 +9,14 @@ PKGS    := ./...
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend ./e2e/cmd/bedchild
 
-# The Kubernetes control plane of the e2e bed (etcd and kube-apiserver, for
-# e2e's Kubernetes tests), each built from its Go module in tools/, apart
-# from vipd's own. The first build takes minutes; Go's build cache makes
-# the next ones quick.
+# The Kubernetes control plane of the e2e bed (etcd and kube-apiserver, and
+# kubectl to talk to it, for e2e's Kubernetes tests), built from their Go
+# modules in tools/, apart from vipd's own. The first build takes minutes;
+# Go's build cache makes the next ones quick.
 KUBE_BIN := $(abspath $(BIN))/kube
 kube-tools:
 	$(GO) build -C tools/etcd -o $(KUBE_BIN)/etcd go.etcd.io/etcd/server/v3
-	$(GO) build -C tools/kube-apiserver -o $(KUBE_BIN)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+	$(GO) build -C tools/kube-apiserver -o $(KUBE_BIN)/ k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
 
 # What each target needs from Debian: scripts/deps.sh installs whatever is
 # missing when run as root, and otherwise says what skips or fails without it.

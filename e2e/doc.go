@@ -13,9 +13,10 @@
 // client's neighbour entry following every move.
 //
 // Kubernetes (kube_test.go): a real control plane, etcd and kube-apiserver
-// built by `make kube-tools` (bin/kube, from the modules in tools/), in a
-// host of its own (198.18.0.30), ClusterIPs in 198.19.0.0/16, no kubelet;
-// a LoadBalancer Service created there stays pending with no controller.
+// built by `make kube-tools` with kubectl (bin/kube, from the modules in
+// tools/), in a host of its own (198.18.0.30), ClusterIPs in
+// 198.19.0.0/16, no kubelet; a LoadBalancer Service created there shows
+// EXTERNAL-IP <pending> in kubectl with no controller.
 //
 // Flapping (stability_test.go): no term change, no leadership change and no
 // VIP move while the leader proxies as hard as a client can push (64 workers

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +24,7 @@ import (
 func TestKubernetesControlPlaneInTheBed(t *testing.T) {
 	testenv.NeedRoot(t, "the bed builds network namespaces")
 	kubeBin := filepath.Join(repoRoot(t), "bin", "kube")
-	for _, p := range []string{"etcd", "kube-apiserver"} {
+	for _, p := range []string{"etcd", "kube-apiserver", "kubectl"} {
 		testenv.NeedFile(t, filepath.Join(kubeBin, p), "run make kube-tools first")
 	}
 	if _, err := bed.SweepStale(); err != nil {
@@ -87,6 +88,19 @@ func TestKubernetesControlPlaneInTheBed(t *testing.T) {
 	}
 	if n := len(got.Status.LoadBalancer.Ingress); n != 0 {
 		t.Errorf("status.loadBalancer has %d ingress entries with no controller running, want none (pending)", n)
+	}
+	// kubectl from another host of the bed, as a user sees it.
+	out, err := cp.Kubectl(ctx, b.Host("c"), "get", "service", "web", "--no-headers",
+		"-o", "custom-columns=TYPE:.spec.type,EXTERNAL-IP:.status.loadBalancer.ingress[*].ip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := strings.Fields(out); len(f) != 2 || f[0] != "LoadBalancer" || f[1] != "<none>" {
+		t.Errorf("kubectl get service web: %q, want LoadBalancer with no external IP", out)
+	}
+	out, err = cp.Kubectl(ctx, b.Host("c"), "get", "service", "web")
+	if err != nil || !strings.Contains(out, "<pending>") {
+		t.Errorf("kubectl get service web: %q (%v), want EXTERNAL-IP <pending>", out, err)
 	}
 	// Bad input is refused by name, as vipd's controller will see it.
 	code, body, err = cp.Do(ctx, http.MethodPost, "/api/v1/namespaces/default/services", []byte(`{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Bad_Name"}}`))

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -40,6 +41,7 @@ type ControlPlane struct {
 	Host       *Host
 	Kubeconfig string // admin credentials, server https://HOST:6443, its self-signed certificate not checked
 	URL        string
+	binDir     string
 	token      string
 	client     *http.Client
 	etcd, api  *Proc
@@ -49,7 +51,7 @@ type ControlPlane struct {
 // with their state and credentials under dir, and waits until the API
 // server's /readyz answers ok (it migrates its storage first: about 15 s).
 func (b *Bed) StartControlPlane(ctx context.Context, host *Host, binDir, dir string) (*ControlPlane, error) {
-	for _, bin := range []string{"etcd", "kube-apiserver"} {
+	for _, bin := range []string{"etcd", "kube-apiserver", "kubectl"} {
 		if _, err := os.Stat(filepath.Join(binDir, bin)); err != nil {
 			return nil, fmt.Errorf("control plane: %w (make kube-tools builds it)", err)
 		}
@@ -60,7 +62,7 @@ func (b *Bed) StartControlPlane(ctx context.Context, host *Host, binDir, dir str
 	}
 	addr := host.Addr.String()
 	etcdURL := func(port int) string { return "http://" + net.JoinHostPort(addr, fmt.Sprint(port)) }
-	cp := &ControlPlane{Host: host, URL: "https://" + net.JoinHostPort(addr, fmt.Sprint(apiServerPort)), token: token}
+	cp := &ControlPlane{Host: host, URL: "https://" + net.JoinHostPort(addr, fmt.Sprint(apiServerPort)), binDir: binDir, token: token}
 	cp.etcd, err = b.Start(host, "etcd", filepath.Join(binDir, "etcd"),
 		"--name", "bed", "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", etcdURL(etcdClientPort), "--advertise-client-urls", etcdURL(etcdClientPort),
@@ -148,6 +150,17 @@ func (cp *ControlPlane) Do(ctx context.Context, method, path string, body []byte
 		return 0, "", fmt.Errorf("%s %s: read answer: %w", method, path, err)
 	}
 	return resp.StatusCode, string(out), nil
+}
+
+// Kubectl runs kubectl from the host's namespace with the admin
+// kubeconfig and returns what it printed.
+func (cp *ControlPlane) Kubectl(ctx context.Context, from *Host, args ...string) (string, error) {
+	argv := append([]string{"netns", "exec", from.NS, filepath.Join(cp.binDir, "kubectl"), "--kubeconfig", cp.Kubeconfig}, args...)
+	out, err := exec.CommandContext(ctx, "ip", argv...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s from %s: %w: %s", strings.Join(args, " "), from.Name, err, out)
+	}
+	return string(out), nil
 }
 
 // writeCredentials writes the service-account key pair and a token file
