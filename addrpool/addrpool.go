@@ -1,6 +1,6 @@
 // Package addrpool hands out addresses from configured pools to the
 // Services that ask for one: the allocator of vipd's Kubernetes mode
-// (issue 14, docs/kubernetes.md once it is wired). It knows nothing of
+// (kubernetes.address_pools in the config). It knows nothing of
 // Kubernetes: a Service here is a key, a namespace, what it asks for and
 // its ports, so every rule is tested without a cluster.
 //

@@ -38,9 +38,8 @@ const (
 // tools/), no kubelet. Tests create Services and EndpointSlices through it
 // with Do; Kubeconfig lets a client (vipd, kubectl) reach it from any host.
 type ControlPlane struct {
-	Host       *Host
 	Kubeconfig string // admin credentials, server https://HOST:6443, its self-signed certificate not checked
-	URL        string
+	url        string
 	binDir     string
 	token      string
 	client     *http.Client
@@ -49,7 +48,7 @@ type ControlPlane struct {
 
 // StartControlPlane starts etcd and kube-apiserver from binDir in host,
 // with their state and credentials under dir, and waits until the API
-// server's /readyz answers ok (it migrates its storage first: about 15 s).
+// server's /readyz answers ok (it migrates its storage first).
 func (b *Bed) StartControlPlane(ctx context.Context, host *Host, binDir, dir string) (*ControlPlane, error) {
 	for _, bin := range []string{"etcd", "kube-apiserver", "kubectl"} {
 		if _, err := os.Stat(filepath.Join(binDir, bin)); err != nil {
@@ -62,7 +61,7 @@ func (b *Bed) StartControlPlane(ctx context.Context, host *Host, binDir, dir str
 	}
 	addr := host.Addr.String()
 	etcdURL := func(port int) string { return "http://" + net.JoinHostPort(addr, fmt.Sprint(port)) }
-	cp := &ControlPlane{Host: host, URL: "https://" + net.JoinHostPort(addr, fmt.Sprint(apiServerPort)), binDir: binDir, token: token}
+	cp := &ControlPlane{url: "https://" + net.JoinHostPort(addr, fmt.Sprint(apiServerPort)), binDir: binDir, token: token}
 	cp.etcd, err = b.Start(host, "etcd", filepath.Join(binDir, "etcd"),
 		"--name", "bed", "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", etcdURL(etcdClientPort), "--advertise-client-urls", etcdURL(etcdClientPort),
@@ -91,7 +90,7 @@ func (b *Bed) StartControlPlane(ctx context.Context, host *Host, binDir, dir str
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // test bed only
 	}}
 	cp.Kubeconfig = filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(cp.Kubeconfig, []byte(kubeconfig(cp.URL, token)), 0o600); err != nil {
+	if err := os.WriteFile(cp.Kubeconfig, []byte(kubeconfig(cp.url, token)), 0o600); err != nil {
 		return nil, fmt.Errorf("control plane kubeconfig: %w", err)
 	}
 	if err := cp.waitReady(ctx); err != nil {
@@ -132,7 +131,7 @@ func (cp *ControlPlane) Do(ctx context.Context, method, path string, body []byte
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, cp.URL+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, cp.url+path, rd)
 	if err != nil {
 		return 0, "", err
 	}
