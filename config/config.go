@@ -23,8 +23,11 @@ type Config struct {
 	VIPs      []VIP      `yaml:"vips"`
 	Frontends []Frontend `yaml:"frontends"`
 	Pools     []Pool     `yaml:"pools"`
-	Admin     Admin      `yaml:"admin"`
-	Log       Log        `yaml:"log"`
+	// Kubernetes, when set, adds a spread VIP, frontends and pools for each
+	// Service of type LoadBalancer (package kube).
+	Kubernetes Kubernetes `yaml:"kubernetes,omitempty"`
+	Admin      Admin      `yaml:"admin"`
+	Log        Log        `yaml:"log"`
 }
 
 // Node names this node and says how it stops.
@@ -245,6 +248,10 @@ type Pool struct {
 	SlowStart time.Duration `yaml:"slow_start"`
 	Backends  []Backend     `yaml:"backends"`
 	Health    Health        `yaml:"health"`
+	// Served marks a pool another source serves (a Kubernetes Service's):
+	// its VIP goes to a node with a healthy backend in it, but the pool
+	// does not count toward the node's fitness to lead.
+	Served bool `yaml:"-"`
 }
 
 // Backend is one server of a pool.
@@ -319,6 +326,34 @@ func (r StatusRange) String() string {
 		return strconv.Itoa(r.Min)
 	}
 	return fmt.Sprintf("%d-%d", r.Min, r.Max)
+}
+
+// Kubernetes is the Kubernetes mode: Services of type LoadBalancer get their
+// address from AddressPools and vipd carries their traffic. The section is
+// set when Interface is (validation requires it in a present section).
+type Kubernetes struct {
+	// Kubeconfig is the file that names the API server and credentials;
+	// empty: the in-cluster service account.
+	Kubeconfig string `yaml:"kubeconfig"`
+	// Class is the spec.loadBalancerClass served; empty: Services without one.
+	Class string `yaml:"class"`
+	// Interface carries the Services' VIPs on every node.
+	Interface    string        `yaml:"interface"`
+	AddressPools []AddressPool `yaml:"address_pools"`
+}
+
+// Enabled says whether the config has a kubernetes section.
+func (k Kubernetes) Enabled() bool { return k.Interface != "" }
+
+// AddressPool is a named set of addresses for Services.
+type AddressPool struct {
+	Name string `yaml:"name"`
+	// Addresses are CIDRs (198.18.0.200/29) or ranges
+	// (198.18.0.210-198.18.0.219), IPv4 or IPv6.
+	Addresses []string `yaml:"addresses"`
+	// Namespaces limits the pool to Services of these namespaces; empty:
+	// every namespace.
+	Namespaces []string `yaml:"namespaces"`
 }
 
 // Admin is the admin HTTP server (metrics, health, status, vipctl's API)

@@ -283,12 +283,20 @@ func (v *validator) validate(c *Config) {
 		v.bad("node.name", "", "required (the hostname could not be read)")
 	}
 	v.validateCluster(&c.Cluster)
-	v.validateVIPs(c.VIPs)
-	pools := v.validatePools(c.Pools)
-	v.validateFrontends(c.Frontends, pools)
+	v.validateServed(c)
 	v.validateAdmin(&c.Admin)
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "json", "console")
+}
+
+// validateServed checks what the node serves: the VIPs, pools and
+// frontends, and the Kubernetes section whose addresses must not clash
+// with them.
+func (v *validator) validateServed(c *Config) {
+	v.validateVIPs(c.VIPs)
+	pools := v.validatePools(c.Pools)
+	v.validateFrontends(c.Frontends, pools)
+	v.validateKubernetes(c)
 }
 
 func (v *validator) validateAdmin(a *Admin) {

@@ -10,9 +10,10 @@ import (
 
 // restartOnly are the keys (and sections) a running node cannot take live:
 // its identity and its place in the cluster (node.name, cluster.*), the
-// admin listener and how it authenticates (admin.*) and the log encoder
-// (log.format). A reload that changes one of them is refused whole.
-var restartOnly = []string{"node.name", "cluster", "admin", "log.format"}
+// admin listener and how it authenticates (admin.*), the log encoder
+// (log.format) and the Kubernetes mode (kubernetes.*: its client and
+// informers are built once). A reload that changes one of them is refused whole.
+var restartOnly = []string{"node.name", "cluster", "admin", "log.format", "kubernetes"}
 
 // RestartOnlyChanges lists the key paths that differ between running and
 // next and that only a restart can apply, in file order. Keys read from
@@ -46,7 +47,8 @@ func diffPaths(path string, a, b reflect.Value, changed func(string)) {
 	for i := range a.NumField() {
 		f := a.Type().Field(i)
 		var sub string
-		switch tag := f.Tag.Get("yaml"); {
+		tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		switch {
 		case tag == "-":
 			sub = path + " (file contents)"
 		case path == "":

@@ -82,7 +82,7 @@ func (c *Change) addPool(pc PoolChecks) (*pool, error) {
 			return nil, err
 		}
 	}
-	p := &pool{name: pc.Pool, kind: chk.Kind}
+	p := &pool{name: pc.Pool, kind: chk.Kind, perVIP: pc.PerVIP}
 	for _, addr := range pc.Backends {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return nil, fmt.Errorf("backend %q: %w", addr, err)

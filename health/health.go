@@ -80,6 +80,10 @@ type PoolChecks struct {
 	Pool     string
 	Backends []string
 	Check    Check
+	// PerVIP leaves the pool out of the Summary: its VIP's placement asks
+	// for it frontend by frontend (a Kubernetes Service's pool), so a
+	// Service with no healthy endpoint makes no node unfit to lead.
+	PerVIP bool
 }
 
 // transition is one change of a backend's state, as the Monitor's test

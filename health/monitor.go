@@ -55,6 +55,7 @@ type monitorState struct {
 type pool struct {
 	name     string
 	kind     Kind
+	perVIP   bool // not in the Summary
 	backends []*Backend
 }
 
@@ -426,11 +427,15 @@ func (m *Monitor) ConnectSucceeded(pool, backend string) {
 	b.mu.Unlock()
 }
 
-// Summary counts the pools and those with at least one healthy backend.
+// Summary counts the pools and those with at least one healthy backend,
+// leaving out the PerVIP pools.
 func (m *Monitor) Summary() Summary {
-	pools := m.state.Load().pools
-	s := Summary{Pools: len(pools)}
-	for _, p := range pools {
+	var s Summary
+	for _, p := range m.state.Load().pools {
+		if p.perVIP {
+			continue
+		}
+		s.Pools++
 		for _, b := range p.backends {
 			if b.healthy.Load() {
 				s.HealthyPools++

@@ -19,9 +19,9 @@ import (
 	"github.com/vipd/vipd/config"
 )
 
-// Source produces the desired state, validated (a config.Config is valid by
-// construction). The file is the only source today; another (Kubernetes)
-// produces the same type.
+// Source produces the file's desired state, validated (a config.Config is
+// valid by construction). What other sources serve (Kubernetes Services) is
+// added to it by Options.Served.
 type Source interface {
 	Desired() (*config.Config, error)
 }
@@ -72,8 +72,11 @@ func (r Result) OK() bool { return r.Result == Applied || r.Result == Unchanged 
 
 // Options configure a Reconciler.
 type Options struct {
-	Running    *config.Config // what runs at start
-	Source     Source
+	Running *config.Config // what runs at start
+	Source  Source
+	// Served is what other sources add to the file's state at every
+	// reload and resync; nil: nothing.
+	Served     func() config.Served
 	Target     Target
 	OnApplied  func(*config.Config) // after a config was applied; may be nil
 	Logger     *zap.Logger
@@ -86,16 +89,18 @@ type Reconciler struct {
 	log     *zap.Logger
 	mu      sync.Mutex // held for a whole reload, so two never interleave
 	running atomic.Pointer[config.Config]
+	file    *config.Config // the file's state in running, without what Served added; under mu
 	reloads *prometheus.CounterVec
 	pending prometheus.Gauge
 }
 
-// New returns a Reconciler running opts.Running.
+// New returns a Reconciler running opts.Running, which is the file's state
+// alone (Served is added by the first Resync).
 func New(opts Options) *Reconciler {
 	r := &Reconciler{opts: opts, log: opts.Logger,
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vipd_config_reloads_total",
-			Help: "Config reloads (SIGHUP, POST /v1/reload, systemctl reload), by result: applied, unchanged, invalid, refused (restart-only keys changed) or failed.",
+			Help: "Config reloads (SIGHUP, POST /v1/reload, systemctl reload) and resyncs (a Kubernetes Service changed), by result: applied, unchanged, invalid, refused (restart-only keys changed) or failed.",
 		}, []string{"result"}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vipd_config_restart_pending",
@@ -112,34 +117,52 @@ func New(opts Options) *Reconciler {
 		opts.Registerer.MustRegister(r.reloads, r.pending)
 	}
 	r.running.Store(opts.Running)
+	r.file = opts.Running
 	return r
 }
 
 // Running is the config that runs now. Callers must not change it.
 func (r *Reconciler) Running() *config.Config { return r.running.Load() }
 
-// Reload asks the source for its desired state and applies it whole, or
-// nothing of it. The Result says which and why.
+// Reload reads the source's desired state again, adds what is served
+// besides, and applies it whole, or nothing of it. The Result says which
+// and why.
 func (r *Reconciler) Reload() Result {
+	return r.reconcile("config reload", func() (*config.Config, error) { return r.opts.Source.Desired() })
+}
+
+// Resync applies the file's state as it runs with what is served besides
+// now (a Service changed): the file is not read again.
+func (r *Reconciler) Resync() Result {
+	return r.reconcile("resync", func() (*config.Config, error) { return r.file, nil })
+}
+
+func (r *Reconciler) reconcile(what string, file func() (*config.Config, error)) Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	res := r.reloadLocked()
+	res := r.reconcileLocked(file)
 	res.ConfigDigest = config.Digest(r.Running())
 	r.reloads.WithLabelValues(string(res.Result)).Inc()
 	fields := []zap.Field{zap.String("result", string(res.Result)), zap.String("config_digest", res.ConfigDigest)}
 	if res.OK() {
-		r.log.Info("config reload", fields...)
+		r.log.Info(what, fields...)
 	} else {
-		r.log.Error("config reload: nothing changed", append(fields, zap.Strings("restart_keys", res.RestartKeys), zap.String("error", res.Error))...)
+		r.log.Error(what+": nothing changed", append(fields, zap.Strings("restart_keys", res.RestartKeys), zap.String("error", res.Error))...)
 	}
 	return res
 }
 
-func (r *Reconciler) reloadLocked() Result {
+func (r *Reconciler) reconcileLocked(desiredFile func() (*config.Config, error)) Result {
 	running := r.Running()
-	next, err := r.opts.Source.Desired()
+	file, err := desiredFile()
 	if err != nil { // an invalid file says nothing about a pending restart
 		return Result{Result: Invalid, Error: err.Error()}
+	}
+	next := file
+	if r.opts.Served != nil {
+		if next, err = file.WithServed(r.opts.Served()); err != nil {
+			return Result{Result: Invalid, Error: fmt.Sprintf("with what other sources serve: %v", err)}
+		}
 	}
 	if keys := config.RestartOnlyChanges(running, next); len(keys) > 0 {
 		r.pending.Set(1)
@@ -148,11 +171,13 @@ func (r *Reconciler) reloadLocked() Result {
 	}
 	r.pending.Set(0)
 	if reflect.DeepEqual(running, next) {
+		r.file = file
 		return Result{Result: Unchanged}
 	}
 	if err := r.opts.Target.Apply(running, next); err != nil {
 		return Result{Result: Failed, Error: err.Error()}
 	}
+	r.file = file
 	r.running.Store(next)
 	if r.opts.OnApplied != nil {
 		r.opts.OnApplied(next)

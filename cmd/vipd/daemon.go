@@ -21,6 +21,7 @@ import (
 	"github.com/vipd/vipd/config"
 	"github.com/vipd/vipd/election"
 	"github.com/vipd/vipd/health"
+	"github.com/vipd/vipd/kube"
 	"github.com/vipd/vipd/ownership"
 	"github.com/vipd/vipd/reconcile"
 	"github.com/vipd/vipd/spread"
@@ -49,6 +50,9 @@ type daemon struct {
 	// grants them.
 	spread *spread.Runner
 	auth   *adminAuth
+	// kube is the Kubernetes mode (nil without a kubernetes section).
+	kube    *kube.Controller
+	leading atomic.Bool // the last leadership event said this node leads
 
 	linkUp      atomic.Bool   // the VIP interface's link, from vip's watcher
 	fitnessKick chan struct{} // wakes the fitness loop; never blocks the sender
@@ -131,11 +135,18 @@ func newDaemon(cfg *config.Config, configPath string, log *zap.Logger, level *za
 			return nil, fmt.Errorf("vip: vips[%d]: %w", i, err)
 		}
 	}
-	d.rec = reconcile.New(reconcile.Options{
+	if d.kube, err = newKube(d, cfg); err != nil {
+		return nil, err
+	}
+	ropts := reconcile.Options{
 		Running: cfg, Source: reconcile.File{Path: configPath},
 		Target:    dataPlane{mon: d.mon, bal: d.bal, vips: d.vips, level: level},
 		OnApplied: d.onConfigApplied, Logger: log.Named("reconcile"), Registerer: d.reg,
-	})
+	}
+	if d.kube != nil {
+		ropts.Served = d.served
+	}
+	d.rec = reconcile.New(ropts)
 	d.node.SetConfigDigest(config.Digest(cfg))
 	return d, nil
 }
@@ -178,7 +189,10 @@ func (d *daemon) run(ctx context.Context) error {
 	var leadingWG sync.WaitGroup
 	events := make(chan ownership.Event)
 	spreadEvents := make(chan spread.Leadership)
-	leadingWG.Go(func() { forwardLeadership(leading, d.node.Events(), events, spreadEvents) })
+	leadingWG.Go(func() { forwardLeadership(leading, d.node.Events(), events, spreadEvents, d.onLeadership) })
+	if d.kube != nil {
+		wg.Go(func() { d.kubeLoop(bg) })
+	}
 	leadingWG.Go(func() { d.vips.owners.Run(leading, events) })
 	leadingWG.Go(func() { d.spread.Run(leading, spreadEvents) })
 
@@ -325,11 +339,11 @@ func closeAdmin(srv *http.Server) {
 }
 
 // forwardLeadership hands the election's leadership events to the owners
-// and then to the spread runner, until ctx ends or the election closes
-// them (then both outs are closed, which releases). The hand-over is
-// unbuffered, so each sees the events in their order and as coalesced by
-// the election.
-func forwardLeadership(ctx context.Context, in <-chan election.Event, out chan<- ownership.Event, spreadOut chan<- spread.Leadership) {
+// and then to the spread runner, and last tells observe, until ctx ends or
+// the election closes them (then both outs are closed, which releases).
+// The hand-over is unbuffered, so each sees the events in their order and
+// as coalesced by the election.
+func forwardLeadership(ctx context.Context, in <-chan election.Event, out chan<- ownership.Event, spreadOut chan<- spread.Leadership, observe func(election.Event)) {
 	defer close(out)
 	defer close(spreadOut)
 	for {
@@ -350,7 +364,17 @@ func forwardLeadership(ctx context.Context, in <-chan election.Event, out chan<-
 			case <-ctx.Done():
 				return
 			}
+			observe(ev)
 		}
+	}
+}
+
+// onLeadership keeps whether this node leads for the Kubernetes mode,
+// which allocates only while it does.
+func (d *daemon) onLeadership(ev election.Event) {
+	d.leading.Store(ev.Leader)
+	if d.kube != nil {
+		d.kube.Kick()
 	}
 }
 

@@ -73,7 +73,7 @@ func healthOptions(cfg *config.Config) health.Options {
 		for _, r := range h.ExpectStatus {
 			check.ExpectStatus = append(check.ExpectStatus, health.StatusRange{Min: r.Min, Max: r.Max})
 		}
-		pc := health.PoolChecks{Pool: p.Name, Check: check}
+		pc := health.PoolChecks{Pool: p.Name, Check: check, PerVIP: p.Served}
 		for _, b := range p.Backends {
 			pc.Backends = append(pc.Backends, b.Address)
 		}

@@ -27,7 +27,7 @@ func newSpread(d *daemon, cfg *config.Config, owners *ownership.Group) (*spread.
 		Holds:     spreadHolds{owners: owners},
 		VIPs:      func() []placement.VIP { return spreadVIPs(d.running()) },
 		Rebalance: func() string { return d.running().Cluster.Rebalance },
-		Healthy:   func() []string { return healthyFrontends(d.running(), d.mon.Status()) },
+		Healthy:   func() []string { return d.eligible(healthyFrontends(d.running(), d.mon.Status())) },
 		Metrics:   m, Logger: d.log.Named("spread"),
 	})
 	if err != nil {
