@@ -16,7 +16,16 @@
 // built by `make kube-tools` with kubectl (bin/kube, from the modules in
 // tools/), in a host of its own (198.18.0.30), ClusterIPs in
 // 198.19.0.0/16, no kubelet; a LoadBalancer Service created there shows
-// EXTERNAL-IP <pending> in kubectl with no controller.
+// EXTERNAL-IP <pending> in kubectl with no controller. With vipd's
+// Kubernetes mode (kubesvc_test.go), on a 3-node cluster with the pool
+// 198.18.0.200-203: a Service gets an address within 1 s (EXTERNAL-IP in
+// kubectl, both backends answer through it), its holder dies and the
+// address moves with the status unchanged, endpoints change under traffic
+// with no failed request, deletion releases the address, an exhausted pool
+// leaves the next Service pending with an AllocationFailed Event, two
+// Services share an address by sharing key, and externalTrafficPolicy
+// Local follows the endpoints' node; the file's own leader VIP never moves
+// meanwhile.
 //
 // Flapping (stability_test.go): no term change, no leadership change and no
 // VIP move while the leader proxies as hard as a client can push (64 workers

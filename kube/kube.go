@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"reflect"
 	"sync"
 	"time"
@@ -90,7 +91,8 @@ type Controller struct {
 
 	// Owned by Run's loop.
 	events    record.EventRecorder
-	lastEvent map[string]string // Service key -> its last Event's reason and message
+	lastEvent map[string]string     // Service key -> its last Event's reason and message
+	lastHeld  map[string]netip.Addr // the last plan's held
 }
 
 // New builds the client and the informers; nothing runs until Run.
@@ -240,6 +242,12 @@ func (c *Controller) pass(ctx context.Context) bool {
 	}
 	c.publish(p)
 	c.metrics.observe(p)
+	for key, addr := range c.lastHeld {
+		if p.held[key] != addr {
+			c.log.Info("kubernetes: service no longer holds its address", zap.String("service", key), zap.Stringer("address", addr))
+		}
+	}
+	c.lastHeld = p.held
 	ok := true
 	if s.allocates {
 		for _, w := range p.writes {

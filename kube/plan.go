@@ -46,6 +46,8 @@ type statusWrite struct {
 
 // plan is what one pass over the informers' view works out.
 type plan struct {
+	// held maps each Service of ours with an address in its status to it.
+	held map[string]netip.Addr
 	// served is what the Services with an address in their status add to
 	// the node: the same on every node that sees the same objects.
 	served config.Served
@@ -181,6 +183,7 @@ func makePlan(c setup, services []*corev1.Service, endpoints []*discoveryv1.Endp
 	}
 	p.allocated = len(mine) - len(p.pending)
 	p.usage = alloc.Usage()
+	p.held = held
 	p.served, p.localOnly = c.serve(mine, held, endpoints)
 	return p, nil
 }
