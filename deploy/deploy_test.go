@@ -28,7 +28,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // metricDirs are the packages that export vipd's metrics.
-var metricDirs = []string{"../balancer", "../health", "../election", "../vip"}
+var metricDirs = []string{"../balancer", "../health", "../election", "../vip", "../kube"}
 
 // exportedMetrics scans metricDirs and fails if a package contributes no
 // metric, which would mean the scan no longer understands the code.
