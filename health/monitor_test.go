@@ -305,6 +305,62 @@ func TestSummaryCountsPoolsWithAHealthyBackendAndChangesAreDelivered(t *testing.
 	}
 }
 
+// A PerVIP pool (a Kubernetes Service's) is out of the Summary, healthy or
+// not, so a Service without a healthy endpoint makes no node unfit; a
+// pool of the file with no healthy backend still counts.
+func TestSummaryLeavesOutPerVIPPools(t *testing.T) {
+	up := Check{Kind: KindTCP, Rise: 1, Fall: 1, Timeout: failAfter, StartHealthy: true}
+	down := up
+	down.StartHealthy = false
+	h := startMonitor(t,
+		PoolChecks{Pool: "file-up", Backends: []string{"127.0.0.1:1"}, Check: up},
+		PoolChecks{Pool: "file-down", Backends: []string{"127.0.0.1:2"}, Check: down},
+		PoolChecks{Pool: "svc-up", Backends: []string{"127.0.0.1:3"}, Check: up, PerVIP: true},
+		PoolChecks{Pool: "svc-down", Backends: []string{"127.0.0.1:4"}, Check: down, PerVIP: true},
+		PoolChecks{Pool: "svc-empty", Check: up, PerVIP: true})
+	want := Summary{Pools: 2, HealthyPools: 1}
+	if got := h.m.Summary(); got != want {
+		t.Fatalf("Summary() %+v, want %+v: only the two file pools, one healthy", got, want)
+	}
+	if got := <-h.m.SummaryChanges(); got != want {
+		t.Fatalf("first summary delivered %+v, want %+v", got, want)
+	}
+	if !h.handle("svc-up", "127.0.0.1:3").Healthy() {
+		t.Fatal("a PerVIP pool's backend is not checked as its own: svc-up is not healthy")
+	}
+	h.m.ConnectFailed("svc-up", "127.0.0.1:3") // fall 1: down
+	if h.handle("svc-up", "127.0.0.1:3").Healthy() {
+		t.Fatal("svc-up's backend stayed up after a failed connect")
+	}
+	if got := h.m.Summary(); got != want {
+		t.Errorf("a PerVIP pool going down changed the Summary to %+v", got)
+	}
+	select {
+	case got := <-h.m.SummaryChanges():
+		t.Errorf("a PerVIP pool going down delivered a summary %+v", got)
+	default:
+	}
+
+	// Through a reload: a PerVIP pool added, the unhealthy file pool
+	// removed. The node is fit with its one healthy file pool.
+	h.apply(
+		PoolChecks{Pool: "file-up", Backends: []string{"127.0.0.1:1"}, Check: up},
+		PoolChecks{Pool: "svc-new", Backends: []string{"127.0.0.1:5"}, Check: down, PerVIP: true},
+		PoolChecks{Pool: "svc-empty", Check: up, PerVIP: true})
+	want = Summary{Pools: 1, HealthyPools: 1}
+	if got := h.m.Summary(); got != want || !got.Fit() {
+		t.Errorf("after the reload Summary() %+v (fit %v), want %+v, fit", got, got.Fit(), want)
+	}
+	select {
+	case got := <-h.m.SummaryChanges():
+		if got != want {
+			t.Errorf("after the reload delivered %+v, want %+v", got, want)
+		}
+	default:
+		t.Errorf("the reload delivered no summary, want %+v", want)
+	}
+}
+
 func TestIntervalsAreJitteredAndFastWhileAChangeIsPending(t *testing.T) {
 	s := newHTTPServer(t, nil)
 	const interval, fast = 10 * time.Second, time.Second
