@@ -257,7 +257,7 @@ func (c *Controller) pass(ctx context.Context) bool {
 			}
 		}
 		for _, svc := range services {
-			if err, ok := p.pending[serviceKey(svc)]; ok {
+			if err, ok := p.failed[serviceKey(svc)]; ok {
 				c.event(svc, corev1.EventTypeWarning, ReasonFailed, err.Error())
 			}
 		}

@@ -59,6 +59,9 @@ type plan struct {
 	// pending is why each Service of ours without an address has none
 	// (on the leader: why it could not get one).
 	pending map[string]error
+	// failed is why the leader could not give a Service the address it
+	// asks for: pending ones, and those that keep the one they hold.
+	failed map[string]error
 	// allocated counts the Services of ours with an address, held or
 	// being written.
 	allocated int
@@ -144,31 +147,31 @@ func makePlan(c setup, services []*corev1.Service, endpoints []*discoveryv1.Endp
 	slices.SortFunc(mine, func(a, b *corev1.Service) int {
 		return cmp.Or(a.CreationTimestamp.Time.Compare(b.CreationTimestamp.Time), cmp.Compare(serviceKey(a), serviceKey(b)))
 	})
-	p := plan{localOnly: map[string]bool{}, pending: map[string]error{}}
+	p := plan{localOnly: map[string]bool{}, pending: map[string]error{}, failed: map[string]error{}}
 	held := map[string]netip.Addr{}
 	for _, s := range mine {
-		addr, ok := statusAddr(s)
-		if !ok {
-			continue
-		}
-		// An address asked for that is not the one held means a move.
-		if want, err := asked(s); err != nil || (want.IsValid() && want != addr) {
-			continue
-		}
-		if _, err := alloc.Allocate(request(s, addr)); err == nil {
-			held[serviceKey(s)] = addr
+		if addr, ok := statusAddr(s); ok {
+			if _, err := alloc.Allocate(request(s, addr)); err == nil {
+				held[serviceKey(s)] = addr
+			}
 		}
 	}
 	for _, s := range mine {
 		key := serviceKey(s)
-		if _, ok := held[key]; ok {
-			continue
-		}
-		if !c.allocates {
-			p.pending[key] = fmt.Errorf("service %s: waiting for the leader to write its address", key)
-			continue
-		}
+		cur, holds := held[key]
 		want, err := asked(s)
+		if holds && err == nil && (!want.IsValid() || want == cur) {
+			continue
+		}
+		// No address, or one other than the address asked for: a Service
+		// that holds one keeps it (and is served on it) until the leader
+		// can give the one it asks for.
+		if !c.allocates {
+			if !holds {
+				p.pending[key] = fmt.Errorf("service %s: waiting for the leader to write its address", key)
+			}
+			continue
+		}
 		if err == nil {
 			var addr netip.Addr
 			if addr, err = alloc.Allocate(request(s, want)); err == nil {
@@ -176,7 +179,10 @@ func makePlan(c setup, services []*corev1.Service, endpoints []*discoveryv1.Endp
 				continue
 			}
 		}
-		p.pending[key] = err
+		p.failed[key] = err
+		if !holds {
+			p.pending[key] = err
+		}
 	}
 	if c.allocates {
 		p.writes = append(p.writes, c.stale(services)...)
