@@ -120,6 +120,7 @@ type Balancer struct {
 	hardCtx    context.Context
 	hardCancel context.CancelFunc
 	live       liveSet
+	parker     parker // idle directions' wait (park.go), stopped once every connection has ended
 
 	// afterFunc arms retirement timers (afterFunc; tests fire them by hand).
 	afterFunc func(time.Duration, func()) stopper
@@ -254,6 +255,7 @@ func (b *Balancer) Shutdown(ctx context.Context) error {
 	b.live.cutAll()
 	<-drained
 	b.retireWG.Wait() // a retirement that fired meanwhile
+	b.parker.stop()
 	return err
 }
 

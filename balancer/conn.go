@@ -36,11 +36,12 @@ type session struct {
 	lp         *livePair
 	start      time.Time // set when debug logs are on
 
-	up, down     int64 // bytes client→server, server→client
-	upErr, dnErr error
-	eofs         atomic.Int32 // directions that reached EOF
-	finished     atomic.Int32 // directions that returned
-	abortOnce    sync.Once
+	upDir, downDir *direction
+	up, down       int64 // bytes client→server, server→client
+	upErr, dnErr   error
+	eofs           atomic.Int32 // directions that reached EOF
+	finished       atomic.Int32 // directions that returned
+	abortOnce      sync.Once
 }
 
 // handle serves one accepted client: admit it (PROXY header, per-source
@@ -52,19 +53,8 @@ func (f *frontend) handle(client *net.TCPConn) {
 		s.end()
 		return
 	}
-	up, err := newDirection(s.server, client)
-	var down *direction
-	if err == nil {
-		down, err = newDirection(client, s.server)
-	}
-	if err != nil {
-		f.log.Warn("relay setup failed", zap.String("backend", s.be.addr), zap.Error(err))
-		s.abort()
-		s.end()
-		return
-	}
-	f.b.connWG.Go(func() { s.run(up, &s.up, &s.upErr) })
-	f.b.connWG.Go(func() { s.run(down, &s.down, &s.dnErr) })
+	s.relay(s.upDir, &s.up, &s.upErr)
+	s.relay(s.downDir, &s.down, &s.dnErr)
 }
 
 // open takes the session up to the relay. On false the client has been
@@ -89,10 +79,19 @@ func (s *session) open() bool {
 		f.refuse(s.client, refusedNoBackend)
 		return false
 	}
+	var err error
+	if s.upDir, err = newDirection(s.server, s.client); err == nil {
+		s.downDir, err = newDirection(s.client, s.server)
+	}
+	if err != nil {
+		f.log.Warn("relay setup failed", zap.String("backend", s.be.addr), zap.Error(err))
+		_ = s.server.Close()
+		reset(s.client)
+		return false
+	}
 	var header []byte
 	if r.pool.proxyVersion != 0 {
 		h := proxyproto.HeaderProxyFromAddrs(r.pool.proxyVersion, pr.src, pr.dst)
-		var err error
 		if header, err = h.Format(); err != nil {
 			f.log.Warn("build PROXY header failed", zap.String("backend", s.be.addr), zap.Error(err))
 			_ = s.server.Close()
@@ -102,7 +101,7 @@ func (s *session) open() bool {
 	}
 	// Past the grace period, Shutdown cuts every live pair; finish waits for
 	// a cut in progress, so no close outlives the session.
-	s.lp = &livePair{client: s.client, server: s.server, be: s.be, fe: f, header: uint64(len(header))}
+	s.lp = &livePair{client: s.client, server: s.server, be: s.be, fe: f, header: uint64(len(header)), wake: s.wakeParked}
 	f.b.live.add(s.lp)
 	s.up = int64(len(pr.early))
 	if first := append(header, pr.early...); len(first) > 0 {
@@ -119,38 +118,122 @@ func (s *session) open() bool {
 	return true
 }
 
-// run copies one direction until it ends. The first direction to reach EOF
-// half-closes its destination (CloseWrite) so the peer sees the end while
-// the other direction goes on. The second leaves its FIN to the final
-// Close: the first direction has read that socket to EOF, so its receive
-// queue is empty and close(2) sends the same FIN as shutdown(2) would, one
-// syscall fewer per connection. A direction that fails closes both sockets,
-// which ends the other one too. The second direction to return ends the
-// session.
-func (s *session) run(d *direction, count *int64, errp *error) {
-	n, err := copyIdle(d, s.client, s.route.idleTimeout)
+// leg is one direction of a session's relay and what it counts.
+type leg struct {
+	s     *session
+	d     *direction
+	count *int64
+	errp  *error
+	wait  time.Duration // until the next look at how long the connection has been quiet; 0: none
+}
+
+// relay starts one direction on a goroutine of its own. The direction is
+// counted in connWG from here until it ends, parked or not.
+func (s *session) relay(d *direction, count *int64, errp *error) {
+	l := &leg{s: s, d: d, count: count, errp: errp, wait: parkAfter}
+	if idle := s.route.idleTimeout; idle > 0 {
+		l.wait = min(idle, parkAfter)
+	}
+	d.carryOn = l.carry
+	s.fe.b.connWG.Add(1)
+	go l.carry(0)
+}
+
+// carry copies until the direction ends, or parks it. A read deadline
+// bounds each stretch of copying: when it fires, the kernel's TCP_INFO of
+// the client socket says how long ago data last moved either way. Quiet
+// for idle_timeout: the connection is closed. Quiet for parkAfter: the
+// direction parks (its goroutine returns; the parker calls carry again
+// when src has something, or the idle timeout's rest has passed). Else the
+// deadline is armed for what is left and the copy goes on. An active
+// connection costs one deadline and one getsockopt per parkAfter.
+func (l *leg) carry(why resumeReason) {
+	idle := l.s.route.idleTimeout
+	look := why == resumeTimer
+	for {
+		if !look {
+			var deadline time.Time
+			if l.wait > 0 {
+				deadline = time.Now().Add(l.wait)
+			}
+			if err := l.d.src.SetReadDeadline(deadline); err != nil {
+				l.finish(fmt.Errorf("arm idle deadline: %w", err))
+				return
+			}
+			n, err := l.d.copy()
+			*l.count += n
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				l.finish(err)
+				return
+			}
+		}
+		look = false
+		quiet, err := quietFor(l.s.client)
+		if err != nil {
+			l.finish(err)
+			return
+		}
+		var left time.Duration // of the idle timeout; 0: none
+		if idle > 0 {
+			if quiet >= idle {
+				l.finish(errIdle)
+				return
+			}
+			left = idle - quiet
+		}
+		if quiet >= parkAfter && l.s.fe.b.parker.park(l.d, left) {
+			return
+		}
+		l.wait = left
+		if quiet < parkAfter && (left == 0 || parkAfter-quiet < left) {
+			l.wait = parkAfter - quiet
+		}
+	}
+}
+
+// finish ends the direction. The first direction to reach EOF half-closes
+// its destination (CloseWrite) so the peer sees the end while the other
+// direction goes on. The second leaves its FIN to the final Close: the
+// first direction has read that socket to EOF, so its receive queue is
+// empty and close(2) sends the same FIN as shutdown(2) would, one syscall
+// fewer per connection. A direction that fails closes both sockets, which
+// ends the other one too. The second direction to end ends the session.
+func (l *leg) finish(err error) {
+	s := l.s
+	s.fe.b.parker.forget(l.d)
 	if err == nil && s.eofs.Add(1) == 1 {
-		err = d.dst.CloseWrite()
+		err = l.d.dst.CloseWrite()
 	}
 	if err != nil {
 		s.abort()
 	}
-	*count += n
-	*errp = err
+	*l.errp = err
 	if s.finished.Add(1) == 2 {
 		s.abort()
 		s.end()
 	}
+	s.fe.b.connWG.Done()
 }
 
-// abort closes both sockets once.
+// abort closes both sockets once, which ends both directions.
 func (s *session) abort() {
 	s.abortOnce.Do(func() {
 		_ = s.client.Close()
 		if s.server != nil {
 			_ = s.server.Close()
 		}
+		s.wakeParked()
 	})
+}
+
+// wakeParked resumes a parked direction after its sockets were closed: it
+// holds no goroutine that the close could wake.
+func (s *session) wakeParked() {
+	for _, d := range []*direction{s.upDir, s.downDir} {
+		if d != nil {
+			d.resume(resumeClosed)
+		}
+	}
 }
 
 // end releases what the session holds, counts and logs how it ended.
@@ -239,38 +322,5 @@ func (f *frontend) connect(client net.Addr, p *pool) (*backend, *net.TCPConn) {
 			t = make(tried, len(p.backends))
 		}
 		t[i] = true
-	}
-}
-
-// copyIdle copies one direction with d.copy. With an idle timeout it arms
-// a read deadline on d's source: when it fires, the kernel's TCP_INFO of
-// the client socket says how long ago data last moved either way. If that
-// is idle or more the connection is idle; otherwise the deadline is
-// re-armed for the rest of the idle time and the copy goes on. An active
-// connection costs one deadline and one getsockopt per idle period; an idle
-// one is closed within a few milliseconds of idle.
-func copyIdle(d *direction, client *net.TCPConn, idle time.Duration) (int64, error) {
-	if idle <= 0 {
-		return d.copy()
-	}
-	var total int64
-	wait := idle
-	for {
-		if err := d.src.SetReadDeadline(time.Now().Add(wait)); err != nil {
-			return total, fmt.Errorf("arm idle deadline: %w", err)
-		}
-		n, err := d.copy()
-		total += n
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			return total, err
-		}
-		quiet, qerr := quietFor(client)
-		if qerr != nil {
-			return total, qerr
-		}
-		if quiet >= idle {
-			return total, errIdle
-		}
-		wait = idle - quiet
 	}
 }

@@ -135,9 +135,10 @@ func getPipe() (*splicePipe, error) {
 }
 
 // direction is one way of a relay: from src's socket to dst's. It holds no
-// buffer and no pipe while it waits: it parks in the runtime poller until
+// buffer and no pipe while it waits: it waits in the runtime poller until
 // src is readable, then takes a pooled buffer for what is there, or a
-// pooled pipe for as long as src streams.
+// pooled pipe for as long as src streams. Once its connection has been
+// idle for parkAfter it holds no goroutine either (parker).
 type direction struct {
 	src, dst       *net.TCPConn
 	srcRaw, dstRaw syscall.RawConn
@@ -153,6 +154,8 @@ type direction struct {
 	serr                      error       // the last splice's error
 	perr                      error       // no pipe could be had
 	waited                    bool        // the last splice-in waited in the poller first
+
+	parkFields // while its connection is idle (park.go)
 }
 
 func newDirection(dst, src *net.TCPConn) (*direction, error) {

@@ -13,6 +13,7 @@ type livePair struct {
 	be             *backend
 	fe             *frontend
 	header         uint64 // PROXY header bytes written to server before the relay
+	wake           func() // resumes the relay's parked directions after a close
 	// What the peers acknowledged so far in each direction, as last sampled:
 	// never more than the relay's final counts.
 	ackedUp, ackedDown atomic.Uint64
@@ -23,6 +24,9 @@ type livePair struct {
 func (lp *livePair) close() {
 	_ = lp.client.Close()
 	_ = lp.server.Close()
+	if lp.wake != nil {
+		lp.wake()
+	}
 }
 
 // liveSet holds the relaying pairs so Shutdown can cut them when its grace
