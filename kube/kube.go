@@ -14,7 +14,6 @@ package kube
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -54,6 +53,16 @@ const retryAfter = time.Second
 
 // apiTimeout bounds one status write.
 const apiTimeout = 5 * time.Second
+
+// unsyncedWarning is how often Run says it still has not read the
+// Services: client-go retries an unreachable API server quietly.
+const unsyncedWarning = 10 * time.Second
+
+// informerStopWait bounds how long Run waits for the informers to stop.
+// client-go's watch-list retry sleeps out its backoff without looking at
+// the stop signal, so against an unreachable API server its goroutines end
+// only when that sleep does; the daemon's shutdown does not wait for them.
+const informerStopWait = time.Second
 
 // Options configure a Controller.
 type Options struct {
@@ -195,13 +204,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.events = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "vipd", Host: c.opts.Node})
 
 	c.factory.Start(ctx.Done())
-	defer c.factory.Shutdown() // waits for the informers' goroutines
-	c.log.Info("kubernetes: waiting for the informers to sync")
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return errors.New("kubernetes: informers did not sync")
+	defer c.stopInformers()
+	if !c.waitSynced(ctx) {
+		return nil
 	}
 	c.log.Info("kubernetes: watching Services and EndpointSlices", zap.String("class", c.setup.class))
 	retry := time.NewTimer(0)
@@ -217,6 +222,47 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-c.kick:
 		case <-retry.C:
 		}
+	}
+}
+
+// waitSynced waits until the informers have read every Service and
+// EndpointSlice, warning now and then while they have not; false: ctx ended
+// first.
+func (c *Controller) waitSynced(ctx context.Context) bool {
+	c.log.Info("kubernetes: waiting for the informers to sync")
+	tick := time.NewTicker(unsyncedWarning)
+	defer tick.Stop()
+	since := time.Now()
+	for {
+		synced := true
+		for _, s := range c.synced {
+			synced = synced && s()
+		}
+		if synced {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+			c.log.Warn("kubernetes: Services and EndpointSlices not read yet; is the API server reachable with these credentials?",
+				zap.String("kubeconfig", c.opts.Config.Kubeconfig), zap.Duration("waiting", time.Since(since).Round(time.Second)))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// stopInformers stops the informers, waiting at most informerStopWait.
+func (c *Controller) stopInformers() {
+	done := make(chan struct{})
+	go func() { // ends when client-go's goroutines have, at the latest after their backoff
+		c.factory.Shutdown()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(informerStopWait):
+		c.log.Warn("kubernetes: informers still backing off from the API server; not waiting for them")
 	}
 }
 
