@@ -416,40 +416,14 @@ func TestKubernetesClusterRoleIsLeastPrivilege(t *testing.T) {
 // the manifest with strict field validation, and its authorizer gives the
 // DaemonSet's service account what the mode needs and no more.
 func TestKubernetesManifestAppliesAndServiceAccountIsLeastPrivilege(t *testing.T) {
-	testenv.NeedRoot(t, "the bed's control plane runs in a network namespace")
-	kubeBin, err := filepath.Abs(filepath.Join("..", "bin", "kube"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{"etcd", "kube-apiserver", "kubectl"} {
-		testenv.NeedFile(t, filepath.Join(kubeBin, p), "run make kube-tools first")
-	}
 	manifest, err := filepath.Abs(daemonSetFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := bed.SweepStale(); err != nil {
-		t.Logf("sweep stale namespaces: %v", err)
-	}
-	b, err := bed.New([]bed.HostSpec{{Name: "kcp", Addr: bed.ControlPlaneAddr}}, t.TempDir())
-	if err != nil {
-		t.Fatalf("build bed: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("process logs (last lines):\n%s", b.Tails(40))
-		}
-		if err := b.Close(); err != nil {
-			t.Errorf("tear down bed: %v", err)
-		}
-	})
+	b, cp := bed.StartKubeBed(t, filepath.Join("..", "bin", "kube"), "")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	host := b.Host("kcp")
-	cp, err := b.StartControlPlane(ctx, host, kubeBin, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
 	kubectl := func(args ...string) (string, error) { return cp.Kubectl(ctx, host, args...) }
 
 	// The API server creates kube-system just after it reports ready.

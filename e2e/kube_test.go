@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/vipd/vipd/e2e/bed"
-	"github.com/vipd/vipd/internal/testenv"
 )
 
 // TestKubernetesControlPlaneInTheBed starts the bed's control plane (etcd
@@ -22,34 +21,9 @@ import (
 // metal cluster shows until something allocates the address (issue 14's
 // Kubernetes mode is that something, and this bed is where it is tested).
 func TestKubernetesControlPlaneInTheBed(t *testing.T) {
-	testenv.NeedRoot(t, "the bed builds network namespaces")
-	kubeBin := filepath.Join(repoRoot(t), "bin", "kube")
-	for _, p := range []string{"etcd", "kube-apiserver", "kubectl"} {
-		testenv.NeedFile(t, filepath.Join(kubeBin, p), "run make kube-tools first")
-	}
-	if _, err := bed.SweepStale(); err != nil {
-		t.Logf("sweep stale namespaces: %v", err)
-	}
-	b, err := bed.New([]bed.HostSpec{{Name: "kcp", Addr: bed.ControlPlaneAddr}, {Name: "c", Addr: bed.ClientAddr}}, t.TempDir())
-	if err != nil {
-		t.Fatalf("build bed: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("process logs (last lines):\n%s", b.Tails(40))
-		}
-		if err := b.Close(); err != nil {
-			t.Errorf("tear down bed: %v", err)
-		}
-	})
+	b, cp := bed.StartKubeBed(t, filepath.Join(repoRoot(t), "bin", "kube"), "", bed.HostSpec{Name: "c", Addr: bed.ClientAddr})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	start := time.Now()
-	cp, err := b.StartControlPlane(ctx, b.Host("kcp"), kubeBin, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("control plane ready in %s", time.Since(start).Round(time.Millisecond))
 
 	svc := `{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
 		"spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}}`

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/vipd/vipd/e2e/bed"
-	"github.com/vipd/vipd/internal/testenv"
 )
 
 // targetAllocation is issue 14's bound on how long a new Service of type
@@ -36,16 +35,8 @@ type kubeEnv struct {
 func setupKube(t *testing.T) *kubeEnv {
 	t.Helper()
 	vipdBin, backendBin := binaries(t)
-	kubeBin := filepath.Join(repoRoot(t), "bin", "kube")
-	for _, p := range []string{"etcd", "kube-apiserver", "kubectl"} {
-		testenv.NeedFile(t, filepath.Join(kubeBin, p), "run make kube-tools first")
-	}
-	if _, err := bed.SweepStale(); err != nil {
-		t.Logf("sweep stale namespaces: %v", err)
-	}
-	// The first TempDir's removal is registered before the bed's cleanup,
-	// so it runs after every process writing there is gone.
-	cpDir, dataDir, logDir := t.TempDir(), t.TempDir(), t.TempDir()
+	// Made before the bed, so removed after every process writing there is gone.
+	dataDir, logDir := t.TempDir(), ""
 	if keep := os.Getenv("E2E_LOG_DIR"); keep != "" {
 		logDir = filepath.Join(keep, t.Name())
 		if err := os.MkdirAll(logDir, 0o755); err != nil {
@@ -53,28 +44,14 @@ func setupKube(t *testing.T) *kubeEnv {
 		}
 		t.Logf("process logs kept in %s", logDir)
 	}
-	b, err := bed.New(append(bed.DefaultHosts(), bed.HostSpec{Name: "kcp", Addr: bed.ControlPlaneAddr}), logDir)
-	if err != nil {
-		t.Fatalf("build bed: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("process logs (last lines):\n%s", b.Tails(40))
-		}
-		if err := b.Close(); err != nil {
-			t.Errorf("tear down bed: %v", err)
-		}
-	})
+	b, cp := bed.StartKubeBed(t, filepath.Join(repoRoot(t), "bin", "kube"), logDir, bed.DefaultHosts()...)
 	e := &kubeEnv{
 		env:      &env{t: t, bed: b, nodes: []string{"n1", "n2", "n3"}, start: time.Now()},
+		cp:       cp,
 		samplers: map[netip.Addr]*bed.Sampler{},
 		clients:  new([]*bed.Client),
 	}
 	ctx := e.ctx(2 * time.Minute)
-	if e.cp, err = b.StartControlPlane(ctx, b.Host("kcp"), kubeBin, cpDir); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("control plane ready in %s", time.Since(e.start).Round(time.Millisecond))
 	backends := []*bed.Host{b.Host("b1"), b.Host("b2")}
 	if err := bed.StartBackends(ctx, b, backendBin, backends, b.Host("c"), nil); err != nil {
 		t.Fatal(err)

@@ -21,7 +21,6 @@ import (
 
 	"github.com/vipd/vipd/config"
 	"github.com/vipd/vipd/e2e/bed"
-	"github.com/vipd/vipd/internal/testenv"
 )
 
 // apiServer starts the bed's control plane (kube-apiserver and etcd from
@@ -29,32 +28,7 @@ import (
 // client host.
 func apiServer(t *testing.T) kubernetes.Interface {
 	t.Helper()
-	testenv.NeedRoot(t, "the control plane runs in a network namespace of the e2e bed")
-	kubeBin, err := filepath.Abs(filepath.Join("..", "bin", "kube"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{"etcd", "kube-apiserver", "kubectl"} {
-		testenv.NeedFile(t, filepath.Join(kubeBin, p), "run make kube-tools first")
-	}
-	b, err := bed.New([]bed.HostSpec{{Name: "kcp", Addr: bed.ControlPlaneAddr}, {Name: "c", Addr: bed.ClientAddr}}, t.TempDir())
-	if err != nil {
-		t.Fatalf("build bed: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("process logs (last lines):\n%s", b.Tails(30))
-		}
-		if err := b.Close(); err != nil {
-			t.Errorf("tear down bed: %v", err)
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cp, err := b.StartControlPlane(ctx, b.Host("kcp"), kubeBin, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, cp := bed.StartKubeBed(t, filepath.Join("..", "bin", "kube"), "", bed.HostSpec{Name: "c", Addr: bed.ClientAddr})
 	rc, err := clientcmd.BuildConfigFromFlags("", cp.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
