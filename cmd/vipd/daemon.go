@@ -144,7 +144,7 @@ func newDaemon(cfg *config.Config, configPath string, log *zap.Logger, level *za
 		OnApplied: d.onConfigApplied, Logger: log.Named("reconcile"), Registerer: d.reg,
 	}
 	if d.kube != nil {
-		ropts.Served = d.served
+		ropts.Served = d.kube.Served
 	}
 	d.rec = reconcile.New(ropts)
 	d.node.SetConfigDigest(config.Digest(cfg))

@@ -31,9 +31,6 @@ func newKube(d *daemon, cfg *config.Config) (*kube.Controller, error) {
 	return c, nil
 }
 
-// served is what the Kubernetes Services add to the file's config.
-func (d *daemon) served() config.Served { return d.kube.Served() }
-
 // kubeLoop runs the Kubernetes mode until ctx ends and resyncs the running
 // config each time what the Services serve changes.
 func (d *daemon) kubeLoop(ctx context.Context) {
