@@ -3,6 +3,7 @@ package balancer
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,79 @@ type parker struct {
 	mu       sync.Mutex
 	byKey    map[uint64]*direction // guarded by mu: directions that have parked and not ended
 	next     uint64                // guarded by mu: the last key handed out
+	release  memoryRelease
+}
+
+// memoryRelease hands the memory of ended goroutines back to the operating
+// system after a wave of parks. A parked direction's goroutine ends, but
+// the runtime frees a dead goroutine's stack only in a garbage collection,
+// and returns freed pages to the system only after one; with connections
+// open and no traffic, no collection comes for minutes (the runtime forces
+// one every two), so the stacks of thousands of connections that went idle
+// together would stay resident. One forced collection once the wave is over
+// gives them back. At most one per releaseEvery, so connections that
+// park and wake all the time cost a collection now and then, not per park.
+type memoryRelease struct {
+	mu      sync.Mutex
+	parks   int         // guarded by mu: parks since the last release
+	seen    int         // guarded by mu: parks when the timer was last armed
+	timer   *time.Timer // guarded by mu: armed while a wave is under way
+	last    time.Time   // guarded by mu: the last release
+	stopped bool        // guarded by mu: no more releases
+	free    func()      // debug.FreeOSMemory; tests count calls
+}
+
+const (
+	releaseWave  = 1024             // parks that make a wave
+	releaseEvery = 10 * time.Second // the least time between two releases
+)
+
+// parked counts one park and arms the release once a wave has begun.
+func (r *memoryRelease) parked() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.parks++
+	if r.parks < releaseWave || r.timer != nil || r.stopped {
+		return
+	}
+	r.seen = r.parks
+	wait := parkAfter
+	if next := time.Until(r.last.Add(releaseEvery)); next > wait {
+		wait = next
+	}
+	r.timer = time.AfterFunc(wait, r.fire)
+}
+
+// fire releases the memory once parks have stopped coming: while they still
+// come, the wave is not over and it looks again a parkAfter later.
+func (r *memoryRelease) fire() {
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		return
+	}
+	if r.parks > r.seen {
+		r.seen = r.parks
+		r.timer.Reset(parkAfter)
+		r.mu.Unlock()
+		return
+	}
+	r.parks, r.timer, r.last = 0, nil, time.Now()
+	free := r.free
+	r.mu.Unlock()
+	if free == nil {
+		free = debug.FreeOSMemory
+	}
+	free()
+}
+
+func (r *memoryRelease) stop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopped = true
+	if r.timer != nil {
+		r.timer.Stop()
+	}
 }
 
 // Why a parked direction carries on.
@@ -106,6 +180,7 @@ func (p *parker) loop() {
 // ended: a parked one would never be resumed.
 func (p *parker) stop() {
 	p.once.Do(func() { p.err = errors.New("park: stopped") }) // no start after this
+	p.release.stop()
 	p.stopOnce.Do(func() {
 		if p.done == nil {
 			return
@@ -157,6 +232,7 @@ func (p *parker) park(d *direction, timeout time.Duration) bool {
 	})
 	if err == nil && cerr == nil {
 		d.registered = true
+		p.release.parked()
 		return true
 	}
 	// Not in the set: carry on here unless something resumed d meanwhile.

@@ -139,3 +139,59 @@ func TestShutdownCutsParkedConnections(t *testing.T) {
 		expectClosed(t, c.c)
 	}
 }
+
+// A wave of parks gives the dead goroutines' memory back once, after the
+// parks have stopped coming; fewer parks than a wave, or a stopped parker,
+// never do.
+func TestParkWaveReleasesMemoryOnceItIsOver(t *testing.T) {
+	releases := make(chan time.Time, 4)
+	r := &memoryRelease{free: func() { releases <- time.Now() }}
+	for range releaseWave - 1 {
+		r.parked()
+	}
+	select {
+	case <-releases:
+		t.Fatal("released after fewer parks than a wave")
+	case <-time.After(2 * parkAfter):
+	}
+
+	r.parked() // the wave is there
+	// Parks keep coming for a while: no release until they stop.
+	lastPark := time.Now()
+	for range 3 {
+		time.Sleep(parkAfter / 2)
+		r.parked()
+		lastPark = time.Now()
+	}
+	select {
+	case at := <-releases:
+		if at.Before(lastPark) {
+			t.Fatalf("released %v before the wave's last park", lastPark.Sub(at))
+		}
+	case <-time.After(5 * parkAfter):
+		t.Fatal("no release after the wave")
+	}
+
+	// The next wave waits for releaseEvery.
+	for range releaseWave {
+		r.parked()
+	}
+	select {
+	case at := <-releases:
+		t.Fatalf("a second release %v after a wave, sooner than releaseEvery (%v)", time.Since(at), releaseEvery)
+	case <-time.After(2 * parkAfter):
+	}
+	r.stop()
+
+	// A stop cancels a wave's release.
+	stopped := &memoryRelease{free: func() { releases <- time.Now() }}
+	for range releaseWave {
+		stopped.parked()
+	}
+	stopped.stop()
+	select {
+	case <-releases:
+		t.Fatal("released after stop")
+	case <-time.After(2 * parkAfter):
+	}
+}

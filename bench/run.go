@@ -48,11 +48,16 @@ type Options struct {
 	Targets     []string // subset of AllTargets, in any order
 	Concurrency int      // workers of the connection-rate run, connections of the pairs run
 	IdleConns   int      // connections of the idle-memory run
-	HAProxyBin  string
-	VipdBin     string
-	NginxBin    string   // the real-peer backend; needed by the peer metrics
-	WrkBin      string   // the real-peer client; needed by the peer metrics
-	VipdEnv     []string // added to vipd's environment, "KEY=value"
+	// IdleSettle is how long the idle connections have been open when the
+	// memory figures are read: an idle connection is one that has been idle
+	// for a while, and a proxy may shed what a connection needed only while
+	// it was new (vipd parks a connection after a second without data).
+	IdleSettle time.Duration
+	HAProxyBin string
+	VipdBin    string
+	NginxBin   string   // the real-peer backend; needed by the peer metrics
+	WrkBin     string   // the real-peer client; needed by the peer metrics
+	VipdEnv    []string // added to vipd's environment, "KEY=value"
 	// Builds are more vipd binaries measured as targets of their own, to
 	// compare variants (a copy strategy, say) in the same interleaved run.
 	Builds        []Build
@@ -497,7 +502,7 @@ func buildMetrics(o Options, backend *Backend) []metric {
 		MetricIdle: {
 			name: MetricIdle,
 			rows: []Row{
-				{Name: fmt.Sprintf("RSS growth per 10k idle conns (MiB, from %d)", o.IdleConns), Target: 1.5},
+				{Name: fmt.Sprintf("RSS growth per 10k idle conns (MiB, from %d, after %s)", o.IdleConns, o.IdleSettle), Target: 1.5},
 				{Name: fmt.Sprintf("RSS with %d idle conns (MiB)", o.IdleConns)},
 				{Name: "  proxy fds per idle conn", Target: 1.0},
 				{Name: "  kernel slab growth per 10k (MiB, machine)", Target: 1.2},
@@ -514,7 +519,7 @@ func buildMetrics(o Options, backend *Backend) []metric {
 					return nil, nil, err
 				}
 				defer fresh.Stop()
-				return idleMemory(ctx, fresh, o.IdleConns, backend)
+				return idleMemory(ctx, fresh, o.IdleConns, o.IdleSettle, backend)
 			},
 		},
 	}
@@ -532,10 +537,10 @@ func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsec
 const mib = 1 << 20
 
 // idleMemory opens n idle connections through the proxy t and reads its
-// RSS and open descriptors before and after. Descriptors matter beside RSS:
+// RSS and open descriptors before and settle after. Descriptors matter beside RSS:
 // kernel objects such as splice pipes held per connection use memory that
 // RSS does not show, and count against the open-file limit.
-func idleMemory(ctx context.Context, t *Target, n int, backend *Backend) ([]float64, []string, error) {
+func idleMemory(ctx context.Context, t *Target, n int, settle time.Duration, backend *Backend) ([]float64, []string, error) {
 	before, err := ReadUsage(t.Proc.PID())
 	if err != nil {
 		return nil, nil, err
@@ -559,7 +564,11 @@ func idleMemory(ctx context.Context, t *Target, n int, backend *Backend) ([]floa
 	if err != nil {
 		return nil, nil, err
 	}
-	time.Sleep(200 * time.Millisecond) // let the proxy finish its per-connection setup
+	select {
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	case <-time.After(settle):
+	}
 	after, err := ReadUsage(t.Proc.PID())
 	if err != nil {
 		return nil, nil, err

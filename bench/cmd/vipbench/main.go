@@ -32,6 +32,7 @@ func run() int {
 		targets     = flag.String("targets", "", "comma-separated targets: "+strings.Join(bench.AllTargets, ",")+" (default all)")
 		concurrency = flag.Int("concurrency", 16, "workers of the connection-rate run and connections of the pairs run")
 		idle        = flag.Int("idle", 10000, "idle connections held open for the memory figure")
+		idleSettle  = flag.Duration("idle-settle", 5*time.Second, "how long the idle connections are held before the memory figure is read")
 		haproxyBin  = flag.String("haproxy", "haproxy", "haproxy binary")
 		nginxBin    = flag.String("nginx", "nginx", "nginx binary: the real peer's server (peer, peerclose)")
 		wrkBin      = flag.String("wrk", "wrk", "wrk binary: the real peer's client (peer, peerclose)")
@@ -45,7 +46,7 @@ func run() int {
 	flag.Var(&builds, "compare", "NAME=PATH: also measure another vipd binary as target NAME, repeatable (compare variants in one run)")
 	flag.Var(&vipdEnv, "vipd-env", "KEY=value added to vipd's environment, repeatable (e.g. GOMAXPROCS=1, GODEBUG=...)")
 	flag.Parse()
-	if flag.NArg() > 0 || *rounds < 1 || *duration <= 0 || *concurrency < 1 || *idle < 1 {
+	if flag.NArg() > 0 || *rounds < 1 || *duration <= 0 || *concurrency < 1 || *idle < 1 || *idleSettle < 0 {
 		fmt.Fprintln(os.Stderr, "vipbench: bad arguments: -rounds, -duration, -concurrency, -idle must be positive; no positional arguments")
 		flag.Usage()
 		return 2
@@ -134,7 +135,7 @@ func run() int {
 	start := time.Now()
 	rep, runErr := bench.Run(ctx, bench.Options{
 		Duration: *duration, Rounds: *rounds, Metrics: metrics, Targets: targetList,
-		Concurrency: *concurrency, IdleConns: *idle,
+		Concurrency: *concurrency, IdleConns: *idle, IdleSettle: *idleSettle,
 		HAProxyBin: *haproxyBin, VipdBin: *vipdBin, NginxBin: *nginxBin, WrkBin: *wrkBin, VipdEnv: vipdEnv, Builds: builds, HAProxySplice: *splice, MaxConn: maxConn,
 		Dir: dir, Progress: os.Stderr,
 	})
