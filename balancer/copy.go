@@ -154,6 +154,7 @@ type direction struct {
 	serr                      error       // the last splice's error
 	perr                      error       // no pipe could be had
 	waited                    bool        // the last splice-in waited in the poller first
+	yield                     func()      // runtime.Gosched; tests count calls
 
 	parkFields // while its connection is idle (park.go)
 }
@@ -170,6 +171,7 @@ func newDirection(dst, src *net.TCPConn) (*direction, error) {
 	d.readFn = d.read
 	d.spliceFn = d.spliceIn
 	d.drainFn = d.spliceOut
+	d.yield = runtime.Gosched
 	return d, nil
 }
 
@@ -302,6 +304,14 @@ func (d *direction) stream() (moved int64, eof bool, err error) {
 		}
 		if d.waited && nextMechanism(d.moved) == viaBuffer {
 			return moved, false, nil
+		}
+		if !d.waited {
+			// No wait in the poller this round, so no point where the
+			// scheduler could run anything else on this P: a stream that
+			// never runs dry would hold it until the runtime preempts it
+			// (10 ms), and Raft's heartbeats and lease checks queue
+			// behind it. Yield once per round instead.
+			d.yield()
 		}
 	}
 }

@@ -196,3 +196,41 @@ func TestEndedDirectionGivesItsBufferBack(t *testing.T) {
 		})
 	}
 }
+
+// A stream that never waits in the poller yields its P every splice round,
+// so goroutines woken meanwhile (Raft's heartbeats) do not wait for the
+// runtime's 10 ms preemption. The source is filled before the copy starts,
+// so most rounds find bytes queued and do not wait.
+func TestStreamYieldsWhenItDoesNotWait(t *testing.T) {
+	ln := loopbackListener(t)
+	srcPeer, src := tcpPair(t, ln)
+	dst, dstPeer := tcpPair(t, ln)
+	for _, c := range []*net.TCPConn{src, srcPeer, dst, dstPeer} {
+		defer c.Close()
+	}
+	const size = 16 << 20
+	go func() {
+		_, _ = srcPeer.Write(make([]byte, size))
+		_ = srcPeer.CloseWrite()
+	}()
+	drained := make(chan int64, 1)
+	go func() { n, _ := io.Copy(io.Discard, dstPeer); drained <- n }()
+	d, err := newDirection(dst, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var yields int
+	d.yield = func() { yields++ }
+	n, err := d.copy()
+	if err != nil || n != size {
+		t.Fatalf("copy moved %d bytes, %v; want %d and EOF", n, err, size)
+	}
+	_ = dst.CloseWrite()
+	if got := <-drained; got != size {
+		t.Fatalf("the destination got %d bytes, want %d", got, size)
+	}
+	t.Logf("%d yields in %d MiB", yields, size>>20)
+	if yields == 0 {
+		t.Fatal("a stream of 16 MiB never yielded: a stream that does not wait holds its P until preempted")
+	}
+}
