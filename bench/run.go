@@ -537,7 +537,8 @@ func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsec
 const mib = 1 << 20
 
 // idleMemory opens n idle connections through the proxy t and reads its
-// RSS and open descriptors before and settle after. Descriptors matter beside RSS:
+// RSS and open descriptors before they open and settle after they are all
+// open. Descriptors matter beside RSS:
 // kernel objects such as splice pipes held per connection use memory that
 // RSS does not show, and count against the open-file limit.
 func idleMemory(ctx context.Context, t *Target, n int, settle time.Duration, backend *Backend) ([]float64, []string, error) {

@@ -47,7 +47,7 @@ func run() int {
 	flag.Var(&vipdEnv, "vipd-env", "KEY=value added to vipd's environment, repeatable (e.g. GOMAXPROCS=1, GODEBUG=...)")
 	flag.Parse()
 	if flag.NArg() > 0 || *rounds < 1 || *duration <= 0 || *concurrency < 1 || *idle < 1 || *idleSettle < 0 {
-		fmt.Fprintln(os.Stderr, "vipbench: bad arguments: -rounds, -duration, -concurrency, -idle must be positive; no positional arguments")
+		fmt.Fprintln(os.Stderr, "vipbench: bad arguments: -rounds, -duration, -concurrency, -idle must be positive, -idle-settle not negative; no positional arguments")
 		flag.Usage()
 		return 2
 	}
