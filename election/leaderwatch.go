@@ -1,6 +1,7 @@
 package election
 
 import (
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -20,6 +21,15 @@ import (
 // it goes. That wait also let a follower ride out a stall a little longer
 // than the timeout, which the watch does not; so it runs only where
 // Timing.WatchLeader asks for it (the fast profile, docs/failover.md).
+//
+// Followers that look at the same moment campaign at the same moment: each
+// grants the other's pre-vote (neither knows a leader any more), both run
+// the real election in the same term, vote for themselves, and neither
+// wins until raft's random election timeout sends one of them again
+// (60-120 ms with fast, seen in make bench-failover's SIGKILL trials). So
+// each follower looks a step later per rank: its place among the voters
+// other than the leader, by ID. The first to look is refused by the others,
+// which still know the leader, and the next wins with its vote.
 
 // followerView is what the leader watch reads of raft.
 type followerView interface {
@@ -36,15 +46,22 @@ type followerView interface {
 // meanwhile may still wait unread in its sockets, so it looks again a fifth
 // of timeout later, after at least one heartbeat interval (raft sends every
 // tenth to fifth of it), instead of calling the leader dead at once.
-func leaderSilence(r followerView, timeout time.Duration, now, due time.Time) (silent bool, wait time.Duration) {
+// stagger (asked only once the contact is timeout old) is how much longer
+// this follower waits for its leader (its rank's step).
+func leaderSilence(r followerView, timeout time.Duration, stagger func(leader raft.ServerID) time.Duration, now, due time.Time) (silent bool, wait time.Duration) {
 	if r.State() != raft.Follower {
 		return false, timeout
 	}
-	if addr, _ := r.LeaderWithID(); addr == "" {
+	addr, leader := r.LeaderWithID()
+	if addr == "" {
 		return false, timeout // raft already gave up on it, or never knew one
 	}
-	if age := now.Sub(r.LastContact()); age < timeout {
+	age := now.Sub(r.LastContact())
+	if age < timeout {
 		return false, timeout - age
+	}
+	if after := timeout + stagger(leader); age < after {
+		return false, after - age
 	}
 	if now.Sub(due) > timeout/10 {
 		return false, timeout / 5
@@ -52,9 +69,22 @@ func leaderSilence(r followerView, timeout time.Duration, now, due time.Time) (s
 	return true, timeout
 }
 
+// voterRank is self's place, from 0, among the voters other than leader,
+// ordered by ID: the same order on every node. 0 when self is not among them.
+func voterRank(servers []raft.Server, self, leader raft.ServerID) int {
+	var ids []raft.ServerID
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter && s.ID != leader {
+			ids = append(ids, s.ID)
+		}
+	}
+	slices.Sort(ids)
+	return max(slices.Index(ids, self), 0)
+}
+
 // watchLeader runs until stop: it wakes when the leader's last contact turns
 // timeout old and, if nothing arrived meanwhile, calls expire.
-func watchLeader(r followerView, timeout time.Duration, stop <-chan struct{}, expire func()) {
+func watchLeader(r followerView, timeout time.Duration, stagger func(raft.ServerID) time.Duration, stop <-chan struct{}, expire func()) {
 	due := time.Now().Add(timeout)
 	t := time.NewTimer(timeout)
 	defer t.Stop()
@@ -65,7 +95,7 @@ func watchLeader(r followerView, timeout time.Duration, stop <-chan struct{}, ex
 		case <-t.C:
 		}
 		now := time.Now()
-		silent, wait := leaderSilence(r, timeout, now, due)
+		silent, wait := leaderSilence(r, timeout, stagger, now, due)
 		if silent {
 			expire()
 		}
@@ -74,10 +104,24 @@ func watchLeader(r followerView, timeout time.Duration, stop <-chan struct{}, ex
 	}
 }
 
+// watchStepsPerTimeout divides the heartbeat timeout into the step between
+// two followers' looks: 5 ms with fast, several pre-vote round trips on a
+// LAN, so the first follower's campaign has been refused before the next
+// one looks.
+const watchStepsPerTimeout = 12
+
 // leaderWatch is the node's watch goroutine (started by Start, ended by stop).
 func (n *Node) leaderWatch(rt *running) {
 	defer n.wg.Done()
-	watchLeader(rt.raft, n.opts.Timing.Heartbeat, n.stop, func() {
+	step := n.opts.Timing.Heartbeat / watchStepsPerTimeout
+	stagger := func(leader raft.ServerID) time.Duration {
+		f := rt.raft.GetConfiguration()
+		if err := f.Error(); err != nil {
+			return 0
+		}
+		return time.Duration(voterRank(f.Configuration().Servers, raft.ServerID(n.opts.NodeName), leader)) * step
+	}
+	watchLeader(rt.raft, n.opts.Timing.Heartbeat, stagger, n.stop, func() {
 		n.log.Info("leader silent for the heartbeat timeout; raft checks now",
 			zap.Duration("since_contact", time.Since(rt.raft.LastContact())))
 		if err := expireHeartbeat(rt.raft); err != nil {

@@ -40,6 +40,8 @@ func (f *fakeFollower) LastContact() time.Time {
 	return c()
 }
 
+func noStagger(raft.ServerID) time.Duration { return 0 }
+
 func TestLeaderSilence(t *testing.T) {
 	const timeout = 60 * time.Millisecond
 	now := time.Now()
@@ -62,7 +64,7 @@ func TestLeaderSilence(t *testing.T) {
 		{"leader", &fakeFollower{state: raft.Leader, leader: "n0", contact: at(time.Second)}, 0, false, timeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			silent, wait := leaderSilence(tc.f, timeout, now, now.Add(-tc.late))
+			silent, wait := leaderSilence(tc.f, timeout, noStagger, now, now.Add(-tc.late))
 			if silent != tc.wantSilent || wait != tc.wantWait {
 				t.Fatalf("leaderSilence = %v, %v; want %v, %v", silent, wait, tc.wantSilent, tc.wantWait)
 			}
@@ -80,7 +82,7 @@ func TestWatchLeaderExpiresOnlyASilentLeader(t *testing.T) {
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		watchLeader(f, timeout, stop, func() { expired <- struct{}{} })
+		watchLeader(f, timeout, noStagger, stop, func() { expired <- struct{}{} })
 	}()
 	look := func() {
 		t.Helper()
@@ -117,4 +119,51 @@ func TestWatchLeaderExpiresOnlyASilentLeader(t *testing.T) {
 		t.Fatal("the watch did not end on stop")
 	}
 	close(f.looked)
+}
+
+// A follower with a later rank calls the same leader silent a step later
+// than the timeout, and asks for its rank only once the timeout has passed.
+func TestLeaderSilenceWaitsOutTheRanksStep(t *testing.T) {
+	const timeout, step = 60 * time.Millisecond, 5 * time.Millisecond
+	now := time.Now()
+	asked := 0
+	stagger := func(leader raft.ServerID) time.Duration {
+		asked++
+		if leader != "n1" {
+			t.Fatalf("stagger asked for leader %q, want n1", leader)
+		}
+		return step
+	}
+	f := &fakeFollower{state: raft.Follower, leader: "n1", contact: func() time.Time { return now.Add(-20 * time.Millisecond) }}
+	if silent, wait := leaderSilence(f, timeout, stagger, now, now); silent || wait != 40*time.Millisecond || asked != 0 {
+		t.Fatalf("fresh contact: %v, %v, stagger asked %d times; want false, 40ms, 0", silent, wait, asked)
+	}
+	f.contact = func() time.Time { return now.Add(-timeout - 2*time.Millisecond) }
+	if silent, wait := leaderSilence(f, timeout, stagger, now, now); silent || wait != 3*time.Millisecond {
+		t.Fatalf("timeout passed, step not: %v, %v; want false, 3ms", silent, wait)
+	}
+	f.contact = func() time.Time { return now.Add(-timeout - step) }
+	if silent, _ := leaderSilence(f, timeout, stagger, now, now); !silent {
+		t.Fatal("timeout and step passed: not silent")
+	}
+}
+
+func TestVoterRank(t *testing.T) {
+	servers := []raft.Server{
+		{ID: "n3", Suffrage: raft.Voter}, {ID: "n1", Suffrage: raft.Voter},
+		{ID: "n2", Suffrage: raft.Voter}, {ID: "w", Suffrage: raft.Nonvoter},
+	}
+	for _, tc := range []struct {
+		self, leader raft.ServerID
+		want         int
+	}{
+		{"n1", "n2", 0}, {"n3", "n2", 1}, // the two followers of n2 differ
+		{"n2", "n1", 0}, {"n3", "n1", 1},
+		{"n1", "n3", 0}, {"n2", "n3", 1},
+		{"w", "n1", 0}, // not a voter
+	} {
+		if got := voterRank(servers, tc.self, tc.leader); got != tc.want {
+			t.Errorf("voterRank(%s, leader %s) = %d, want %d", tc.self, tc.leader, got, tc.want)
+		}
+	}
 }
