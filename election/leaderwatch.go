@@ -26,10 +26,18 @@ import (
 // grants the other's pre-vote (neither knows a leader any more), both run
 // the real election in the same term, vote for themselves, and neither
 // wins until raft's random election timeout sends one of them again
-// (60-120 ms with fast, seen in make bench-failover's SIGKILL trials). So
-// each follower looks a step later per rank: its place among the voters
-// other than the leader, by ID. The first to look is refused by the others,
-// which still know the leader, and the next wins with its vote.
+// (60-120 ms with fast, seen in make bench-failover's SIGKILL trials). The
+// voters other than the leader, ordered by ID, therefore take turns: the
+// first looks when its contact turns timeout old; each next one looks once
+// its contact is that old too and the one before it has asked for a
+// pre-vote since (raft observes the request). That one is refused, since
+// this follower still knew the leader; it is now a candidate, so it grants
+// this follower's pre-vote and vote, and this one wins. A fixed step per
+// turn would not do: raft's leader sends each follower its heartbeats at a
+// random tenth to fifth of the timeout on its own, so two followers' last
+// contacts differ by up to a fifth of it. A follower whose predecessor
+// never asks (dead as well, or cut off) looks a quarter timeout later per
+// turn.
 
 // followerView is what the leader watch reads of raft.
 type followerView interface {
@@ -46,9 +54,9 @@ type followerView interface {
 // meanwhile may still wait unread in its sockets, so it looks again a fifth
 // of timeout later, after at least one heartbeat interval (raft sends every
 // tenth to fifth of it), instead of calling the leader dead at once.
-// stagger (asked only once the contact is timeout old) is how much longer
-// this follower waits for its leader (its rank's step).
-func leaderSilence(r followerView, timeout time.Duration, stagger func(leader raft.ServerID) time.Duration, now, due time.Time) (silent bool, wait time.Duration) {
+// turn (asked only once the contact is timeout old) is how much longer this
+// follower waits for its turn after a contact at contact.
+func leaderSilence(r followerView, timeout time.Duration, turn func(leader raft.ServerID, contact time.Time) time.Duration, now, due time.Time) (silent bool, wait time.Duration) {
 	if r.State() != raft.Follower {
 		return false, timeout
 	}
@@ -56,11 +64,12 @@ func leaderSilence(r followerView, timeout time.Duration, stagger func(leader ra
 	if addr == "" {
 		return false, timeout // raft already gave up on it, or never knew one
 	}
-	age := now.Sub(r.LastContact())
+	contact := r.LastContact()
+	age := now.Sub(contact)
 	if age < timeout {
 		return false, timeout - age
 	}
-	if after := timeout + stagger(leader); age < after {
+	if after := timeout + turn(leader, contact); age < after {
 		return false, after - age
 	}
 	if now.Sub(due) > timeout/10 {
@@ -69,9 +78,10 @@ func leaderSilence(r followerView, timeout time.Duration, stagger func(leader ra
 	return true, timeout
 }
 
-// voterRank is self's place, from 0, among the voters other than leader,
-// ordered by ID: the same order on every node. 0 when self is not among them.
-func voterRank(servers []raft.Server, self, leader raft.ServerID) int {
+// voterTurn is self's place, from 0, among the voters other than leader,
+// ordered by ID (the same order on every node), and the voter just before
+// it. 0 and "" when self is first or not among them.
+func voterTurn(servers []raft.Server, self, leader raft.ServerID) (rank int, before raft.ServerID) {
 	var ids []raft.ServerID
 	for _, s := range servers {
 		if s.Suffrage == raft.Voter && s.ID != leader {
@@ -79,12 +89,34 @@ func voterRank(servers []raft.Server, self, leader raft.ServerID) int {
 		}
 	}
 	slices.Sort(ids)
-	return max(slices.Index(ids, self), 0)
+	if rank = slices.Index(ids, self); rank <= 0 {
+		return 0, ""
+	}
+	return rank, ids[rank-1]
+}
+
+// turnTaker decides a follower's turn from the pre-votes it has been asked
+// for; only the watch goroutine uses it.
+type turnTaker struct {
+	order func(leader raft.ServerID) (rank int, before raft.ServerID)
+	step  time.Duration               // the wait per turn when the one before never asks
+	asked map[raft.ServerID]time.Time // each candidate's latest pre-vote request
+}
+
+// turn is leaderSilence's turn: nothing for the first, nothing once the one
+// before asked after contact, else step per rank.
+func (t *turnTaker) turn(leader raft.ServerID, contact time.Time) time.Duration {
+	rank, before := t.order(leader)
+	if rank == 0 || t.asked[before].After(contact) {
+		return 0
+	}
+	return time.Duration(rank) * t.step
 }
 
 // watchLeader runs until stop: it wakes when the leader's last contact turns
-// timeout old and, if nothing arrived meanwhile, calls expire.
-func watchLeader(r followerView, timeout time.Duration, stagger func(raft.ServerID) time.Duration, stop <-chan struct{}, expire func()) {
+// timeout old, or raft observes a pre-vote request (on preVotes), and calls
+// expire once the leader is silent and it is this follower's turn.
+func watchLeader(r followerView, timeout time.Duration, tt *turnTaker, preVotes <-chan raft.Observation, stop <-chan struct{}, expire func()) {
 	due := time.Now().Add(timeout)
 	t := time.NewTimer(timeout)
 	defer t.Stop()
@@ -92,10 +124,14 @@ func watchLeader(r followerView, timeout time.Duration, stagger func(raft.Server
 		select {
 		case <-stop:
 			return
+		case o := <-preVotes:
+			if req, ok := o.Data.(raft.RequestPreVoteRequest); ok {
+				tt.asked[raft.ServerID(req.ID)] = time.Now()
+			}
 		case <-t.C:
 		}
 		now := time.Now()
-		silent, wait := leaderSilence(r, timeout, stagger, now, due)
+		silent, wait := leaderSilence(r, timeout, tt.turn, now, due)
 		if silent {
 			expire()
 		}
@@ -104,24 +140,35 @@ func watchLeader(r followerView, timeout time.Duration, stagger func(raft.Server
 	}
 }
 
-// watchStepsPerTimeout divides the heartbeat timeout into the step between
-// two followers' looks: 5 ms with fast, several pre-vote round trips on a
-// LAN, so the first follower's campaign has been refused before the next
-// one looks.
-const watchStepsPerTimeout = 12
+// watchTurnsPerTimeout divides the heartbeat timeout into the wait per turn
+// when the follower before never asks: longer than the spread of two
+// followers' last contacts (a fifth of the timeout) and a round trip.
+const watchTurnsPerTimeout = 4
 
-// leaderWatch is the node's watch goroutine (started by Start, ended by stop).
+// leaderWatch is the node's watch goroutine (started by Start, ended by
+// stop). It observes the pre-vote requests raft receives.
 func (n *Node) leaderWatch(rt *running) {
 	defer n.wg.Done()
-	step := n.opts.Timing.Heartbeat / watchStepsPerTimeout
-	stagger := func(leader raft.ServerID) time.Duration {
-		f := rt.raft.GetConfiguration()
-		if err := f.Error(); err != nil {
-			return 0
-		}
-		return time.Duration(voterRank(f.Configuration().Servers, raft.ServerID(n.opts.NodeName), leader)) * step
+	preVotes := make(chan raft.Observation, 8)
+	obs := raft.NewObserver(preVotes, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.RequestPreVoteRequest)
+		return ok
+	})
+	rt.raft.RegisterObserver(obs)
+	defer rt.raft.DeregisterObserver(obs)
+	self := raft.ServerID(n.opts.NodeName)
+	tt := &turnTaker{
+		step:  n.opts.Timing.Heartbeat / watchTurnsPerTimeout,
+		asked: map[raft.ServerID]time.Time{},
+		order: func(leader raft.ServerID) (int, raft.ServerID) {
+			f := rt.raft.GetConfiguration()
+			if err := f.Error(); err != nil {
+				return 0, ""
+			}
+			return voterTurn(f.Configuration().Servers, self, leader)
+		},
 	}
-	watchLeader(rt.raft, n.opts.Timing.Heartbeat, stagger, n.stop, func() {
+	watchLeader(rt.raft, n.opts.Timing.Heartbeat, tt, preVotes, n.stop, func() {
 		n.log.Info("leader silent for the heartbeat timeout; raft checks now",
 			zap.Duration("since_contact", time.Since(rt.raft.LastContact())))
 		if err := expireHeartbeat(rt.raft); err != nil {
