@@ -99,8 +99,8 @@ func TestPartitionedLeaderNeverOverlapsItsSuccessor(t *testing.T) {
 // per hop: 7 changes in 20 s even with a 70 ms lease.
 //
 // The host of a virtual machine may stop the whole machine now and then
-// (seen on CI's kind: ~100 ms on both vCPUs, a few times a minute, while
-// both are busy). Every node of this cluster is in this process, so all of
+// (seen on CI's kind: ~100 ms, a few times a minute, while both vCPUs are
+// busy). Every node of this cluster is in this process, so all of
 // them stop; a lease shorter than the stop rightly expires, as it would for
 // a leader on a machine that stopped alone. Such a change is no flapping:
 // the test watches this process's freezes and the host's steal

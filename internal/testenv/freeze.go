@@ -14,8 +14,9 @@ import (
 // accounted over it, summed over the CPUs, as time a virtual CPU was ready
 // but the hypervisor ran something else.
 //
-// Some virtual machines are stopped whole by their host now and then (seen
-// here: ~100 ms on both vCPUs while both are busy). No priority inside the
+// Some virtual machines are stopped whole by their host now and then
+// (seen here: ~100 ms, a few times a minute, while both vCPUs are busy;
+// the steal counted is often one vCPU's worth). No priority inside the
 // machine helps against that, and a Raft lease shorter than the freeze
 // rightly expires; a test that judges scheduling inside the machine tells
 // such stretches apart with ByHost.
