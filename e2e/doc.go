@@ -56,6 +56,7 @@
 //	E2E_VIPD_ENV="K=V ..."    extra environment of every daemon (GOGC, GOMAXPROCS, ...), for comparisons
 //	E2E_PROXY_LOAD_PROFILES="fast ..."  the profiles of the proxy-load flapping test (default: lan wan;
 //	                 make soak-leader-load: every one; docs/failover.md)
+//	E2E_OUTSIDE_LOAD_PROFILES="fast ..."  the same for the outside-load flapping test
 //
 // The nftables fault needs the nft command (Debian package nftables).
 package e2e

@@ -3,6 +3,7 @@ package testenv
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,12 +12,12 @@ import (
 
 // A Freeze is a stretch in which this process did not run: a goroutine that
 // wakes every FreezeTick found Gap gone at once. Steal is what the kernel
-// accounted over it, summed over the CPUs, as time a virtual CPU was ready
-// but the hypervisor ran something else.
+// accounted over it and the stealSettle after, summed over the CPUs, as
+// time a virtual CPU was ready but the hypervisor ran something else.
 //
 // Some virtual machines are stopped whole by their host now and then
-// (seen here: ~100 ms, a few times a minute, while both vCPUs are busy;
-// the steal counted is often one vCPU's worth). No priority inside the
+// (seen here: ~100 ms, a few times a minute, while both vCPUs are busy).
+// No priority inside the
 // machine helps against that, and a Raft lease shorter than the freeze
 // rightly expires; a test that judges scheduling inside the machine tells
 // such stretches apart with ByHost.
@@ -68,12 +69,22 @@ func WatchFreezes(min time.Duration) *FreezeWatch {
 	return w
 }
 
+// stealSettle is how long after a freeze its steal keeps counting: the
+// kernel adds steal to /proc/stat at each CPU's next tick, so a read just
+// after the gap may not have all of it yet.
+const stealSettle = 20 * time.Millisecond
+
 func (w *FreezeWatch) run() {
 	defer close(w.done)
 	t := time.NewTicker(FreezeTick)
 	defer t.Stop()
 	last := time.Now()
 	lastSteal, err := stolen()
+	type settling struct {
+		i    int           // index in freezes
+		base time.Duration // the steal read before the gap
+	}
+	var open []settling
 	for err == nil {
 		select {
 		case <-w.stop:
@@ -85,11 +96,17 @@ func (w *FreezeWatch) run() {
 		if steal, err = stolen(); err != nil {
 			break
 		}
+		w.mu.Lock()
 		if gap := now.Sub(last); gap > w.min {
-			w.mu.Lock()
-			w.freezes = append(w.freezes, Freeze{End: now, Gap: gap, Steal: steal - lastSteal})
-			w.mu.Unlock()
+			w.freezes = append(w.freezes, Freeze{End: now, Gap: gap})
+			open = append(open, settling{len(w.freezes) - 1, lastSteal})
 		}
+		open = slices.DeleteFunc(open, func(o settling) bool {
+			f := &w.freezes[o.i]
+			f.Steal = steal - o.base
+			return now.Sub(f.End) >= stealSettle
+		})
+		w.mu.Unlock()
 		last, lastSteal = now, steal
 	}
 	w.mu.Lock()
