@@ -2,7 +2,9 @@
 // program, a file) and why. A need that is not met skips the test with that
 // reason, except under CI (CI=true): there the environment is meant to have
 // everything, so a missing need fails the test and a broken machine cannot
-// pass as green.
+// pass as green. It also tells a test what the machine did to it: a free
+// port to bind (FreePort), and the stretches in which the host stopped the
+// test process (WatchFreezes), which no code under test can be blamed for.
 package testenv
 
 import (
