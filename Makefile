@@ -119,7 +119,8 @@ bench-failover: build
 
 # The flapping tests at full length (needs root): 5 runs of 60 s each, with
 # the leader's own proxy saturated and with outside CPU load, every profile.
-# make test runs them once for 15 s, with lan and wan only.
+# make test runs them once for 15 s: the proxy load with lan and wan, the
+# outside load with wan (election's TestNoFlappingUnderFullCPULoad has the rest).
 soak-leader-load: build
 	E2E_LOAD_TRIALS=5 E2E_LOAD_SECONDS=60 E2E_PROXY_LOAD_PROFILES="lan fast wan" E2E_OUTSIDE_LOAD_PROFILES="lan fast wan" $(GO) test -count=1 -v -timeout 60m -run 'TestNoFlapping' ./e2e/
 
