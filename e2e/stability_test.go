@@ -176,9 +176,7 @@ func (e *env) steadyUnder(start func(trial int, d time.Duration) (wait func() st
 // as long (docs/failover.md). A host freeze longer than the lease expires
 // it rightly, as it would for a leader on a machine that stopped alone.
 func hostFroze(freezes []testenv.Freeze, moves []bed.Change, tm config.Timing) bool {
-	explains := func(at time.Time) bool {
-		return slices.ContainsFunc(freezes, func(f testenv.Freeze) bool { return f.ExplainsLeaseLoss(at, tm.Heartbeat, tm.Lease) })
-	}
+	explains := func(at time.Time) bool { return testenv.AnyExplainsLeaseLoss(freezes, at, tm.Heartbeat, tm.Lease) }
 	for _, m := range moves {
 		if !explains(m.At) {
 			return false

@@ -178,11 +178,11 @@ func (c *cluster) changesSince(since time.Time) []change {
 }
 
 // unexplained is the changes that no freeze of the host explains
-// (testenv.Freeze.ExplainsLeaseLoss).
+// (testenv.AnyExplainsLeaseLoss).
 func unexplained(changes []change, freezes []testenv.Freeze, tm Timing) []change {
 	var out []change
 	for _, ch := range changes {
-		if !slices.ContainsFunc(freezes, func(f testenv.Freeze) bool { return f.ExplainsLeaseLoss(ch.at, tm.Heartbeat, tm.Lease) }) {
+		if !testenv.AnyExplainsLeaseLoss(freezes, ch.at, tm.Heartbeat, tm.Lease) {
 			out = append(out, ch)
 		}
 	}

@@ -2,12 +2,11 @@ package testenv
 
 import (
 	"fmt"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/vipd/vipd/internal/procstat"
 )
 
 // A Freeze is a stretch in which this process did not run: a goroutine that
@@ -41,6 +40,12 @@ func (f Freeze) ByHost() bool { return f.Steal >= f.Gap/2 }
 func (f Freeze) ExplainsLeaseLoss(at time.Time, heartbeat, lease time.Duration) bool {
 	return f.ByHost() && f.Gap >= lease-heartbeat/5 &&
 		!at.Before(f.End.Add(-f.Gap)) && !at.After(f.End.Add(10*heartbeat))
+}
+
+// AnyExplainsLeaseLoss reports whether one of freezes explains a Raft
+// leadership change at at (ExplainsLeaseLoss).
+func AnyExplainsLeaseLoss(freezes []Freeze, at time.Time, heartbeat, lease time.Duration) bool {
+	return slices.ContainsFunc(freezes, func(f Freeze) bool { return f.ExplainsLeaseLoss(at, heartbeat, lease) })
 }
 
 func (f Freeze) String() string {
@@ -125,22 +130,11 @@ func (w *FreezeWatch) Stop() ([]Freeze, error) {
 	return w.freezes, w.err
 }
 
-// stolen is the machine's steal time since boot: the eighth value of
-// /proc/stat's first line, in USER_HZ ticks (100 a second on every Linux
-// architecture Go supports).
+// stolen is the machine's steal time since boot.
 func stolen() (time.Duration, error) {
-	b, err := os.ReadFile("/proc/stat")
+	c, err := procstat.ReadCPU()
 	if err != nil {
 		return 0, fmt.Errorf("steal: %w", err)
 	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) < 9 || f[0] != "cpu" {
-		return 0, fmt.Errorf("steal: first line of /proc/stat %q", line)
-	}
-	ticks, err := strconv.ParseInt(f[8], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("steal: /proc/stat field 8 %q: %w", f[8], err)
-	}
-	return time.Duration(ticks) * 10 * time.Millisecond, nil
+	return c.Steal, nil
 }
