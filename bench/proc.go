@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vipd/vipd/internal/procstat"
 )
 
 // stopGrace is how long a child gets after SIGTERM before SIGKILL.
@@ -159,10 +161,6 @@ func OpenFiles(pid int) (int, error) {
 	return len(entries), nil
 }
 
-// clockTick is USER_HZ, the unit of /proc/PID/stat times; 100 on every
-// Linux architecture Go supports.
-const clockTick = 10 * time.Millisecond
-
 // ReadUsage reads RSS and CPU time of pid from /proc.
 func ReadUsage(pid int) (Usage, error) {
 	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
@@ -203,35 +201,14 @@ func parseStat(stat []byte) (Usage, error) {
 	if err != nil {
 		return Usage{}, err
 	}
-	return Usage{RSS: rss * int64(os.Getpagesize()), CPU: time.Duration(utime+stime) * clockTick}, nil
+	return Usage{RSS: rss * int64(os.Getpagesize()), CPU: time.Duration(utime+stime) * procstat.ClockTick}, nil
 }
 
 // MachineBusy reads the CPU time all processors have spent busy since
 // boot (user, nice, system, irq, softirq, steal) from /proc/stat.
 func MachineBusy() (time.Duration, error) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, fmt.Errorf("machine busy time: %w", err)
-	}
-	return parseBusy(b)
-}
-
-// parseBusy sums the busy fields of the "cpu" line of /proc/stat.
-func parseBusy(stat []byte) (time.Duration, error) {
-	line, _, _ := bytes.Cut(stat, []byte("\n"))
-	f := strings.Fields(string(line))
-	if len(f) < 9 || f[0] != "cpu" {
-		return 0, fmt.Errorf("parse /proc/stat: first line %q", line)
-	}
-	var busy int64
-	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system irq softirq steal
-		v, err := strconv.ParseInt(f[i], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("parse /proc/stat field %d: %w", i, err)
-		}
-		busy += v
-	}
-	return time.Duration(busy) * clockTick, nil
+	c, err := procstat.ReadCPU()
+	return c.Busy(), err
 }
 
 // KernelSlab reads the kernel's slab memory (Slab of /proc/meminfo, in

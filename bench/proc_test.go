@@ -41,21 +41,6 @@ func TestReadUsageOfSelf(t *testing.T) {
 	}
 }
 
-func TestParseBusySumsBusyFieldsOnly(t *testing.T) {
-	//             user nice system idle iowait irq softirq steal guest guest_nice
-	stat := "cpu  100 10 50 9999 77 5 3 2 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
-	busy, err := parseBusy([]byte(stat))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := 170 * clockTick; busy != want {
-		t.Errorf("busy = %v, want %v", busy, want)
-	}
-	if _, err := parseBusy([]byte("intr 1 2 3\n")); err == nil {
-		t.Error("a stat without a cpu line parsed without error")
-	}
-}
-
 func TestFreePortIsBindable(t *testing.T) {
 	port, err := FreePort()
 	if err != nil {

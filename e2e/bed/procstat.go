@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vipd/vipd/internal/procstat"
 )
 
 // Usage is what a process's threads got from the kernel's scheduler: the CPU
@@ -72,30 +74,13 @@ type MachineCPU struct {
 	Stall                      [3]time.Duration // cpu, memory, io: "some" totals
 }
 
-// clockTick is USER_HZ, the unit of /proc/stat: 100 on every Linux
-// architecture Go supports.
-const clockTick = 10 * time.Millisecond
-
-// ReadMachineCPU reads the first line of /proc/stat.
+// ReadMachineCPU reads the machine's CPU times and its pressure stalls.
 func ReadMachineCPU() (MachineCPU, error) {
-	b, err := os.ReadFile("/proc/stat")
+	c, err := procstat.ReadCPU()
 	if err != nil {
-		return MachineCPU{}, fmt.Errorf("machine cpu: %w", err)
+		return MachineCPU{}, err
 	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) < 9 || f[0] != "cpu" {
-		return MachineCPU{}, fmt.Errorf("machine cpu: first line of /proc/stat %q", line)
-	}
-	var v [8]time.Duration // user nice system idle iowait irq softirq steal
-	for i := range v {
-		n, err := strconv.ParseInt(f[i+1], 10, 64)
-		if err != nil {
-			return MachineCPU{}, fmt.Errorf("machine cpu: /proc/stat field %d %q: %w", i+1, f[i+1], err)
-		}
-		v[i] = time.Duration(n) * clockTick
-	}
-	m := MachineCPU{Busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7], SoftIRQ: v[6], Steal: v[7], Idle: v[3] + v[4]}
+	m := MachineCPU{Busy: c.Busy(), SoftIRQ: c.SoftIRQ, Steal: c.Steal, Idle: c.Idle + c.IOWait}
 	for i, res := range []string{"cpu", "memory", "io"} {
 		if m.Stall[i], err = readStall("/proc/pressure/" + res); err != nil {
 			return MachineCPU{}, err
