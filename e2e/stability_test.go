@@ -18,13 +18,10 @@ import (
 // loadProfiles are the timing profiles a flapping test holds to: those in
 // envVar (E2E_PROXY_LOAD_PROFILES, E2E_OUTSIDE_LOAD_PROFILES; make
 // soak-leader-load names every profile), else defaults, what make test
-// runs. A shared CI machine is hard on the short leases there: under the
-// leader's own proxy load fast's voters' contact ages reach twice its 45 ms
-// lease, and under outside load fresh-clone CI runs of 2026-12-03 lost the
-// fast leader to a 47 ms stall (the test process stopped 64 ms with it, no
-// steal counted) and the lan leader once to both voters timing out at once
-// with no stall of the test process to show for it: a host stopping one
-// vCPU only (docs/failover.md).
+// runs. The defaults leave out the leases a shared CI machine is too hard
+// on: fast under the leader's own proxy load, and fast and lan under
+// outside load, where a host that stops one vCPU only leaves no freeze for
+// the test to see (docs/failover.md has the runs).
 func loadProfiles(envVar string, defaults ...string) []string {
 	if v := strings.Fields(os.Getenv(envVar)); len(v) > 0 {
 		return v

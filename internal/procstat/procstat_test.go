@@ -32,7 +32,7 @@ func TestReadCPUReadsThisMachine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Busy() <= 0 || c.Idle < 0 {
+	if c.Busy() <= 0 {
 		t.Errorf("this machine's CPU times %+v: want some busy time", c)
 	}
 }

@@ -16,10 +16,9 @@ import (
 //
 // Some virtual machines are stopped whole by their host now and then
 // (seen here: ~100 ms, a few times a minute, while both vCPUs are busy).
-// No priority inside the
-// machine helps against that, and a Raft lease shorter than the freeze
-// rightly expires; a test that judges scheduling inside the machine tells
-// such stretches apart with ByHost.
+// No priority inside the machine helps against that, and a Raft lease
+// shorter than the freeze rightly expires; a test that judges scheduling
+// inside the machine tells such stretches apart with ByHost.
 type Freeze struct {
 	End   time.Time
 	Gap   time.Duration
