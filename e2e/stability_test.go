@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -66,11 +67,28 @@ const (
 // (E2E_LOAD_SCHED=unit runs them at vipd's rank, where the kernel gives the
 // leader only its fair share of the cores: docs/failover.md.) No node may
 // see a term or leadership change and the VIP must stay where it is.
+//
+// E2E_LOAD_VIA=haproxy sends the same load through HAProxy on the VIP's
+// node instead, ranked as vipd is: the machine is as busy, but the proxying
+// runs outside vipd's process. docs/failover.md compares the two.
 func TestNoFlappingWhileTheLeaderProxiesFlatOut(t *testing.T) {
+	via := os.Getenv("E2E_LOAD_VIA")
+	if via != "" && via != "haproxy" {
+		t.Fatalf("E2E_LOAD_VIA=%q: want haproxy or nothing (vipd)", via)
+	}
 	for _, profile := range loadProfiles("E2E_PROXY_LOAD_PROFILES", config.TimingLAN, config.TimingWAN) {
 		t.Run(profile, func(t *testing.T) {
 			e := setupWith(t, bedOptions{timing: profile, loadApart: true})
 			target := netip.AddrPortFrom(bed.VIP, bed.FrontendPort).String()
+			if via == "haproxy" {
+				nodes := []*bed.Host{e.bed.Host("n1"), e.bed.Host("n2"), e.bed.Host("n3")}
+				backends := []*bed.Host{e.bed.Host("b1"), e.bed.Host("b2")}
+				if err := bed.StartStandInProxies(e.bed, nodes, backends, t.TempDir(), e.vipdSched); err != nil {
+					t.Fatal(err)
+				}
+				target = netip.AddrPortFrom(bed.VIP, bed.StandInPort).String()
+				waitServes(t, e.bed.Host("c"), target)
+			}
 			e.steadyUnder(func(trial int, d time.Duration) func() string {
 				l, err := e.bed.StartLoad(e.bed.Host("c"), fmt.Sprintf("load-%d", trial),
 					bed.LoadSpec{Target: target, Conns: loadConns, Bulk: loadBulk, Duration: d}, e.loadSched)
@@ -90,6 +108,24 @@ func TestNoFlappingWhileTheLeaderProxiesFlatOut(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// waitServes waits up to 10 s for a GET through addr from host to succeed.
+func waitServes(t *testing.T, host *bed.Host, addr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		_, err := host.Get(ctx, addr, "/")
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("nothing serves %s: %v", addr, err)
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 }
 

@@ -185,3 +185,37 @@ func (k *Keepalived) RestartHAProxy(node string) error {
 	k.haproxy[node] = p
 	return nil
 }
+
+// StandInPort is the VIP port StartStandInProxies serve, apart from vipd's
+// own FrontendPort.
+const StandInPort = 8081
+
+// StartStandInProxies starts HAProxy on every node, ranked with sched, each
+// forwarding VIP:StandInPort to the backends. It stands in for a data plane
+// that runs outside vipd's process: load through it fills the leader's
+// machine as vipd's own proxy would while vipd's process only runs Raft,
+// gossip and health checks, so a flapping test can tell the two apart
+// (docs/failover.md).
+func StartStandInProxies(b *Bed, nodes, backends []*Host, dir string, sched *Sched) error {
+	for _, n := range nodes {
+		if out, err := exec.Command("ip", "netns", "exec", n.NS, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1").CombinedOutput(); err != nil {
+			return fmt.Errorf("ip_nonlocal_bind in %s: %w: %s", n.NS, err, out)
+		}
+		var sb strings.Builder
+		data := map[string]any{
+			"Node": n, "Instances": []vrrpInstance{{VIP: VIP}},
+			"Backends": backends, "FrontendPort": StandInPort, "BackendPort": BackendPort,
+		}
+		if err := haproxyConfig.Execute(&sb, data); err != nil {
+			return fmt.Errorf("render stand-in HAProxy config of %s: %w", n.Name, err)
+		}
+		path := filepath.Join(dir, n.Name+"-standin-haproxy.conf")
+		if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+			return fmt.Errorf("write stand-in HAProxy config of %s: %w", n.Name, err)
+		}
+		if _, err := b.StartWith(n, "standin-haproxy-"+n.Name, ProcOptions{Sched: sched}, "haproxy", "-db", "-f", path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
