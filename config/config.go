@@ -123,12 +123,16 @@ const (
 // new leader's Barrier, keeps a cut-off leader withdrawn before a successor
 // announces (docs/architecture.md rule 6).
 //
-// The fast lease leaves 15 ms below its 60 ms heartbeat: raft checks the
-// lease at least 10 ms apart, so a cut-off leader steps down within 55 ms of
-// its last contact with the quorum, before a follower may campaign.
+// The fast lease leaves 15 ms below its 65 ms heartbeat: raft checks the
+// lease at least 10 ms apart, so a cut-off leader steps down within 60 ms of
+// its last contact with the quorum, before a follower may campaign. A 60 ms
+// heartbeat (lease 45) failed over faster but lost its leader while the
+// leader's own proxy filled the cores; 70 ms and more made the spread VIPs'
+// lease (4H) too long for a dead follower's VIP to move within 300 ms
+// (docs/failover.md has the runs).
 var timingProfiles = map[string]Timing{
 	TimingLAN:  {Profile: TimingLAN, Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond},
-	TimingFast: {Profile: TimingFast, Heartbeat: 60 * time.Millisecond, Election: 60 * time.Millisecond, Lease: 45 * time.Millisecond, WatchLeader: true},
+	TimingFast: {Profile: TimingFast, Heartbeat: 65 * time.Millisecond, Election: 65 * time.Millisecond, Lease: 50 * time.Millisecond, WatchLeader: true},
 	TimingWAN:  {Profile: TimingWAN, Heartbeat: time.Second, Election: time.Second, Lease: 500 * time.Millisecond},
 }
 

@@ -349,7 +349,7 @@ func (s *testSink) close() {
 var (
 	relaxedTiming = Timing{Heartbeat: 300 * time.Millisecond, Election: 300 * time.Millisecond, Lease: 200 * time.Millisecond}
 	lanTiming     = Timing{Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond}
-	fastTiming    = Timing{Heartbeat: 60 * time.Millisecond, Election: 60 * time.Millisecond, Lease: 45 * time.Millisecond, WatchLeader: true}
+	fastTiming    = Timing{Heartbeat: 65 * time.Millisecond, Election: 65 * time.Millisecond, Lease: 50 * time.Millisecond, WatchLeader: true}
 	wanTiming     = Timing{Heartbeat: time.Second, Election: time.Second, Lease: 500 * time.Millisecond}
 )
 

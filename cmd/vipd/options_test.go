@@ -120,7 +120,7 @@ func TestElectionOptionsCarryTheTimingProfile(t *testing.T) {
 		want    election.Timing
 	}{
 		{"lan", election.Timing{Heartbeat: 100 * time.Millisecond, Election: 100 * time.Millisecond, Lease: 70 * time.Millisecond}},
-		{"fast", election.Timing{Heartbeat: 60 * time.Millisecond, Election: 60 * time.Millisecond, Lease: 45 * time.Millisecond, WatchLeader: true}},
+		{"fast", election.Timing{Heartbeat: 65 * time.Millisecond, Election: 65 * time.Millisecond, Lease: 50 * time.Millisecond, WatchLeader: true}},
 		{"{heartbeat: 200ms, election: 300ms, lease: 150ms}", election.Timing{Heartbeat: 200 * time.Millisecond, Election: 300 * time.Millisecond, Lease: 150 * time.Millisecond}},
 	} {
 		cfg, err := config.Parse([]byte("cluster: {timing: " + tc.profile + "}\n"))
