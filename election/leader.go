@@ -295,7 +295,9 @@ var errWindowEnded = errors.New("leadership window ended")
 // timeout bounds only the enqueueing of a request: a barrier or membership
 // change it has taken may stay pending, and a leader loop blocked on one can
 // neither hand off nor end its window. The goroutine left waiting ends when
-// raft answers f, at the latest when raft shuts down.
+// raft answers f. A barrier or membership change still queued when raft
+// shuts down is never answered (hashicorp/raft gives those futures no
+// shutdown channel), so its waiter stays until the process exits.
 func await(f raft.Future, stop <-chan struct{}, timeout time.Duration) error {
 	answer := make(chan error, 1)
 	go func() { answer <- f.Error() }()
