@@ -98,8 +98,8 @@ func StartKeepalived(b *Bed, o KeepalivedOptions) (*Keepalived, error) {
 		return nil, err
 	}
 	for _, n := range o.Nodes {
-		if out, err := exec.Command("ip", "netns", "exec", n.NS, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1").CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("ip_nonlocal_bind in %s: %w: %s", n.NS, err, out)
+		if err := allowNonlocalBind(n); err != nil {
+			return nil, err
 		}
 		if err := k.RestartHAProxy(n.Name); err != nil {
 			return nil, err
@@ -186,6 +186,14 @@ func (k *Keepalived) RestartHAProxy(node string) error {
 	return nil
 }
 
+// allowNonlocalBind lets HAProxy in h bind the VIP before h holds it.
+func allowNonlocalBind(h *Host) error {
+	if out, err := exec.Command("ip", "netns", "exec", h.NS, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1").CombinedOutput(); err != nil {
+		return fmt.Errorf("ip_nonlocal_bind in %s: %w: %s", h.NS, err, out)
+	}
+	return nil
+}
+
 // StandInPort is the VIP port StartStandInProxies serve, apart from vipd's
 // own FrontendPort.
 const StandInPort = 8081
@@ -198,8 +206,8 @@ const StandInPort = 8081
 // (docs/failover.md).
 func StartStandInProxies(b *Bed, nodes, backends []*Host, dir string, sched *Sched) error {
 	for _, n := range nodes {
-		if out, err := exec.Command("ip", "netns", "exec", n.NS, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1").CombinedOutput(); err != nil {
-			return fmt.Errorf("ip_nonlocal_bind in %s: %w: %s", n.NS, err, out)
+		if err := allowNonlocalBind(n); err != nil {
+			return err
 		}
 		var sb strings.Builder
 		data := map[string]any{
