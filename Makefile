@@ -4,7 +4,7 @@ BIN     := bin
 GOFLAGS ?=
 PKGS    := ./...
 
-.PHONY: build kube-tools test run demo demo-spread bench bench-failover bench-spread soak-leader-load lint clean image
+.PHONY: build kube-tools test run demo demo-spread bench bench-ceiling bench-failover bench-spread soak-leader-load lint clean image
 
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/vipd ./cmd/vipctl ./cmd/demo-backend ./e2e/cmd/bedchild
@@ -85,6 +85,18 @@ demo-spread: build
 bench: build
 	@scripts/deps.sh $(BENCH_NEEDS)
 	bench/run.sh
+
+# make bench with two more targets: bench/cmd/relayceiling, the least relay
+# an epoll loop of its own can be in Go, waiting in epoll through the
+# runtime's system call (ceiling) and through a raw one (ceiling-raw): how
+# far that design could take vipd's data plane. docs/benchmarks.md.
+# BENCH_FLAGS="-rounds 3 -only conns,pairs" narrows it.
+BENCH_FLAGS ?=
+bench-ceiling: build
+	@scripts/deps.sh $(BENCH_NEEDS)
+	$(GO) build -o $(BIN)/relayceiling ./bench/cmd/relayceiling
+	$(GO) build -ldflags=-X=main.defaultWait=raw -o $(BIN)/relayceiling-raw ./bench/cmd/relayceiling
+	bench/run.sh -compare ceiling=$(BIN)/relayceiling -compare ceiling-raw=$(BIN)/relayceiling-raw $(BENCH_FLAGS)
 
 # A bounded soak (make test runs soak-vipd briefly): SOAK_IDLE idle connections through
 # one vipd plus a steady stream of new short ones for SOAK_SECONDS, then the
