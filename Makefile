@@ -88,15 +88,18 @@ bench: build
 
 # make bench with two more targets: bench/cmd/relayceiling, the least relay
 # an epoll loop of its own can be in Go, waiting in epoll through the
-# runtime's system call (ceiling) and through a raw one (ceiling-raw): how
-# far that design could take vipd's data plane. docs/benchmarks.md.
+# runtime's system call (ceiling) and through a raw one (ceiling-raw), and
+# moving the bytes in the kernel with a BPF sockmap verdict
+# (ceiling-sockmap, needs root): how far each design could take vipd's
+# data plane. docs/benchmarks.md.
 # BENCH_FLAGS="-rounds 3 -only conns,pairs" narrows it.
 BENCH_FLAGS ?=
 bench-ceiling: build
 	@scripts/deps.sh $(BENCH_NEEDS)
 	$(GO) build -o $(BIN)/relayceiling ./bench/cmd/relayceiling
 	$(GO) build -ldflags=-X=main.defaultWait=raw -o $(BIN)/relayceiling-raw ./bench/cmd/relayceiling
-	bench/run.sh -compare ceiling=$(BIN)/relayceiling -compare ceiling-raw=$(BIN)/relayceiling-raw $(BENCH_FLAGS)
+	$(GO) build -ldflags="-X=main.defaultWait=raw -X=main.defaultRelay=sockmap" -o $(BIN)/relayceiling-sockmap ./bench/cmd/relayceiling
+	bench/run.sh -compare ceiling=$(BIN)/relayceiling -compare ceiling-raw=$(BIN)/relayceiling-raw -compare ceiling-sockmap=$(BIN)/relayceiling-sockmap $(BENCH_FLAGS)
 
 # A bounded soak (make test runs soak-vipd briefly): SOAK_IDLE idle connections through
 # one vipd plus a steady stream of new short ones for SOAK_SECONDS, then the

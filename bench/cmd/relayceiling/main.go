@@ -10,6 +10,11 @@
 // epoll set, edge-triggered, raw accept4 and connect, one read and one write
 // per message from the loop's one buffer, no goroutine per connection.
 //
+// With -relay sockmap the loop moves no bytes itself: it links each
+// connected pair into a BPF sockhash whose verdict program redirects every
+// segment to the peer inside the kernel (sockmap.go), and wakes only to
+// connect, pass a FIN on and close.
+//
 // It leaves out everything a product needs around the copy: health, retry,
 // limits, idle timeout, PROXY headers, counters, drain. What it measures is
 // the cost of the loop itself, which is a ceiling for a full version.
@@ -24,6 +29,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -33,14 +39,19 @@ import (
 // defaultWait is -wait's default. vipbench starts every build it compares
 // with the same arguments, so the Makefile builds one binary per mode
 // (-ldflags -X main.defaultWait=raw).
-var defaultWait = "syscall"
+var defaultWait, defaultRelay = "syscall", "user"
 
 func main() {
 	cfgPath := flag.String("config", "", "vipbench's vipd.yaml: the first frontend's listen, the first pool's first backend, admin.listen")
 	wait := flag.String("wait", defaultWait, "how a loop waits in epoll: syscall (the runtime's system call, which lets the scheduler take its P) or raw (a raw system call: the loop keeps its P, and GOMAXPROCS grows by the loops so the rest of the program keeps as many)")
+	relay := flag.String("relay", defaultRelay, "who moves the bytes: user (the loop reads and writes them) or sockmap (a BPF verdict redirects them inside the kernel)")
 	flag.Parse()
 	if *wait != "syscall" && *wait != "raw" {
 		fmt.Fprintf(os.Stderr, "relayceiling: -wait %q: want syscall or raw\n", *wait)
+		os.Exit(2)
+	}
+	if *relay != "user" && *relay != "sockmap" {
+		fmt.Fprintf(os.Stderr, "relayceiling: -relay %q: want user or sockmap\n", *relay)
 		os.Exit(2)
 	}
 	cfg, err := readConfig(*cfgPath)
@@ -48,13 +59,20 @@ func main() {
 		fmt.Fprintln(os.Stderr, "relayceiling:", err)
 		os.Exit(2)
 	}
+	opts := loopOptions{raw: *wait == "raw"}
+	if *relay == "sockmap" {
+		if opts.kernel, err = newKernelRelay(); err != nil {
+			fmt.Fprintln(os.Stderr, "relayceiling:", err)
+			os.Exit(1)
+		}
+	}
 	loops := runtime.GOMAXPROCS(0)
-	if *wait == "raw" {
+	if opts.raw {
 		runtime.GOMAXPROCS(2 * loops)
 	}
 	errc := make(chan error, loops+1)
 	for range loops {
-		l, err := newLoop(cfg.listen, cfg.backend, *wait == "raw")
+		l, err := newLoop(cfg.listen, cfg.backend, opts)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "relayceiling:", err)
 			os.Exit(1)
@@ -117,6 +135,17 @@ type side struct {
 	pending []byte // read from peer, not yet written to fd
 	eof     bool   // fd has read to EOF
 	shut    bool   // fd's write side is shut (peer's EOF passed on)
+	// sockmap only:
+	dialing bool   // the backend side, until its connect completes and the pair is linked
+	copied  bool   // the pair could not be linked: the loop copies it
+	finSeen bool   // epoll reported the peer's FIN (or a hang-up)
+	sent    uint64 // bytes in fd's send stream when the pair was linked
+}
+
+// loopOptions choose how a loop waits and who moves the bytes.
+type loopOptions struct {
+	raw    bool         // wait in a raw system call, holding the P
+	kernel *kernelRelay // nil: the loop copies; else linked pairs are relayed in the kernel
 }
 
 type loop struct {
@@ -125,10 +154,11 @@ type loop struct {
 	backend   unix.SockaddrInet4
 	sides     map[int]*side
 	buf       []byte
-	raw       bool // wait in a raw system call, holding the P
+	loopOptions
+	flushing []*side // sockmap: sides whose EOF waits for their bytes to reach the peer's send queue
 }
 
-func newLoop(listen, backend netip.AddrPort, raw bool) (*loop, error) {
+func newLoop(listen, backend netip.AddrPort, opts loopOptions) (*loop, error) {
 	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("listen socket: %w", err)
@@ -160,7 +190,7 @@ func newLoop(listen, backend netip.AddrPort, raw bool) (*loop, error) {
 		return nil, fmt.Errorf("epoll add eventfd: %w", err)
 	}
 	return &loop{epfd: epfd, lfd: lfd, stopfd: stopfd, backend: unix.SockaddrInet4{Addr: backend.Addr().As4(), Port: int(backend.Port())},
-		sides: map[int]*side{}, buf: make([]byte, 64<<10), raw: raw}, nil
+		sides: map[int]*side{}, buf: make([]byte, 64<<10), loopOptions: opts}, nil
 }
 
 // run serves the loop's sockets on a thread of its own until stop, and
@@ -190,6 +220,10 @@ func (l *loop) run() error {
 			if s == nil {
 				continue // closed by an earlier event of this batch
 			}
+			if l.kernel != nil && !s.copied {
+				l.kernelEvent(s, ev.Events)
+				continue
+			}
 			if ev.Events&(unix.EPOLLOUT|unix.EPOLLERR) != 0 && len(s.pending) > 0 {
 				if !l.flush(s) {
 					continue
@@ -202,6 +236,9 @@ func (l *loop) run() error {
 				l.relay(s, ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
 			}
 		}
+		if l.kernel != nil {
+			l.retryFlushing()
+		}
 	}
 }
 
@@ -209,12 +246,20 @@ func (l *loop) run() error {
 // its P is not handed to another thread while it sleeps, and no thread is
 // woken to take it; the runtime's preemption signal (every 10 ms, and at a
 // collection's stop) ends the wait with EINTR, and the timeout bounds a
-// signal that came just before it.
+// signal that came just before it. While a FIN waits for its bytes to be
+// flushed (sockmap), the wait is short so that it is passed on soon after.
 func (l *loop) wait(events []unix.EpollEvent) (int, error) {
-	if !l.raw {
-		return unix.EpollWait(l.epfd, events, -1)
+	timeout := -1
+	switch {
+	case len(l.flushing) > 0:
+		timeout = 1
+	case l.raw:
+		timeout = 10
 	}
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 10, 0, 0)
+	if !l.raw {
+		return unix.EpollWait(l.epfd, events, timeout)
+	}
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(timeout), 0, 0)
 	if e != 0 {
 		return 0, e
 	}
@@ -262,18 +307,28 @@ func (l *loop) accept() {
 			unix.Close(bfd)
 			continue
 		}
-		c, b := &side{fd: cfd}, &side{fd: bfd}
+		c, b := &side{fd: cfd}, &side{fd: bfd, dialing: l.kernel != nil}
 		c.peer, b.peer = b, c
 		l.sides[cfd], l.sides[bfd] = c, b
 		// Both directions registered once, edge-triggered: no epoll_ctl
 		// after this, the close takes the sockets out of the set.
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET}
-		ev.Fd = int32(cfd)
-		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, cfd, &ev)
-		ev.Fd = int32(bfd)
-		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, bfd, &ev)
+		cev, bev := unix.EpollEvent{Events: copyEvents, Fd: int32(cfd)}, unix.EpollEvent{Events: copyEvents, Fd: int32(bfd)}
+		if l.kernel != nil {
+			cev.Events, bev.Events = kernelEvents, kernelEvents|unix.EPOLLOUT
+		}
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, cfd, &cev)
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, bfd, &bev)
 	}
 }
+
+// The epoll interests: a pair the loop copies wants readable and writable
+// edges; a linked pair only its FINs (and the backend's connect). The
+// kernel wakes a socket's readers after each redirected segment, so a
+// linked socket registered for EPOLLIN would wake the loop per message.
+const (
+	copyEvents   = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+	kernelEvents = unix.EPOLLRDHUP | unix.EPOLLET
+)
 
 // relay moves what src has to its peer until src is drained or the peer is
 // full. untilEOF: the event said a FIN or error is queued, so src is read
@@ -373,5 +428,77 @@ func (l *loop) close(s *side) {
 	for _, x := range []*side{s, s.peer} {
 		delete(l.sides, x.fd)
 		unix.Close(x.fd)
+	}
+}
+
+// kernelEvent is run's work for a sockmap loop: link a pair once its
+// backend is connected, and pass each side's FIN on once its bytes are out.
+func (l *loop) kernelEvent(s *side, events uint32) {
+	if events&unix.EPOLLERR != 0 {
+		l.close(s)
+		return
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+		s.finSeen = true
+	}
+	if s.dialing {
+		if events&unix.EPOLLOUT == 0 {
+			return
+		}
+		s.dialing = false
+		if err := l.kernel.link(s.peer, s); err != nil {
+			// The client's FIN came before the backend answered, and
+			// the hash takes only established sockets: this pair is
+			// copied by the loop.
+			s.copied, s.peer.copied = true, true
+			for _, x := range []*side{s, s.peer} {
+				_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, x.fd, &unix.EpollEvent{Events: copyEvents, Fd: int32(x.fd)})
+			}
+			if l.relay(s.peer, true) {
+				l.relay(s, true)
+			}
+			return
+		}
+		l.kernelEOF(s.peer)
+	}
+	if s.peer.dialing {
+		return // the client's FIN before the backend answered: noted, passed on once linked
+	}
+	l.kernelEOF(s)
+}
+
+// kernelEOF passes src's FIN on to its peer once the kernel has moved all
+// of src's bytes, or puts src on the list retried after each wait.
+func (l *loop) kernelEOF(src *side) {
+	dst := src.peer
+	if !src.finSeen || dst.shut {
+		return
+	}
+	done, err := flushed(src, dst)
+	switch {
+	case err != nil:
+		l.close(src)
+	case !done:
+		if !slices.Contains(l.flushing, src) {
+			l.flushing = append(l.flushing, src)
+		}
+	case src.shut: // the other way ended before: close sends the FIN
+		dst.shut = true
+		l.close(src)
+	default:
+		dst.shut = true
+		if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil && !errors.Is(err, unix.ENOTCONN) {
+			l.close(dst)
+		}
+	}
+}
+
+func (l *loop) retryFlushing() {
+	waiting := l.flushing
+	l.flushing = nil
+	for _, s := range waiting {
+		if l.sides[s.fd] == s { // not closed since
+			l.kernelEOF(s)
+		}
 	}
 }
