@@ -154,8 +154,13 @@ func flushed(src, dst *side) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	// The FIN takes a sequence number of its own in bytes_received.
-	return out-dst.sent >= in.Bytes_received-1, nil
+	// The FIN takes a sequence number of its own in bytes_received; a
+	// reset (a hang-up without a FIN) may leave it at 0.
+	want := in.Bytes_received
+	if want > 0 {
+		want--
+	}
+	return out-dst.sent >= want, nil
 }
 
 func (k *kernelRelay) close() error {
